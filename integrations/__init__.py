@@ -1,0 +1,1 @@
+"""Per-model and per-accelerator adapters, installed as surf_accel.integrations."""

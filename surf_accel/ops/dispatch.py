@@ -1,0 +1,100 @@
+"""One dispatch layer for every op: backends declare what they support, the layer picks one per
+call and can say why it did not pick the others.
+
+Order of preference: on CUDA tensors ``cuda``, ``triton``, ``torch``; on CPU tensors ``cpp``,
+``torch`` (interpreted Triton runs on CPU only when asked for: it is a test vehicle, not a speed-up).
+``SURF_ACCEL_BACKEND`` or a per-call ``backend=`` forces one; a forced backend that cannot serve the
+call raises ``BackendUnavailableError`` with the reason. An automatic choice that skips the
+preferred backend logs one line per distinct reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+logger = logging.getLogger("surf_accel")
+
+BACKENDS = ("torch", "cpp", "cuda", "triton")
+PREFERENCE = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpp", "torch")}
+ENV_VAR = "SURF_ACCEL_BACKEND"
+
+# (device, dtype) -> reason the backend cannot serve it, or None.
+Capability = Callable[[torch.device, torch.dtype], "str | None"]
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was requested explicitly and cannot serve the call."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    capability: Capability
+
+
+@dataclass
+class Op:
+    """An op with one implementation per backend; ``limits`` holds per-backend checks of the call's
+    arguments (shape limits) beyond device and dtype."""
+
+    name: str
+    impls: dict[str, Callable] = field(default_factory=dict)
+    limits: dict[str, Callable[..., "str | None"]] = field(default_factory=dict)
+
+    def reason_unusable(self, backend: str, device: torch.device, dtype: torch.dtype, args=(), kwargs=None) -> str | None:
+        if backend not in self.impls:
+            return f"{backend} has no implementation of {self.name}"
+        reason = _REGISTRY[backend].capability(device, dtype)
+        if reason is None and backend in self.limits:
+            reason = self.limits[backend](*args, **(kwargs or {}))
+        return reason
+
+    def explain(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> dict[str, str | None]:
+        """Backend name -> None when it can serve ``device``/``dtype``, else the reason it cannot."""
+        device = torch.device(device)
+        return {b: self.reason_unusable(b, device, dtype) for b in BACKENDS}
+
+    def select(self, device: torch.device, dtype: torch.dtype, backend: str | None, args=(), kwargs=None) -> str:
+        forced = backend or os.environ.get(ENV_VAR) or None
+        if forced is not None:
+            if forced not in BACKENDS:
+                raise ValueError(f"unknown backend {forced!r}; choose one of {list(BACKENDS)}")
+            reason = self.reason_unusable(forced, device, dtype, args, kwargs)
+            if reason is not None:
+                source = f"{ENV_VAR}={forced}" if backend is None else f"backend={forced!r}"
+                raise BackendUnavailableError(f"{self.name}: {source} cannot run on {device.type}/{dtype}: {reason}")
+            return forced
+        skipped = []
+        for name in PREFERENCE.get(device.type, ("torch",)):
+            reason = self.reason_unusable(name, device, dtype, args, kwargs)
+            if reason is None:
+                if skipped:
+                    _log_fallback_once(self.name, name, tuple(skipped))
+                return name
+            skipped.append((name, reason))
+        raise BackendUnavailableError(f"{self.name}: no backend can run on {device.type}/{dtype}: {skipped}")
+
+    def __call__(self, *args, device: torch.device, dtype: torch.dtype, backend: str | None = None, **kwargs):
+        chosen = self.select(device, dtype, backend, args, kwargs)
+        return self.impls[chosen](*args, **kwargs)
+
+
+_REGISTRY: dict[str, Backend] = {}
+_LOGGED: set[tuple] = set()
+
+
+def register_backend(backend: Backend) -> None:
+    _REGISTRY[backend.name] = backend
+
+
+def _log_fallback_once(op: str, chosen: str, skipped: tuple) -> None:
+    key = (op, chosen, skipped)
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        why = "; ".join(f"{n}: {r}" for n, r in skipped)
+        logger.warning("surf_accel.%s uses the %s backend (%s)", op, chosen, why)

@@ -1,0 +1,1 @@
+"""Triton kernels and their launchers, installed as surf_accel.triton_kernels."""
