@@ -6,5 +6,8 @@ can serve a call and why the others cannot.
 
 from surf_accel.ops.dispatch import BACKENDS, BackendUnavailableError
 from surf_accel.ops.latent_ops import OPS, guided_step, reshift_downsample, upsample_mix
+from surf_accel.ops.window_attention import WINDOW_ATTENTION, window_attention
 
-__all__ = ["BACKENDS", "OPS", "BackendUnavailableError", "guided_step", "reshift_downsample", "upsample_mix"]
+OPS = {**OPS, WINDOW_ATTENTION.name: WINDOW_ATTENTION}
+
+__all__ = ["BACKENDS", "OPS", "BackendUnavailableError", "guided_step", "reshift_downsample", "upsample_mix", "window_attention"]
