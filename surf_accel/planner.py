@@ -1,0 +1,265 @@
+"""The stage planner: a pure function from (request, model family, scheduler, config) to stages.
+
+No pipeline, no tensors: everything here is numbers, so it is unit-tested on its own and used by
+the cost model as well as by the runner.
+
+Sigma schedules. A flow-matching schedule is a time grid ``t`` in (0, 1] mapped through the time
+shift ``s = shift * t / (1 + (shift - 1) * t)`` (SPEC 1.1). The grid is the pipeline scheduler's own
+(diffusers' FlowMatchEulerDiscreteScheduler and UniPCMultistepScheduler build different ones), so
+a stage at the request's size with the scheduler's shift reproduces the unpatched schedule exactly.
+Each resolution gets its own shift (``SurfConfig.shift_rule``); the resolution switch keeps the
+time ``t_k`` and changes the noise level to the low-resolution schedule's ``s_low(t_k)`` (SPEC 1.2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from surf_accel.config import SurfConfig
+
+SCHEDULER_KINDS = ("euler", "unipc")
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What the planner needs to know about a model family and one pipeline's geometry."""
+
+    name: str
+    vae_scale_spatial: int
+    vae_scale_temporal: int
+    patch_size: tuple[int, int, int]
+    optimal_area: int  # pixels (height * width) of the family's training resolution
+    rope_max_seq_len: Optional[int] = None  # every patch-grid axis must be below this
+
+    @property
+    def pixel_grid(self) -> int:
+        """Pixel sizes must be multiples of this (VAE x patch)."""
+        return self.vae_scale_spatial * max(self.patch_size[1], self.patch_size[2])
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """The pipeline scheduler's time grid and shift (see ``integrations.base.scheduler_spec``)."""
+
+    kind: str  # "euler" (FlowMatchEulerDiscreteScheduler) or "unipc" (UniPCMultistepScheduler)
+    shift: float
+    num_train_timesteps: int = 1000
+    sigma_max: float = 1.0  # euler only: the grid's end points (diffusers builds them shifted once)
+    sigma_min: float = 1e-3
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULER_KINDS:
+            raise ValueError(f"scheduler kind must be one of {SCHEDULER_KINDS}, got {self.kind!r}")
+        if not (math.isfinite(self.shift) and self.shift > 0):
+            raise ValueError(f"scheduler shift must be a positive number, got {self.shift!r}")
+
+    def time_grid(self, n: int) -> np.ndarray:
+        """The unshifted times of an ``n``-step schedule, float64, decreasing, as diffusers builds them."""
+        T = self.num_train_timesteps
+        if self.kind == "euler":
+            return np.linspace(self.sigma_max * T, self.sigma_min * T, n) / T
+        return np.linspace(1.0, 1.0 / T, n + 1)[:-1]
+
+
+@dataclass(frozen=True)
+class Request:
+    """The call's geometry: pixel size, frames, steps and batch (already expanded by videos per prompt)."""
+
+    height: int
+    width: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float = 5.0
+
+
+def shift_sigmas(t, shift: float) -> np.ndarray:
+    t = np.asarray(t, dtype=np.float64)
+    return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def unshift_sigma(s: float, shift: float) -> float:
+    """Inverse of the time shift: the ``t`` whose shifted noise level is ``s``."""
+    return s / (shift - (shift - 1.0) * s)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One resolution's worth of denoising steps.
+
+    ``sigmas`` holds one noise level per model evaluation plus the level the stage ends at
+    (``len(sigmas) == steps + 1``); for a stage that ends in a resolution switch the last entry is
+    the next stage's first level (the reshift target), not a step the scheduler takes.
+    """
+
+    name: str  # "preview", "preview_low" or "refine"
+    height: int  # pixels
+    width: int
+    latent_size: tuple[int, int, int]  # (frames, height, width) in latent space
+    sigmas: tuple[float, ...]
+    shift: float
+    model: str  # "base" (pipeline transformer), "refiner_transformer" (same family), "trained_refiner"
+    start: str  # "noise", "reshift" (from the previous stage) or "handoff" (preview -> target)
+    step_offset: int  # global index of this stage's first step (callbacks, progress)
+    window: Optional[tuple[int, int, int]] = None
+    guidance: Optional[float] = None  # None = the call's guidance scale
+    use_scheduler: bool = True  # False: plain Euler on the straight refiner path
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    stages: tuple[Stage, ...]
+    request: Request
+    family: FamilySpec
+    scheduler: SchedulerSpec
+    config: SurfConfig
+    messages: tuple[str, ...] = field(default=())
+
+    @property
+    def output_stage(self) -> Stage:
+        return self.stages[-1]
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def tokens(self, stage: Stage) -> int:
+        pt, ph, pw = self.family.patch_size
+        t, h, w = stage.latent_size
+        return math.ceil(t / pt) * (h // ph) * (w // pw)
+
+    def describe(self) -> str:
+        lines = []
+        for s in self.stages:
+            lines.append(f"{s.name:12s} {s.height}x{s.width} px, latent {s.latent_size}, {s.steps} steps, "
+                         f"shift {s.shift:.3g}, sigma {s.sigmas[0]:.4f} -> {s.sigmas[-1]:.4f}, model {s.model}"
+                         + (f", window {s.window}" if s.window else ""))
+        return "\n".join(lines + list(self.messages))
+
+
+def latent_frames(num_frames: int, family: FamilySpec) -> int:
+    return (num_frames - 1) // family.vae_scale_temporal + 1
+
+
+def _round_to(x: float, g: int) -> int:
+    return max(g, int(round(x / g)) * g)
+
+
+def _check_on_grid(what: str, h: int, w: int, g: int):
+    if h % g or w % g:
+        def near(v):
+            lo = max(g, v // g * g)
+            return f"{lo} or {lo + g}" if lo != v else str(v)
+        raise ValueError(f"{what} {h}x{w} is not on the {g}-pixel grid this plan needs (VAE x patch"
+                         f"{' x downsample' if 'optimal' in what else ''}); use height {near(h)} and width "
+                         f"{near(w)}")
+
+
+def plan_stages(request: Request, family: FamilySpec, scheduler: SchedulerSpec, config: SurfConfig,
+                *, trained_refiner: bool = False, refiner_transformer: bool = False) -> Plan:
+    """Plan one call. Raises ``ValueError`` naming the problem for anything that cannot be run."""
+    messages: list[str] = []
+    g = family.pixel_grid
+    if not (isinstance(request.height, int) and isinstance(request.width, int)
+            and request.height > 0 and request.width > 0):
+        raise ValueError(f"height and width must be positive ints, got {request.height!r}, {request.width!r}")
+    _check_on_grid("the requested size", request.height, request.width, g)
+    if not (isinstance(request.num_frames, int) and request.num_frames >= 1):
+        raise ValueError(f"num_frames must be an int >= 1, got {request.num_frames!r}")
+    if not (isinstance(request.num_inference_steps, int) and request.num_inference_steps >= 1):
+        raise ValueError(f"num_inference_steps must be an int >= 1, got {request.num_inference_steps!r}")
+
+    n = config.preview_steps if config.preview_steps is not None else request.num_inference_steps
+    k = config.switch_step if config.switch_step is not None else n
+    if k > n:
+        raise ValueError(f"switch_step ({k}) must be <= the preview's steps ({n}"
+                         f"{'' if config.preview_steps is not None else ', the call num_inference_steps'})")
+    switch = k < n and config.downsample > 1
+    if k < n and config.downsample == 1:
+        messages.append(f"downsample=1: no low-resolution part, all {n} preview steps at the optimal size")
+    d = config.downsample if switch else 1
+    g_opt = g * d
+
+    # --- preview (optimal) size
+    if config.optimal_size == "request":
+        oh, ow = request.height, request.width
+        if switch:
+            _check_on_grid("the requested size, used as optimal_size,", oh, ow, g_opt)
+    elif config.optimal_size is None:
+        aspect = request.width / request.height
+        h0 = math.sqrt(family.optimal_area / aspect)
+        w0 = h0 * aspect
+        oh, ow = _round_to(h0, g_opt), _round_to(w0, g_opt)
+        messages.append(f"optimal size for {family.name} at the request's aspect ratio: {oh}x{ow} px "
+                        f"(area {family.optimal_area} px snapped to the {g_opt}-pixel grid from "
+                        f"{h0:.0f}x{w0:.0f})")
+    else:
+        oh, ow = config.optimal_size
+        _check_on_grid("optimal_size", oh, ow, g_opt)
+    if oh * ow > request.height * request.width:
+        messages.append(f"note: the optimal size {oh}x{ow} is larger than the request {request.height}x"
+                        f"{request.width}; the refine stage goes down in resolution")
+
+    lt = latent_frames(request.num_frames, family)
+    vs = family.vae_scale_spatial
+    req_latent = (lt, request.height // vs, request.width // vs)
+    req_tokens = req_latent[1] * req_latent[2]
+
+    def stage_shift(latent_hw: tuple[int, int]) -> float:
+        if config.shift_rule == "constant":
+            return float(scheduler.shift)
+        return float(scheduler.shift * math.sqrt(latent_hw[0] * latent_hw[1] / req_tokens))
+
+    t_grid = scheduler.time_grid(n)
+    stages: list[Stage] = []
+    opt_latent = (lt, oh // vs, ow // vs)
+    shift_opt = stage_shift(opt_latent[1:])
+    if switch:
+        low_latent = (lt, opt_latent[1] // d, opt_latent[2] // d)
+        shift_low = stage_shift(low_latent[1:])
+        low_sigmas = shift_sigmas(t_grid[k:], shift_low)
+        hi_sigmas = np.concatenate([shift_sigmas(t_grid[:k], shift_opt), low_sigmas[:1]])
+        stages.append(Stage("preview", oh, ow, opt_latent, tuple(float(x) for x in hi_sigmas), shift_opt,
+                            "base", "noise", 0))
+        stages.append(Stage("preview_low", oh // d, ow // d, low_latent,
+                            tuple(float(x) for x in np.concatenate([low_sigmas, [0.0]])), shift_low,
+                            "base", "reshift", k))
+    else:
+        sig = np.concatenate([shift_sigmas(t_grid, shift_opt), [0.0]])
+        stages.append(Stage("preview", oh, ow, opt_latent, tuple(float(x) for x in sig), shift_opt,
+                            "base", "noise", 0))
+
+    if config.refine_steps > 0:
+        m = config.refine_steps
+        shift_ref = stage_shift(req_latent[1:])
+        if trained_refiner:
+            sig = np.linspace(1.0, 0.0, m + 1)  # the straight z_lr -> z_hr path (SPEC 1.3)
+            model, use_sched, shift_ref = "trained_refiner", False, 1.0
+        else:
+            t_star = unshift_sigma(config.refine_start, shift_ref)
+            sig = np.concatenate([shift_sigmas(np.linspace(t_star, 0.0, m + 1)[:-1], shift_ref), [0.0]])
+            model, use_sched = ("refiner_transformer" if refiner_transformer else "base"), True
+        prev = stages[-1]
+        stages.append(Stage("refine", request.height, request.width, req_latent, tuple(float(x) for x in sig),
+                            shift_ref, model, "handoff", prev.step_offset + prev.steps, window=config.window,
+                            guidance=config.refine_guidance, use_scheduler=use_sched))
+    elif (stages[-1].height, stages[-1].width) != (request.height, request.width):
+        messages.append(f"refine_steps=0: the output is the preview at {stages[-1].height}x{stages[-1].width}, "
+                        f"not the requested {request.height}x{request.width}")
+
+    plan = Plan(tuple(stages), request, family, scheduler, config, tuple(messages))
+    if family.rope_max_seq_len is not None:
+        pt, ph, pw = family.patch_size
+        for s in plan.stages:
+            axes = (math.ceil(s.latent_size[0] / pt), s.latent_size[1] // ph, s.latent_size[2] // pw)
+            if max(axes) >= family.rope_max_seq_len:
+                raise ValueError(f"stage {s.name!r} has a patch grid {axes}, but the transformer's "
+                                 f"rope_max_seq_len is {family.rope_max_seq_len}: every axis must be below it")
+    return plan

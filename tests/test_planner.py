@@ -1,0 +1,143 @@
+import math
+
+import numpy as np
+import pytest
+
+from surf_accel.config import SurfConfig
+from surf_accel.planner import FamilySpec, Request, SchedulerSpec, plan_stages, shift_sigmas, unshift_sigma
+
+WAN = FamilySpec("wan2.1", 8, 4, (1, 2, 2), 480 * 832, rope_max_seq_len=1024)
+EULER = SchedulerSpec("euler", 5.0, sigma_max=1.0, sigma_min=5.0 * 1e-3 / (1 + 4.0 * 1e-3))
+UNIPC = SchedulerSpec("unipc", 5.0)
+REQ = Request(720, 1280, 81, 50)
+
+
+def test_paper_plan_shapes():
+    plan = plan_stages(REQ, WAN, UNIPC, SurfConfig())
+    names = [s.name for s in plan.stages]
+    assert names == ["preview", "preview_low", "refine"]
+    pre, low, ref = plan.stages
+    assert pre.steps == 10 and low.steps == 30 and ref.steps == 10
+    assert pre.latent_size == (21, pre.height // 8, pre.width // 8)
+    assert low.latent_size == (21, pre.latent_size[1] // 2, pre.latent_size[2] // 2)
+    assert ref.latent_size == (21, 90, 160)
+    # optimal size: 480p area with the request's 16:9 aspect, on the 32 px grid
+    assert pre.height % 32 == 0 and pre.width % 32 == 0
+    assert abs(pre.height * pre.width - 480 * 832) / (480 * 832) < 0.1
+    assert abs(pre.width / pre.height - 16 / 9) < 0.1
+    assert any("optimal size" in m for m in plan.messages)
+    assert low.step_offset == 10 and ref.step_offset == 40 and plan.total_steps == 50
+
+
+@pytest.mark.parametrize("sched", [EULER, UNIPC])
+@pytest.mark.parametrize("cfg", [SurfConfig(), SurfConfig.preset("fast"), SurfConfig.preset("quality")])
+def test_sigmas_monotone_and_in_range(sched, cfg):
+    plan = plan_stages(REQ, WAN, sched, cfg)
+    for s in plan.stages:
+        sig = np.array(s.sigmas)
+        assert np.all(np.diff(sig) < 0), s.name
+        assert sig[0] <= 1.0 and sig[-1] >= 0.0
+    assert plan.stages[-1].sigmas[-1] == 0.0
+
+
+def test_switch_keeps_time_and_changes_shift():
+    plan = plan_stages(REQ, WAN, UNIPC, SurfConfig())
+    pre, low, _ = plan.stages
+    t = UNIPC.time_grid(40)
+    assert low.shift < pre.shift
+    assert math.isclose(low.sigmas[0], float(shift_sigmas(t[10], low.shift)))
+    assert pre.sigmas[-1] == low.sigmas[0]  # the reshift target
+    assert math.isclose(pre.sigmas[0], float(shift_sigmas(t[0], pre.shift)))
+
+
+def test_sqrt_token_shift_rule():
+    plan = plan_stages(REQ, WAN, UNIPC, SurfConfig())
+    pre, low, ref = plan.stages
+    assert ref.shift == pytest.approx(5.0)
+    ratio = pre.latent_size[1] * pre.latent_size[2] / (90 * 160)
+    assert pre.shift == pytest.approx(5.0 * math.sqrt(ratio))
+    const = plan_stages(REQ, WAN, UNIPC, SurfConfig(shift_rule="constant"))
+    assert all(s.shift == 5.0 for s in const.stages)
+
+
+def test_refine_starts_at_refine_start():
+    plan = plan_stages(REQ, WAN, UNIPC, SurfConfig(refine_start=0.3, refine_steps=4))
+    ref = plan.stages[-1]
+    assert ref.sigmas[0] == pytest.approx(0.3) and ref.steps == 4 and ref.start == "handoff"
+    assert unshift_sigma(float(shift_sigmas(0.4, 3.0)), 3.0) == pytest.approx(0.4)
+
+
+def test_trained_refiner_path():
+    plan = plan_stages(REQ, WAN, UNIPC, SurfConfig(), trained_refiner=True)
+    ref = plan.stages[-1]
+    assert ref.model == "trained_refiner" and not ref.use_scheduler
+    assert ref.sigmas == pytest.approx(tuple(np.linspace(1, 0, 11)))
+
+
+@pytest.mark.parametrize("sched", [EULER, UNIPC])
+def test_identity_matches_scheduler(sched):
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    if sched.kind == "euler":
+        ref = FlowMatchEulerDiscreteScheduler(shift=5.0)
+        spec = SchedulerSpec("euler", 5.0, sigma_max=ref.sigma_max, sigma_min=ref.sigma_min)
+    else:
+        ref = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
+        spec = sched
+    ref.set_timesteps(7)
+    plan = plan_stages(Request(64, 64, 5, 7), WAN, spec, SurfConfig.identity())
+    assert len(plan.stages) == 1
+    s = plan.stages[0]
+    assert (s.height, s.width, s.latent_size) == (64, 64, (2, 8, 8))
+    ours = np.array(s.sigmas, dtype=np.float32)
+    theirs = ref.sigmas.numpy()
+    if sched.kind == "unipc":
+        ours[0] -= 1e-6
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_no_switch_when_switch_equals_steps_or_downsample_1():
+    p = plan_stages(REQ, WAN, UNIPC, SurfConfig(switch_step=40))
+    assert [s.name for s in p.stages] == ["preview", "refine"]
+    p = plan_stages(REQ, WAN, UNIPC, SurfConfig(downsample=1))
+    assert [s.name for s in p.stages] == ["preview", "refine"]
+    assert any("downsample=1" in m for m in p.messages)
+
+
+def test_preview_steps_none_uses_call_steps():
+    p = plan_stages(Request(720, 1280, 81, 20), WAN, UNIPC, SurfConfig(preview_steps=None, switch_step=5))
+    assert p.stages[0].steps == 5 and p.stages[1].steps == 15
+    with pytest.raises(ValueError, match="switch_step"):
+        plan_stages(Request(720, 1280, 81, 4), WAN, UNIPC, SurfConfig(preview_steps=None, switch_step=5))
+
+
+def test_refine_zero_outputs_preview_size():
+    p = plan_stages(REQ, WAN, UNIPC, SurfConfig(refine_steps=0))
+    assert p.stages[-1].name == "preview_low"
+    assert any("refine_steps=0" in m for m in p.messages)
+
+
+def test_snapping_and_refusals():
+    with pytest.raises(ValueError, match="16-pixel grid"):
+        plan_stages(Request(721, 1280, 81, 50), WAN, UNIPC, SurfConfig())
+    with pytest.raises(ValueError, match="optimal_size"):
+        plan_stages(REQ, WAN, UNIPC, SurfConfig(optimal_size=(480, 840)))  # 840 not a multiple of 32
+    # with no switch, the 16 px grid suffices
+    plan_stages(REQ, WAN, UNIPC, SurfConfig(optimal_size=(480, 848), switch_step=40))
+    with pytest.raises(ValueError, match="num_frames"):
+        plan_stages(Request(720, 1280, 0, 50), WAN, UNIPC, SurfConfig())
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        plan_stages(Request(720, 1280, 81, 0), WAN, UNIPC, SurfConfig())
+
+
+def test_rope_limit():
+    fam = FamilySpec("tiny", 8, 4, (1, 2, 2), 64 * 64, rope_max_seq_len=32)
+    with pytest.raises(ValueError, match="rope_max_seq_len"):
+        plan_stages(Request(1024, 1024, 9, 4), fam, UNIPC, SurfConfig(refine_steps=2))
+
+
+def test_bad_scheduler_spec():
+    with pytest.raises(ValueError, match="kind"):
+        SchedulerSpec("ddim", 3.0)
+    with pytest.raises(ValueError, match="shift"):
+        SchedulerSpec("euler", 0.0)

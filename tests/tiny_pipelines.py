@@ -1,0 +1,105 @@
+"""Tiny random-weight Wan pipelines built in process (no hub download, no weights on disk).
+
+Sizes follow the spirit of diffusers' own fast tests: a 3-channel-base AutoencoderKLWan
+(8x spatial, 4x temporal), a 2-layer WanTransformer3DModel with patch (1, 2, 2), a 2-layer UMT5
+encoder, and a word-level tokenizer built with the `tokenizers` library.
+"""
+
+from __future__ import annotations
+
+import torch
+
+VOCAB = ["<pad>", "</s>", "<unk>", "a", "red", "blue", "green", "circle", "square", "moving", "left",
+         "right", "up", "down", "on", "the", "background", "ugly", "blurry", "cat", "dog", "video"]
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_text_encoder(d_model: int = 32):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(0)
+    cfg = UMT5Config(vocab_size=len(VOCAB), d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                     relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    return UMT5EncoderModel(cfg).eval()
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True]).eval()
+
+
+def tiny_transformer(in_channels: int = 16, image_dim: int | None = None, num_layers: int = 2,
+                     heads: int = 2, head_dim: int = 12, ffn_dim: int = 32, text_dim: int = 32, seed: int = 0):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=in_channels,
+        out_channels=16, text_dim=text_dim, freq_dim=32, ffn_dim=ffn_dim, num_layers=num_layers,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=64, image_dim=image_dim,
+    ).eval()
+
+
+def scheduler(kind: str = "euler", shift: float = 3.0):
+    if kind == "euler":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler(shift=shift)
+    if kind == "unipc":
+        from diffusers import UniPCMultistepScheduler
+
+        return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                       flow_shift=shift, num_train_timesteps=1000)
+    raise ValueError(kind)
+
+
+def tiny_wan_t2v(kind: str = "euler", shift: float = 3.0, **transformer_kwargs):
+    """A WanPipeline (T2V) with random weights; runs 16x16 px, 5 frames in milliseconds."""
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline(tokenizer=tiny_tokenizer(), text_encoder=tiny_text_encoder(), vae=tiny_vae(),
+                       scheduler=scheduler(kind, shift), transformer=tiny_transformer(**transformer_kwargs))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_image_encoder():
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, intermediate_size=16, patch_size=1)
+    return CLIPVisionModelWithProjection(cfg).eval(), CLIPImageProcessor(crop_size=32, size=32)
+
+
+def tiny_wan_i2v(kind: str = "euler", shift: float = 3.0):
+    """A WanImageToVideoPipeline (Wan2.1 style: CLIP image embeddings + 36-channel transformer input)."""
+    from diffusers import WanImageToVideoPipeline
+
+    enc, proc = tiny_image_encoder()
+    pipe = WanImageToVideoPipeline(
+        tokenizer=tiny_tokenizer(), text_encoder=tiny_text_encoder(), vae=tiny_vae(),
+        scheduler=scheduler(kind, shift), transformer=tiny_transformer(in_channels=36, image_dim=4),
+        image_encoder=enc, image_processor=proc)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_image(height: int = 32, width: int = 32, seed: int = 0):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
