@@ -97,6 +97,19 @@ def test_whole_grid_window_is_full_attention(device, backend, num_text):
         torch.testing.assert_close(out, full, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("device,backend", backend_cases("window_attention"))
+def test_strided_inputs(device, backend):
+    """q, k, v as views into one fused (B, S, heads, 3 * D) projection, as a fused QKV layer gives."""
+    grid, window, shift, num_text = (3, 5, 7), (2, 3, 4), (1, 1, 2), 0
+    gen = seeded("strided", backend)
+    qkv = torch.randn(2, 105, 2, 3 * 64, generator=gen).to(device)
+    q, k, v = qkv.split(64, dim=-1)
+    assert not q.is_contiguous()
+    out = window_attention(q, k, v, grid, window, shift, backend=backend)
+    torch.testing.assert_close(out.double(), oracle(q, k, v, grid, window, shift, num_text, None),
+                               **TOLERANCES[torch.float32])
+
+
 def test_mask_matches_definition():
     """The oracle's mask against a literal reading of SPEC 3.2, pair by pair."""
     grid, window, shift = (3, 5, 4), (2, 2, 8), (1, 1, 3)

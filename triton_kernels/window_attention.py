@@ -1,0 +1,249 @@
+"""Fused shifted-window attention (SPEC 3.2) for Triton: one flash-style kernel.
+
+Each program owns ``BLOCK_M`` consecutive query tokens of one (batch, head) and reads ``q, k, v``
+``(B, S, heads, D)`` in place through their strides (no permute copies). Window membership comes
+from index arithmetic on the t-major token index ``n = (t * H + h) * W + w``: window index per axis
+``(i + shift) // window``. A video query block only visits the contiguous key range of the temporal
+windows it touches, and inside it skips key blocks whose (t, h, w) windows meet none of its rows
+before loading them. Video queries then visit the valid text keys; text queries visit every video
+key and every valid text key. Online softmax with fp32 statistics and accumulator.
+
+Launch geometry: grid ``(cdiv(N, BLOCK_M) + cdiv(num_text, BLOCK_M), B * heads)``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _window_attn_fwd(
+    Q, K, V, O, TM,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_ob, stride_os, stride_oh,
+    stride_tb,
+    HEADS, N_VIDEO, NUM_TEXT,
+    GT, GH, GW,
+    WT, WH, WW,
+    ST, SH, SW,
+    qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_TEXT_MASK: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    # 64-bit offsets: B * S * heads * D exceeds 2**31 at 1080p and beyond.
+    b = (pid_bh // HEADS).to(tl.int64)
+    h = (pid_bh % HEADS).to(tl.int64)
+    hw = GH * GW
+    n_vblocks = tl.cdiv(N_VIDEO, BLOCK_M)
+    is_text = pid_m >= n_vblocks
+
+    if is_text:
+        row0 = N_VIDEO + (pid_m - n_vblocks) * BLOCK_M
+        row_end = N_VIDEO + NUM_TEXT
+        k_lo = 0
+        k_hi = N_VIDEO
+    else:
+        row0 = pid_m * BLOCK_M
+        row_end = N_VIDEO
+        # Temporal windows touched by this block -> one contiguous range of key frames.
+        t_first = row0 // hw
+        t_last = (tl.minimum(row0 + BLOCK_M, N_VIDEO) - 1) // hw
+        a_first = (t_first + ST) // WT
+        a_last = (t_last + ST) // WT
+        k_lo = tl.maximum(a_first * WT - ST, 0) * hw
+        k_hi = tl.minimum((a_last + 1) * WT - ST, GT) * hw
+
+    offs_m = row0 + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < row_end
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+
+    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None].to(tl.int64) * stride_qs + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    # Window ids of the query rows (meaningless for text rows, which ignore them).
+    qt = offs_m // hw
+    qh = (offs_m // GW) % GH
+    qw = offs_m % GW
+    qa = (qt + ST) // WT
+    qb = (qh + SH) // WH
+    qc = (qw + SW) // WW
+
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+
+    # ---- video keys -------------------------------------------------------------------------
+    for start_n in range(k_lo, k_hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < k_hi
+        kt = offs_n // hw
+        kh = (offs_n // GW) % GH
+        kw = offs_n % GW
+        same = (qa[:, None] == ((kt + ST) // WT)[None, :]) \
+            & (qb[:, None] == ((kh + SH) // WH)[None, :]) \
+            & (qc[:, None] == ((kw + SW) // WW)[None, :])
+        allowed = (same | is_text) & col_ok[None, :] & row_ok[:, None]
+        if tl.max(allowed.to(tl.int32)) > 0:  # skip key blocks outside every row's window
+            kv_mask = col_ok[:, None] & d_ok[None, :]
+            k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
+            if UPCAST:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            if IEEE:
+                qk = tl.dot(q, tl.trans(k), input_precision="ieee")
+            else:
+                qk = tl.dot(q, tl.trans(k))
+            qk = tl.where(allowed, qk * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(qk - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            if IEEE:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+
+    # ---- text keys: every query sees the valid ones -------------------------------------------
+    for start_n in range(N_VIDEO, N_VIDEO + NUM_TEXT, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < N_VIDEO + NUM_TEXT
+        if HAS_TEXT_MASK:
+            valid = tl.load(TM + b * stride_tb + (offs_n - N_VIDEO), mask=col_ok, other=0)
+            col_ok = col_ok & (valid != 0)
+        kv_mask = col_ok[:, None] & d_ok[None, :]
+        # Padded text keys/values are masked at the load: whatever they hold never enters.
+        k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        if IEEE:
+            qk = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            qk = tl.dot(q, tl.trans(k))
+        qk = tl.where(col_ok[None, :], qk * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # l_i == 0 only on rows past the end
+    o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None].to(tl.int64) * stride_os + offs_d[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+def _blocks(head_dim: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages). One config, no autotune (the interpreter cannot
+    run multi-config autotuning; SPEC 7)."""
+    if INTERPRET:
+        return 64, 64, 4, 1
+    if head_dim <= 64:
+        return 128, 64, 4, 3
+    return 128, 64, 8, 2
+
+
+def _effective(grid, window, shift):
+    out_w, out_s = [], []
+    for g, w, s in zip(grid, window, shift):
+        if w >= g:  # a window covering the axis: one window, shift irrelevant
+            w, s = g, 0
+        out_w.append(int(w))
+        out_s.append(int(s))
+    return out_w, out_s
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid, window, shift,
+                     num_text: int = 0, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Launch the fused kernel. ``q, k, v``: ``(B, S, heads, D)`` (any strides with unit last stride;
+    others are made contiguous); returns a contiguous ``(B, S, heads, D)`` in the input dtype."""
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    if v.stride(-1) != 1:
+        v = v.contiguous()
+    b, s, heads, d = q.shape
+    n_video = s - num_text
+    (wt, wh, ww), (st, sh, sw) = _effective(grid, window, shift)
+    out = torch.empty((b, s, heads, d), dtype=q.dtype, device=q.device)
+    block_m, block_n, num_warps, num_stages = _blocks(d)
+    if text_mask is not None:
+        tm = text_mask.to(torch.int8)
+        stride_tb = tm.stride(0)
+    else:
+        tm, stride_tb = q, 0
+    launch = (triton.cdiv(n_video, block_m) + triton.cdiv(num_text, block_m), b * heads)
+    _window_attn_fwd[launch](
+        q, k, v, out, tm,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        stride_tb,
+        heads, n_video, num_text,
+        int(grid[0]), int(grid[1]), int(grid[2]),
+        wt, wh, ww, st, sh, sw,
+        (d ** -0.5) * LOG2E,
+        HEAD_DIM=d, BLOCK_D=triton.next_power_of_2(d),
+        BLOCK_M=block_m, BLOCK_N=block_n,
+        HAS_TEXT_MASK=text_mask is not None,
+        # The interpreter's bf16/fp16 arithmetic is wrong (SPEC 7): compute in fp32 there.
+        UPCAST=INTERPRET and q.dtype != torch.float32,
+        IEEE=q.dtype == torch.float32,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return out
+
+
+# ---- ahead-of-time compile specs (scripts/check_triton_aot.py) ----------------------------------
+def _aot_specs():
+    specs = []
+    types = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+    for dtype, name in types.items():
+        for head_dim in (64, 128):
+            ptr = f"*{name}"
+            signature = {
+                "Q": ptr, "K": ptr, "V": ptr, "O": ptr, "TM": "*i8",
+                **{f"stride_{t}{a}": "i32" for t in "qkvo" for a in "bsh"},
+                "stride_tb": "i32", "HEADS": "i32", "N_VIDEO": "i32", "NUM_TEXT": "i32",
+                "GT": "i32", "GH": "i32", "GW": "i32", "WT": "i32", "WH": "i32", "WW": "i32",
+                "ST": "i32", "SH": "i32", "SW": "i32", "qk_scale": "fp32",
+            }
+            block_m, block_n, num_warps, num_stages = (128, 64, 4, 3) if head_dim <= 64 else (128, 64, 8, 2)
+            constexprs = {
+                "HEAD_DIM": head_dim, "BLOCK_D": head_dim, "BLOCK_M": block_m, "BLOCK_N": block_n,
+                "HAS_TEXT_MASK": True, "UPCAST": False, "IEEE": dtype == torch.float32,
+            }
+            for key in constexprs:
+                signature[key] = "constexpr"
+            specs.append((_window_attn_fwd, signature, constexprs))
+    return specs
+
+
+# (kernel, signature, constexprs) triples for the AOT compile check.
+AOT_SPECS = _aot_specs()
