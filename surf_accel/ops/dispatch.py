@@ -39,18 +39,24 @@ class Backend:
 
 @dataclass
 class Op:
-    """An op with one implementation per backend; ``limits`` holds per-backend checks of the call's
-    arguments (shape limits) beyond device and dtype."""
+    """An op with one implementation per backend. ``requires`` holds per-backend checks that do not
+    depend on the call (is this op's kernel built?); ``limits`` per-backend checks of the call's
+    arguments (shape limits), called with the op's arguments. Each returns a reason or None."""
 
     name: str
     impls: dict[str, Callable] = field(default_factory=dict)
+    requires: dict[str, Callable[[], "str | None"]] = field(default_factory=dict)
     limits: dict[str, Callable[..., "str | None"]] = field(default_factory=dict)
 
-    def reason_unusable(self, backend: str, device: torch.device, dtype: torch.dtype, args=(), kwargs=None) -> str | None:
+    def reason_unusable(self, backend: str, device: torch.device, dtype: torch.dtype, args=None, kwargs=None) -> str | None:
+        """Why ``backend`` cannot serve this op on ``device``/``dtype`` (and, when ``args`` are
+        given, for that call), or None."""
         if backend not in self.impls:
             return f"{backend} has no implementation of {self.name}"
         reason = _REGISTRY[backend].capability(device, dtype)
-        if reason is None and backend in self.limits:
+        if reason is None and backend in self.requires:
+            reason = self.requires[backend]()
+        if reason is None and args is not None and backend in self.limits:
             reason = self.limits[backend](*args, **(kwargs or {}))
         return reason
 
@@ -59,7 +65,10 @@ class Op:
         device = torch.device(device)
         return {b: self.reason_unusable(b, device, dtype) for b in BACKENDS}
 
-    def select(self, device: torch.device, dtype: torch.dtype, backend: str | None, args=(), kwargs=None) -> str:
+    def choose(self, device: torch.device, dtype: torch.dtype, backend: str | None = None, args=None, kwargs=None
+               ) -> tuple[str, list[tuple[str, str]]]:
+        """The backend for a call and the preferred ones skipped on the way, with reasons. Pure:
+        ``select`` is the same plus the fallback log line."""
         forced = backend or os.environ.get(ENV_VAR) or None
         if forced is not None:
             if forced not in BACKENDS:
@@ -68,16 +77,20 @@ class Op:
             if reason is not None:
                 source = f"{ENV_VAR}={forced}" if backend is None else f"backend={forced!r}"
                 raise BackendUnavailableError(f"{self.name}: {source} cannot run on {device.type}/{dtype}: {reason}")
-            return forced
+            return forced, []
         skipped = []
         for name in PREFERENCE.get(device.type, ("torch",)):
             reason = self.reason_unusable(name, device, dtype, args, kwargs)
             if reason is None:
-                if skipped:
-                    _log_fallback_once(self.name, name, tuple(skipped))
-                return name
+                return name, skipped
             skipped.append((name, reason))
         raise BackendUnavailableError(f"{self.name}: no backend can run on {device.type}/{dtype}: {skipped}")
+
+    def select(self, device: torch.device, dtype: torch.dtype, backend: str | None = None, args=None, kwargs=None) -> str:
+        chosen, skipped = self.choose(device, dtype, backend, args, kwargs)
+        if skipped:
+            _log_fallback_once(self.name, chosen, tuple(skipped))
+        return chosen
 
     def __call__(self, *args, device: torch.device, dtype: torch.dtype, backend: str | None = None, **kwargs):
         chosen = self.select(device, dtype, backend, args, kwargs)

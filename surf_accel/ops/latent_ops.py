@@ -78,8 +78,8 @@ def _flag_mode(fn, flag_value: str):
 
 
 def _kernel_registered(name: str, key: str):
-    """A limit check: the built extension may lack a kernel (e.g. an op added after the build)."""
-    def check(*args, **kwargs) -> str | None:
+    """A requirement: the built extension may lack a kernel (e.g. an op added after the build)."""
+    def check() -> str | None:
         if torch._C._dispatch_has_kernel_for_dispatch_key(f"surf_accel::{name}", key):
             return None
         return f"the built extension has no {key} kernel for {name}; rebuild surf_accel"
@@ -93,7 +93,7 @@ def _op(name: str, ref, triton_fn, flag_value: str | None) -> Op:
     return Op(
         name,
         impls={"torch": ref, "cpp": compiled, "cuda": compiled, "triton": tri},
-        limits={"cpp": _kernel_registered(name, "CPU"), "cuda": _kernel_registered(name, "CUDA")},
+        requires={"cpp": _kernel_registered(name, "CPU"), "cuda": _kernel_registered(name, "CUDA")},
     )
 
 

@@ -28,7 +28,7 @@ def reshift_downsample(
     x0 = latents.float() - sigma * model_output.float()
     pooled = F.avg_pool3d(x0, kernel_size=(1, factor, factor))
     scale = 1.0 if mode == "paper" else 1.0 - sigma_new
-    return (scale * pooled + sigma_new * noise.float()).to(latents.dtype)
+    return (scale * pooled + sigma_new * noise.float()).to(latents.dtype).contiguous()
 
 
 def upsample_mix(
@@ -47,7 +47,7 @@ def upsample_mix(
         up = F.interpolate(
             latents.float(), scale_factor=(1, factor, factor), mode="trilinear", align_corners=False
         )
-    return ((1.0 - sigma) * up + sigma * noise.float()).to(latents.dtype)
+    return ((1.0 - sigma) * up + sigma * noise.float()).to(latents.dtype).contiguous()
 
 
 def guided_step(
@@ -65,4 +65,4 @@ def guided_step(
     if v_uncond is not None:
         vu = v_uncond.float()
         v = vu + guidance_scale * (v - vu)
-    return (latents.float() + (sigma_next - sigma) * v).to(latents.dtype)
+    return (latents.float() + (sigma_next - sigma) * v).to(latents.dtype).contiguous()

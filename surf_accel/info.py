@@ -1,0 +1,72 @@
+"""``python -m surf_accel.info``: versions, devices, the extension's state, and which backend
+serves each op on each device (and why the others do not)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+
+import torch
+
+from surf_accel import __version__, _extension
+from surf_accel.ops import BACKENDS, OPS
+from surf_accel.ops.backends import triton_interpreted
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def devices() -> list[str]:
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found.append("cuda")
+    return found
+
+
+def backend_table(device: str, dtype: torch.dtype = torch.float16) -> list[tuple[str, str, dict[str, str]]]:
+    """Rows (op, automatic choice, backend -> "yes" or "no: reason") for ``device`` and ``dtype``."""
+    rows = []
+    for name, op in OPS.items():
+        try:
+            chosen = op.choose(torch.device(device), dtype)[0]
+        except RuntimeError as exc:  # forced by SURF_ACCEL_BACKEND, or nothing usable: show why
+            chosen = f"none ({exc})"
+        cells = {}
+        for backend, reason in op.explain(device, dtype).items():
+            interp = " (interpreted)" if backend == "triton" and device == "cpu" else ""
+            cells[backend] = f"yes{interp}" if reason is None else f"no: {reason}"
+        rows.append((name, chosen, cells))
+    return rows
+
+
+def report() -> str:
+    lines = [
+        f"surf_accel {__version__}",
+        f"python {platform.python_version()} on {platform.machine()} ({platform.system()})",
+        f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}), triton {_version('triton')}, "
+        f"diffusers {_version('diffusers')}, transformers {_version('transformers')}, "
+        f"flash-attn {_version('flash-attn')}, xformers {_version('xformers')}",
+        f"devices: {', '.join(devices())}"
+        + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""),
+        f"extension surf_accel._C: {_extension.status().describe()}",
+        f"triton mode: {'interpreter (TRITON_INTERPRET=1)' if triton_interpreted() else 'compiled'}",
+    ]
+    for device in devices():
+        lines.append(f"\nbackends on {device} (fp16 inputs); automatic choice first:")
+        for name, chosen, cells in backend_table(device):
+            lines.append(f"  {name:<20} -> {chosen}")
+            lines.extend(f"      {backend:<7}{cell}" for backend, cell in cells.items())
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    print(report())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
