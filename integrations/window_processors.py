@@ -1,0 +1,244 @@
+"""Shifted-window attention processors for diffusers video transformers (SPEC 3.2, 4).
+
+``apply_window_attention(transformer, window)`` swaps the self-attention processors of a
+``WanTransformer3DModel`` (each block's ``attn1``) or the joint video+text attention of a
+``HunyuanVideoTransformer3DModel`` (dual- and single-stream blocks) for ONE shared processor
+instance that calls :func:`surf_accel.ops.window_attention`. Blocks alternate shift 0 and
+``window // 2`` (block 0 unshifted); the per-block choice is a plain bool attribute on each attention
+module, so torch.compile sees at most two variants of a block and never recompiles per block.
+Cross-attention, the token refiner and everything else keep their processors and the diffusers
+attention backend the user set.
+
+The token grid ``(T / p_t, H / p_h, W / p_w)`` is read from the transformer's input by a forward
+pre-hook. Windows are in tokens (after patchify). ``remove_window_attention`` puts the original
+processor objects back and removes the hook; ``windowed_attention`` is the context-manager form.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from surf_accel.ops.window_attention import window_attention
+
+STATE_ATTR = "_surf_window_attention"
+SHIFT_ATTR = "_surf_window_shifted"
+SUPPORTED = ("WanTransformer3DModel", "HunyuanVideoTransformer3DModel")
+
+
+@dataclass
+class WindowState:
+    """Shared by the processor, the grid hook and ``remove_window_attention`` of one model."""
+
+    window: tuple[int, int, int]
+    backend: str | None
+    grid: tuple[int, int, int] | None = None
+    originals: dict = field(default_factory=dict)  # attention module -> its original processor
+    hook: object = None
+    processor: object = None
+
+    def shift(self, shifted: bool) -> tuple[int, int, int]:
+        return tuple(w // 2 for w in self.window) if shifted else (0, 0, 0)
+
+    def current_grid(self) -> tuple[int, int, int]:
+        if self.grid is None:
+            raise RuntimeError("window attention needs the token grid, which is read when the transformer's "
+                               "forward runs; call the transformer, not its attention modules directly")
+        return self.grid
+
+
+def _rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's RoPE: channel pairs (2i, 2i+1) rotated by the pair's angle; ``cos``/``sin`` hold the
+    angle's cosine/sine repeated per pair, broadcast over (B, S, heads, D)."""
+    pairs = x.unflatten(-1, (-1, 2)).float()
+    even, odd = pairs[..., 0], pairs[..., 1]
+    c, s = cos[..., 0::2].float(), sin[..., 0::2].float()
+    return torch.stack((even * c - odd * s, even * s + odd * c), dim=-1).flatten(-2).type_as(x)
+
+
+class WanWindowAttnProcessor:
+    """Self-attention (``attn1``) of Wan blocks with shifted windows. One instance per model."""
+
+    _attention_backend = None  # diffusers' set_attention_backend writes these; windows ignore them
+    _parallel_config = None
+
+    def __init__(self, state: WindowState):
+        self.state = state
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, rotary_emb=None) -> torch.Tensor:
+        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise RuntimeError("WanWindowAttnProcessor serves self-attention without a mask (attn1) only")
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
+        if rotary_emb is not None:
+            query = _rotate_interleaved(query, *rotary_emb)
+            key = _rotate_interleaved(key, *rotary_emb)
+        state = self.state
+        out = window_attention(query, key, value, state.current_grid(), state.window,
+                               state.shift(getattr(attn, SHIFT_ATTR, False)), backend=state.backend)
+        out = out.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class HunyuanVideoWindowAttnProcessor:
+    """Joint video+text attention of HunyuanVideo's dual- and single-stream blocks with shifted
+    windows on the video queries; text tokens attend to everything valid. One instance per model."""
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self, state: WindowState):
+        self.state = state
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, image_rotary_emb=None):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        n_video = hidden_states.shape[1]
+        num_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        dual = attn.add_q_proj is not None
+        x = hidden_states if dual or encoder_hidden_states is None else torch.cat([hidden_states, encoder_hidden_states], 1)
+        query, key, value = (proj(x).unflatten(2, (attn.heads, -1)) for proj in (attn.to_q, attn.to_k, attn.to_v))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if image_rotary_emb is not None:
+            query = torch.cat([apply_rotary_emb(query[:, :n_video], image_rotary_emb, sequence_dim=1),
+                               query[:, n_video:]], 1)
+            key = torch.cat([apply_rotary_emb(key[:, :n_video], image_rotary_emb, sequence_dim=1),
+                             key[:, n_video:]], 1)
+        if dual and encoder_hidden_states is not None:
+            eq, ek, ev = (proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+                          for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+            if attn.norm_added_q is not None:
+                eq = attn.norm_added_q(eq)
+            if attn.norm_added_k is not None:
+                ek = attn.norm_added_k(ek)
+            query, key, value = torch.cat([query, eq], 1), torch.cat([key, ek], 1), torch.cat([value, ev], 1)
+
+        text_mask = None
+        if attention_mask is not None and num_text:
+            if attention_mask.dtype != torch.bool:
+                raise RuntimeError(f"expected HunyuanVideo's boolean key mask, got dtype {attention_mask.dtype}")
+            # (B, 1, 1, N + num_text) key mask: video keys are always valid.
+            text_mask = attention_mask.reshape(attention_mask.shape[0], -1)[:, n_video:].contiguous()
+        state = self.state
+        out = window_attention(query, key, value, state.current_grid(), state.window,
+                               state.shift(getattr(attn, SHIFT_ATTR, False)), num_text=num_text,
+                               text_mask=text_mask, backend=state.backend)
+        out = out.flatten(2, 3).to(query.dtype)
+        if encoder_hidden_states is None:
+            return out
+        out, text_out = out[:, :n_video], out[:, n_video:]
+        if getattr(attn, "to_out", None) is not None:
+            out = attn.to_out[1](attn.to_out[0](out))
+        if getattr(attn, "to_add_out", None) is not None:
+            text_out = attn.to_add_out(text_out)
+        return out, text_out
+
+
+def _kind(transformer) -> str:
+    name = type(transformer).__name__
+    for supported in SUPPORTED:
+        cls = _diffusers_class(supported)
+        if cls is not None and isinstance(transformer, cls):
+            return supported
+    raise TypeError(f"window attention supports {', '.join(SUPPORTED)}; got {name}")
+
+
+def _diffusers_class(name: str):
+    import diffusers
+    return getattr(diffusers, name, None)
+
+
+def _targets(transformer, kind: str) -> list:
+    """The attention modules that get windows, in block order."""
+    if kind == "WanTransformer3DModel":
+        return [block.attn1 for block in transformer.blocks]
+    return [block.attn for block in (*transformer.transformer_blocks, *transformer.single_transformer_blocks)]
+
+
+def _patch_sizes(transformer, kind: str) -> tuple[int, int, int]:
+    cfg = transformer.config
+    if kind == "WanTransformer3DModel":
+        return tuple(int(p) for p in cfg.patch_size)
+    return int(cfg.patch_size_t), int(cfg.patch_size), int(cfg.patch_size)
+
+
+def _check_window(window) -> tuple[int, int, int]:
+    if isinstance(window, torch.Tensor) or not isinstance(window, Sequence) or len(window) != 3 or any(
+            isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in window):
+        raise ValueError(f"window must be three positive ints (T, H, W) in tokens, got {window!r}")
+    return tuple(int(w) for w in window)
+
+
+def _grid_hook(state: WindowState, patch: tuple[int, int, int]):
+    def hook(module, args, kwargs):
+        x = kwargs.get("hidden_states", args[0] if args else None)
+        if x is None or x.dim() != 5:
+            raise RuntimeError("window attention expects the transformer's hidden_states (B, C, T, H, W)")
+        _, _, t, h, w = x.shape
+        state.grid = (t // patch[0], h // patch[1], w // patch[2])
+    return hook
+
+
+def apply_window_attention(transformer, window: tuple[int, int, int], *, backend: str | None = None) -> None:
+    """Give ``transformer``'s video self-attention shifted windows of ``window`` tokens (T, H, W);
+    blocks alternate shift 0 and ``window // 2``. Applying again only changes window and backend."""
+    kind = _kind(transformer)
+    window = _check_window(window)
+    state = getattr(transformer, STATE_ATTR, None)
+    if state is not None:
+        state.window, state.backend = window, backend
+        return
+    state = WindowState(window, backend)
+    proc_cls = WanWindowAttnProcessor if kind == "WanTransformer3DModel" else HunyuanVideoWindowAttnProcessor
+    state.processor = proc_cls(state)
+    for i, attn in enumerate(_targets(transformer, kind)):
+        state.originals[attn] = attn.processor
+        setattr(attn, SHIFT_ATTR, i % 2 == 1)
+        attn.set_processor(state.processor)
+    state.hook = transformer.register_forward_pre_hook(_grid_hook(state, _patch_sizes(transformer, kind)),
+                                                       with_kwargs=True)
+    setattr(transformer, STATE_ATTR, state)
+
+
+def remove_window_attention(transformer) -> None:
+    """Put back the original processor objects and drop the grid hook (no-op if not applied)."""
+    _kind(transformer)
+    state = getattr(transformer, STATE_ATTR, None)
+    if state is None:
+        return
+    for attn, original in state.originals.items():
+        attn.set_processor(original)
+        if hasattr(attn, SHIFT_ATTR):
+            delattr(attn, SHIFT_ATTR)
+    state.hook.remove()
+    delattr(transformer, STATE_ATTR)
+
+
+@contextlib.contextmanager
+def windowed_attention(transformer, window: tuple[int, int, int], *, backend: str | None = None) -> Iterator[None]:
+    """``with windowed_attention(transformer, (wt, wh, ww)):`` windows inside, the previous state after."""
+    previous = getattr(transformer, STATE_ATTR, None)
+    before = None if previous is None else (previous.window, previous.backend)
+    apply_window_attention(transformer, window, backend=backend)
+    try:
+        yield
+    finally:
+        if before is None:
+            remove_window_attention(transformer)
+        else:
+            apply_window_attention(transformer, before[0], backend=before[1])
+
+
+__all__ = ["HunyuanVideoWindowAttnProcessor", "WanWindowAttnProcessor", "apply_window_attention",
+           "remove_window_attention", "windowed_attention"]
