@@ -48,14 +48,13 @@ class Op:
     requires: dict[str, Callable[[], "str | None"]] = field(default_factory=dict)
     limits: dict[str, Callable[..., "str | None"]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        _OPS[self.name] = self
+
     def reason_unusable(self, backend: str, device: torch.device, dtype: torch.dtype, args=None, kwargs=None) -> str | None:
         """Why ``backend`` cannot serve this op on ``device``/``dtype`` (and, when ``args`` are
         given, for that call), or None."""
-        if backend not in self.impls:
-            return f"{backend} has no implementation of {self.name}"
-        reason = _REGISTRY[backend].capability(device, dtype)
-        if reason is None and backend in self.requires:
-            reason = self.requires[backend]()
+        reason = _static_reason(self.name, backend, device, dtype)
         if reason is None and args is not None and backend in self.limits:
             reason = self.limits[backend](*args, **(kwargs or {}))
         return reason
@@ -69,7 +68,7 @@ class Op:
                ) -> tuple[str, list[tuple[str, str]]]:
         """The backend for a call and the preferred ones skipped on the way, with reasons. Pure:
         ``select`` is the same plus the fallback log line."""
-        forced = backend or os.environ.get(ENV_VAR) or None
+        forced = backend or _forced_by_env()
         if forced is not None:
             if forced not in BACKENDS:
                 raise ValueError(f"unknown backend {forced!r}; choose one of {list(BACKENDS)}")
@@ -98,6 +97,7 @@ class Op:
 
 
 _REGISTRY: dict[str, Backend] = {}
+_OPS: dict[str, Op] = {}
 _LOGGED: set[tuple] = set()
 
 
@@ -105,6 +105,26 @@ def register_backend(backend: Backend) -> None:
     _REGISTRY[backend.name] = backend
 
 
+# The call-independent parts of the choice (environment, built kernels, device and dtype support)
+# run eagerly and are constants to torch.compile, so a compiled model traces straight to the chosen
+# kernel without graph breaks.
+@torch.compiler.assume_constant_result
+def _static_reason(op_name: str, backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    op = _OPS[op_name]
+    if backend not in op.impls:
+        return f"{backend} has no implementation of {op_name}"
+    reason = _REGISTRY[backend].capability(device, dtype)
+    if reason is None and backend in op.requires:
+        reason = op.requires[backend]()
+    return reason
+
+
+@torch.compiler.assume_constant_result
+def _forced_by_env() -> str | None:
+    return os.environ.get(ENV_VAR) or None
+
+
+@torch.compiler.assume_constant_result
 def _log_fallback_once(op: str, chosen: str, skipped: tuple) -> None:
     key = (op, chosen, skipped)
     if key not in _LOGGED:
