@@ -103,3 +103,22 @@ def tiny_image(height: int = 32, width: int = 32, seed: int = 0):
 
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def gen(seed: int = 0):
+    return torch.Generator().manual_seed(seed)
+
+
+T2V_KW = dict(prompt="a red circle moving left", negative_prompt="ugly blurry", height=32, width=32, num_frames=5,
+              num_inference_steps=4, guidance_scale=4.0, max_sequence_length=16, output_type="np")
+
+
+def i2v_kwargs(batch: int = 1, seed: int = 0, **overrides):
+    """I2V call arguments with precomputed text embeddings: diffusers 0.42's I2V text cleaning needs
+    `ftfy`, which is not installed here (WanPipeline guards it, WanImageToVideoPipeline does not)."""
+    g = torch.Generator().manual_seed(seed)
+    kw = dict(image=tiny_image(), prompt_embeds=torch.randn(batch, 16, 32, generator=g),
+              negative_prompt_embeds=torch.randn(batch, 16, 32, generator=g), height=32, width=32, num_frames=5,
+              num_inference_steps=4, guidance_scale=4.0, max_sequence_length=16, output_type="np")
+    kw.update(overrides)
+    return kw

@@ -1,0 +1,141 @@
+"""What a model family's adapter provides to the SURF stage runner, and the scheduler handling
+shared by every flow-matching family.
+
+An adapter hides what differs between families (SPEC 4): the transformer's call signature, VAE
+scale factors and latent normalisation, latent preparation at a given resolution, image
+conditioning rebuilt per stage, RoPE limits. The runner (``surf_accel.runner``) only talks to this
+interface, so HunyuanVideo adds one adapter and no runner changes.
+
+Schedulers. SURF supports the two flow-matching schedulers Wan ships with:
+``FlowMatchEulerDiscreteScheduler`` and ``UniPCMultistepScheduler(use_flow_sigmas=True,
+prediction_type="flow_prediction")``, both with a static shift. Each stage gets a *fresh* scheduler
+of the pipeline's class, configured with shift 1 and handed the stage's already shifted sigmas, so
+a multistep history never crosses a resolution switch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from surf_accel.planner import FamilySpec, SchedulerSpec
+
+SUPPORTED_SCHEDULERS = (
+    "FlowMatchEulerDiscreteScheduler (static shift, no karras/exponential/beta sigmas, no stochastic sampling)",
+    "UniPCMultistepScheduler (use_flow_sigmas=True, prediction_type='flow_prediction', static flow_shift)",
+)
+
+
+def _unsupported_scheduler(scheduler, why: str) -> TypeError:
+    return TypeError(f"surf_accel cannot drive {type(scheduler).__name__} ({why}); supported schedulers: "
+                     + "; ".join(SUPPORTED_SCHEDULERS))
+
+
+def scheduler_spec(scheduler) -> SchedulerSpec:
+    """The planner's view of a pipeline scheduler; ``TypeError`` for one SURF cannot drive."""
+    name = type(scheduler).__name__
+    cfg = scheduler.config
+    common_flags = ("use_dynamic_shifting", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
+                    "shift_terminal")
+    for flag in common_flags:
+        if cfg.get(flag):
+            raise _unsupported_scheduler(scheduler, f"{flag} is set")
+    if name == "FlowMatchEulerDiscreteScheduler":
+        for flag in ("stochastic_sampling", "invert_sigmas"):
+            if cfg.get(flag):
+                raise _unsupported_scheduler(scheduler, f"{flag} is set")
+        # diffusers builds the Euler grid between the (once-shifted) sigmas of its training table.
+        return SchedulerSpec("euler", float(cfg.shift), int(cfg.num_train_timesteps),
+                             float(scheduler.sigma_max), float(scheduler.sigma_min))
+    if name == "UniPCMultistepScheduler":
+        if not cfg.get("use_flow_sigmas") or cfg.get("prediction_type") != "flow_prediction":
+            raise _unsupported_scheduler(scheduler, "it is not configured for flow matching")
+        if cfg.get("final_sigmas_type", "zero") != "zero":
+            raise _unsupported_scheduler(scheduler, "final_sigmas_type is not 'zero'")
+        return SchedulerSpec("unipc", float(cfg.flow_shift), int(cfg.num_train_timesteps))
+    raise _unsupported_scheduler(scheduler, "not a supported class")
+
+
+def stage_scheduler(scheduler, sigmas, device):
+    """A fresh scheduler of ``scheduler``'s class for one stage, set to the given (shifted) sigmas.
+
+    ``sigmas`` are the noise levels of the model evaluations; the scheduler appends its final 0.
+    """
+    cls = type(scheduler)
+    if cls.__name__ == "FlowMatchEulerDiscreteScheduler":
+        fresh = cls.from_config(scheduler.config, shift=1.0)
+    else:
+        fresh = cls.from_config(scheduler.config, flow_shift=1.0)
+    fresh.set_timesteps(sigmas=np.asarray(sigmas, dtype=np.float64), device=device)
+    fresh.set_begin_index(0)
+    return fresh
+
+
+@dataclass
+class PreparedCall:
+    """One call's inputs after validation and encoding (the family-independent part)."""
+
+    request: Any  # surf_accel.planner.Request
+    batch: int  # effective batch (prompts x videos per prompt)
+    guidance_scale: float
+    do_cfg: bool
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: Optional[torch.Tensor]
+    generator: Any
+    latents: Optional[torch.Tensor]
+    output_type: str
+    return_dict: bool
+    attention_kwargs: Optional[dict]
+    callback: Any
+    callback_inputs: list
+    device: torch.device
+    extra: dict = field(default_factory=dict)  # family-specific (image, image_embeds, ...)
+
+
+class FamilyAdapter:
+    """Interface of a model-family adapter (see ``integrations.wan.WanAdapter``)."""
+
+    family: str = "?"
+    supported_pipelines: tuple[str, ...] = ()
+
+    def check_pipeline(self, pipe) -> None:
+        """Raise ``TypeError`` naming what is supported when ``pipe`` cannot be driven."""
+        raise NotImplementedError
+
+    def family_spec(self, pipe) -> FamilySpec:
+        raise NotImplementedError
+
+    def prepare_call(self, pipe, original_call, args, kwargs) -> PreparedCall:
+        """Validate and encode one call (prompts once, images once)."""
+        raise NotImplementedError
+
+    def initial_latents(self, pipe, call: PreparedCall, stage) -> torch.Tensor:
+        raise NotImplementedError
+
+    def stage_context(self, pipe, call: PreparedCall, stage) -> Any:
+        """Per-stage conditioning rebuilt at the stage's resolution (e.g. I2V image latents)."""
+        return None
+
+    def predict(self, pipe, model, latents, timestep, call: PreparedCall, ctx, *, negative: bool, step_index: int,
+                sigma: float) -> torch.Tensor:
+        """One transformer evaluation (cond or uncond branch) -> velocity, float32."""
+        raise NotImplementedError
+
+    def decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents -> video in [-1, 1], ``(B, 3, F, H, W)``."""
+        raise NotImplementedError
+
+    def encode(self, pipe, video: torch.Tensor) -> torch.Tensor:
+        """Video in [-1, 1] -> normalised latents (the distribution's mode)."""
+        raise NotImplementedError
+
+    def finalize(self, pipe, latents: torch.Tensor, call: PreparedCall, ctx) -> torch.Tensor:
+        """Last touch on the output latents before decoding (identity for most families)."""
+        return latents
+
+    def postprocess(self, pipe, latents: torch.Tensor, call: PreparedCall):
+        """Decode (unless ``output_type == 'latent'``) and wrap the result like the pipeline does."""
+        raise NotImplementedError

@@ -1,0 +1,236 @@
+"""SURF adapter for diffusers' Wan2.1 pipelines: ``WanPipeline`` (T2V) and
+``WanImageToVideoPipeline`` (I2V).
+
+What is Wan-specific here: the transformer takes ``timestep`` in [0, 1000] and text embeddings
+(plus CLIP image embeddings for Wan2.1 I2V); latents are normalised with the VAE's
+``latents_mean``/``latents_std``; I2V concatenates a first-frame mask and the image's latents on the
+channel axis, which this adapter rebuilds at every stage's resolution through the pipeline's own
+``prepare_latents``. Wan2.2 features (``transformer_2``/``boundary_ratio``, ``expand_timesteps``)
+are refused.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import torch
+
+from surf_accel.integrations.base import FamilyAdapter, PreparedCall, scheduler_spec  # noqa: F401  (re-export)
+from surf_accel.planner import FamilySpec, Request
+
+logger = logging.getLogger("surf_accel")
+
+WAN_OPTIMAL_AREA = 480 * 832  # Wan2.1's training resolution (480p), the paper's optimal resolution
+SUPPORTED = ("WanPipeline", "WanImageToVideoPipeline")
+
+
+def _is_wan_pipeline(pipe) -> bool:
+    return any(c.__name__ in SUPPORTED and c.__module__.startswith("diffusers") for c in type(pipe).__mro__)
+
+
+def _diffusers_class(pipe):
+    for c in type(pipe).__mro__:
+        if c.__name__ in SUPPORTED and c.__module__.startswith("diffusers"):
+            return c
+    return None
+
+
+class WanAdapter(FamilyAdapter):
+    family = "wan2.1"
+    supported_pipelines = SUPPORTED
+
+    def __init__(self, optimal_area: int = WAN_OPTIMAL_AREA):
+        self.optimal_area = optimal_area
+
+    # ------------------------------------------------------------------ checks and geometry
+    def check_pipeline(self, pipe) -> None:
+        if not _is_wan_pipeline(pipe):
+            raise TypeError(f"surf_accel supports {', '.join(SUPPORTED)} (HunyuanVideoPipeline comes later); "
+                            f"got {type(pipe).__name__}")
+        if getattr(pipe, "transformer", None) is None:
+            raise TypeError("surf_accel needs the pipeline's `transformer` (Wan2.1); this pipeline has none")
+        if getattr(pipe, "transformer_2", None) is not None or pipe.config.get("boundary_ratio") is not None:
+            raise TypeError("surf_accel supports Wan2.1 pipelines; two-expert Wan2.2 pipelines "
+                            "(transformer_2 / boundary_ratio) are not supported")
+        if pipe.config.get("expand_timesteps"):
+            raise TypeError("surf_accel supports Wan2.1 pipelines; Wan2.2 expand_timesteps is not supported")
+        scheduler_spec(pipe.scheduler)  # raises TypeError for an unsupported scheduler
+
+    def is_i2v(self, pipe) -> bool:
+        return _diffusers_class(pipe).__name__ == "WanImageToVideoPipeline"
+
+    def family_spec(self, pipe) -> FamilySpec:
+        cfg = pipe.transformer.config
+        return FamilySpec(self.family, int(pipe.vae_scale_factor_spatial), int(pipe.vae_scale_factor_temporal),
+                          tuple(int(p) for p in cfg.patch_size), self.optimal_area,
+                          rope_max_seq_len=int(cfg.rope_max_seq_len))
+
+    # ------------------------------------------------------------------ call preparation
+    def prepare_call(self, pipe, original_call, args, kwargs) -> PreparedCall:
+        try:
+            bound = inspect.signature(original_call).bind(pipe, *args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{type(pipe).__name__}.__call__: {e}") from None
+        bound.apply_defaults()
+        a = dict(bound.arguments)
+        a.pop("self", None)
+        i2v = self.is_i2v(pipe)
+        cb = a["callback_on_step_end"]
+        cb_inputs = a["callback_on_step_end_tensor_inputs"]
+        from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+        if isinstance(cb, (PipelineCallback, MultiPipelineCallbacks)):
+            cb_inputs = cb.tensor_inputs
+        if i2v:
+            pipe.check_inputs(a["prompt"], a["negative_prompt"], a["image"], a["height"], a["width"],
+                              a["prompt_embeds"], a["negative_prompt_embeds"], a["image_embeds"], cb_inputs,
+                              a["guidance_scale_2"])
+        else:
+            pipe.check_inputs(a["prompt"], a["negative_prompt"], a["height"], a["width"], a["prompt_embeds"],
+                              a["negative_prompt_embeds"], cb_inputs, a["guidance_scale_2"])
+        nvp = a["num_videos_per_prompt"] or 1
+        if not isinstance(nvp, int) or nvp < 1:
+            raise ValueError(f"num_videos_per_prompt must be an int >= 1, got {nvp!r}")
+        num_frames = a["num_frames"]
+        vt = pipe.vae_scale_factor_temporal
+        if num_frames % vt != 1:
+            logger.warning("`num_frames - 1` has to be divisible by %d. Rounding to the nearest number.", vt)
+            num_frames = num_frames // vt * vt + 1
+        num_frames = max(num_frames, 1)
+        steps = a["num_inference_steps"]
+        guidance = a["guidance_scale"]
+        do_cfg = guidance > 1.0
+        pipe._guidance_scale = guidance
+        pipe._guidance_scale_2 = None
+        pipe._attention_kwargs = a["attention_kwargs"]
+        pipe._current_timestep = None
+        pipe._interrupt = False
+        device = pipe._execution_device
+        prompt = a["prompt"]
+        if prompt is not None and isinstance(prompt, str):
+            n_prompts = 1
+        elif prompt is not None:
+            n_prompts = len(prompt)
+        else:
+            n_prompts = a["prompt_embeds"].shape[0]
+        pe, ne = pipe.encode_prompt(prompt=prompt, negative_prompt=a["negative_prompt"], do_classifier_free_guidance=do_cfg,
+                                    num_videos_per_prompt=nvp, prompt_embeds=a["prompt_embeds"],
+                                    negative_prompt_embeds=a["negative_prompt_embeds"],
+                                    max_sequence_length=a["max_sequence_length"], device=device)
+        tdtype = pipe.transformer.dtype
+        pe = pe.to(tdtype)
+        if ne is not None:
+            ne = ne.to(tdtype)
+        extra = {"n_prompts": n_prompts}
+        batch = n_prompts * nvp
+        if i2v:
+            image_embeds = a["image_embeds"]
+            if pipe.transformer.config.image_dim is not None:
+                if image_embeds is None:
+                    image_embeds = pipe.encode_image(a["image"] if a["last_image"] is None
+                                                     else [a["image"], a["last_image"]], device)
+                # the pipeline repeats by the prompt count; the transformer needs one row per video
+                image_embeds = image_embeds.repeat(n_prompts, 1, 1)
+                if nvp > 1 and image_embeds.shape[0] != batch:
+                    image_embeds = image_embeds.repeat_interleave(nvp, dim=0)
+                image_embeds = image_embeds.to(tdtype)
+            extra.update(image=a["image"], last_image=a["last_image"], image_embeds=image_embeds)
+        request = Request(a["height"], a["width"], num_frames, steps, guidance)
+        return PreparedCall(request=request, batch=batch, guidance_scale=guidance, do_cfg=do_cfg, prompt_embeds=pe,
+                            negative_prompt_embeds=ne, generator=a["generator"], latents=a["latents"],
+                            output_type=a["output_type"], return_dict=a["return_dict"],
+                            attention_kwargs=a["attention_kwargs"], callback=cb, callback_inputs=list(cb_inputs),
+                            device=device, extra=extra)
+
+    # ------------------------------------------------------------------ latents and conditioning
+    def _shape(self, pipe, call, stage):
+        c = pipe.vae.config.z_dim
+        return (call.batch, c) + tuple(stage.latent_size)
+
+    def initial_latents(self, pipe, call: PreparedCall, stage) -> torch.Tensor:
+        """The first stage's noise, drawn exactly as the pipeline draws it (same generator use)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        shape = self._shape(pipe, call, stage)
+        if call.latents is not None:
+            if tuple(call.latents.shape) != shape:
+                raise ValueError(f"`latents` has shape {tuple(call.latents.shape)}, but the first SURF stage "
+                                 f"({stage.height}x{stage.width} px) needs {shape}")
+            return call.latents.to(device=call.device, dtype=torch.float32)
+        gen = call.generator
+        if isinstance(gen, list) and len(gen) != call.batch:
+            raise ValueError(f"You have passed a list of generators of length {len(gen)}, but requested an "
+                             f"effective batch size of {call.batch}. Make sure the batch size matches the length "
+                             "of the generators.")
+        return randn_tensor(shape, generator=gen, device=call.device, dtype=torch.float32)
+
+    def stage_context(self, pipe, call: PreparedCall, stage):
+        """I2V: mask + image latents at this stage's resolution (the pipeline's own recipe)."""
+        if not self.is_i2v(pipe):
+            return None
+        h, w = stage.height, stage.width
+        image = pipe.video_processor.preprocess(call.extra["image"], height=h, width=w).to(call.device,
+                                                                                           dtype=torch.float32)
+        last = call.extra["last_image"]
+        if last is not None:
+            last = pipe.video_processor.preprocess(last, height=h, width=w).to(call.device, dtype=torch.float32)
+        placeholder = torch.zeros(self._shape(pipe, call, stage), device=call.device)  # no generator draw
+        _, condition = pipe.prepare_latents(image, call.batch, pipe.vae.config.z_dim, h, w, call.request.num_frames,
+                                            torch.float32, call.device, call.generator, placeholder, last)
+        return condition
+
+    def predict(self, pipe, model, latents, timestep, call: PreparedCall, ctx, *, negative: bool, step_index: int,
+                sigma: float) -> torch.Tensor:
+        dtype = model.dtype
+        in_ch = model.config.in_channels
+        # the I2V condition goes in only where the model reads it (a trained refiner may not)
+        x = latents if ctx is None or in_ch == latents.shape[1] else torch.cat([latents, ctx], dim=1)
+        if x.shape[1] != in_ch:
+            raise ValueError(f"{type(model).__name__} expects {in_ch} input channels, got {x.shape[1]} "
+                             f"({'latents + I2V condition' if ctx is not None else 'latents'})")
+        kwargs = dict(hidden_states=x.to(dtype), timestep=timestep.expand(latents.shape[0]),
+                      encoder_hidden_states=call.negative_prompt_embeds if negative else call.prompt_embeds,
+                      attention_kwargs=call.attention_kwargs, return_dict=False)
+        if self.is_i2v(pipe) and getattr(model.config, "image_dim", None) is not None:
+            kwargs["encoder_hidden_states_image"] = call.extra["image_embeds"]
+        name = "uncond" if negative else "cond"
+        if hasattr(model, "cache_context"):
+            with model.cache_context(name):
+                return model(**kwargs)[0]
+        return model(**kwargs)[0]
+
+    # ------------------------------------------------------------------ VAE
+    def _stats(self, pipe, device, dtype):
+        cfg = pipe.vae.config
+        mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(device, dtype)
+        inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(device, dtype)
+        return mean, inv_std
+
+    def decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        from diffusers.utils.torch_utils import get_module_execution_device
+
+        latents = latents.to(get_module_execution_device(pipe.vae), dtype=pipe.vae.dtype)
+        mean, inv_std = self._stats(pipe, latents.device, latents.dtype)
+        return pipe.vae.decode(latents / inv_std + mean, return_dict=False)[0]
+
+    def encode(self, pipe, video: torch.Tensor) -> torch.Tensor:
+        from diffusers.utils.torch_utils import get_module_execution_device
+
+        video = video.to(get_module_execution_device(pipe.vae), dtype=pipe.vae.dtype)
+        z = pipe.vae.encode(video).latent_dist.mode().to(torch.float32)
+        mean, inv_std = self._stats(pipe, z.device, z.dtype)
+        return (z - mean) * inv_std
+
+    def postprocess(self, pipe, latents: torch.Tensor, call: PreparedCall):
+        from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
+
+        if call.output_type == "latent":
+            video = latents
+        else:
+            video = self.decode(pipe, latents)
+            video = pipe.video_processor.postprocess_video(video, output_type=call.output_type)
+        pipe.maybe_free_model_hooks()
+        if not call.return_dict:
+            return (video,)
+        return WanPipelineOutput(frames=video)

@@ -1,0 +1,175 @@
+"""``surf_accel.patch`` / ``unpatch`` / ``patched``: SURF on one pipeline instance.
+
+Patching swaps the instance's class for a per-instance-family subclass whose only change is
+``__call__`` (Python looks ``__call__`` up on the type, so an instance attribute cannot do it).
+The subclass keeps the original class's name and module, so ``isinstance``, ``save_pretrained``
+and everything else still see a ``WanPipeline``; no diffusers class, module or global is
+modified. The patch's state lives on the instance (``pipe._surf_state``). Offload hooks
+(``enable_model_cpu_offload``) sit on the components, not on the pipeline class, so the patch
+survives them in either order. ``unpatch`` restores the original class: the unpatched call is the
+untouched diffusers code, so its outputs are bit-identical to a never-patched pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from surf_accel.config import SurfConfig
+
+logger = logging.getLogger("surf_accel")
+
+_STATE_ATTR = "_surf_state"
+_SUBCLASSES: dict[type, type] = {}  # original class -> its SURF subclass (ours only)
+
+
+@dataclass(frozen=True)
+class _SurfState:
+    config: SurfConfig
+    refiner: Any
+    adapter: Any
+    original_class: type
+
+
+def _adapter_for(pipe):
+    from surf_accel.integrations.wan import WanAdapter
+
+    adapter = WanAdapter()
+    adapter.check_pipeline(pipe)  # TypeError naming what is supported
+    return adapter
+
+
+def _surf_subclass(cls: type) -> type:
+    sub = _SUBCLASSES.get(cls)
+    if sub is None:
+        def __call__(self, *args, **kwargs):
+            return _surf_call(self, *args, **kwargs)
+
+        __call__.__doc__ = (f"SURF-accelerated {cls.__name__}.__call__ (same arguments); "
+                            "see surf_accel.patch. Original docs:\n" + (cls.__call__.__doc__ or ""))
+        sub = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
+                                           "__qualname__": cls.__qualname__, "_surf_original_class": cls})
+        _SUBCLASSES[cls] = sub
+    return sub
+
+
+def is_patched(pipe) -> bool:
+    return getattr(pipe, "__dict__", {}).get(_STATE_ATTR) is not None
+
+
+def get_config(pipe) -> Optional[SurfConfig]:
+    """The SurfConfig a pipeline is patched with, or ``None``."""
+    state = getattr(pipe, "__dict__", {}).get(_STATE_ATTR)
+    return state.config if state is not None else None
+
+
+def _check_refiner(pipe, refiner):
+    from surf_accel.refiner import Refiner, check_refiner_transformer
+
+    if refiner is None:
+        return
+    if isinstance(refiner, Refiner):
+        refiner.check_compatible(pipe.transformer)
+    else:
+        check_refiner_transformer(refiner, pipe.transformer)
+
+
+def patch(pipe, config: Optional[SurfConfig] = None, *, refiner=None):
+    """Make ``pipe(...)`` run SURF with the pipeline's own arguments; returns ``pipe``.
+
+    ``config``: a ``SurfConfig`` (``None`` = the ``"paper"`` preset) or a preset name.
+    ``refiner``: ``None`` (training-free refine with the pipeline's transformer), a transformer of
+    the same family (training-free refine with it), or a trained ``surf_accel.Refiner``.
+    Repeating with the same config and refiner is a no-op; a different one raises ``ValueError``
+    until ``unpatch``. An unsupported pipeline or scheduler raises ``TypeError`` naming what is
+    supported.
+    """
+    if config is None:
+        config = SurfConfig.preset("paper")
+    elif isinstance(config, str):
+        config = SurfConfig.preset(config)
+    elif not isinstance(config, SurfConfig):
+        raise TypeError(f"config must be a SurfConfig, a preset name or None, got {type(config).__name__}")
+    state = getattr(pipe, "__dict__", {}).get(_STATE_ATTR)
+    if state is not None:
+        if state.config == config and state.refiner is refiner:
+            return pipe
+        raise ValueError("this pipeline is already patched with a different SurfConfig or refiner "
+                         f"({state.config} vs {config}); call surf_accel.unpatch(pipe) first")
+    adapter = _adapter_for(pipe)
+    _check_refiner(pipe, refiner)
+    if config.window is not None:
+        try:
+            import surf_accel.integrations.window_processors  # noqa: F401
+        except ImportError as e:
+            raise NotImplementedError(
+                "SurfConfig.window needs shifted-window attention (surf_accel.integrations.window_processors), "
+                f"which is not available in this build: {e}") from e
+    cls = type(pipe)
+    pipe.__dict__[_STATE_ATTR] = _SurfState(config, refiner, adapter, cls)
+    pipe.__class__ = _surf_subclass(cls)
+    return pipe
+
+
+def unpatch(pipe):
+    """Undo ``patch``; the pipeline then behaves exactly as if never patched. Returns ``pipe``.
+
+    A no-op on a pipeline that is not patched.
+    """
+    state = getattr(pipe, "__dict__", {}).pop(_STATE_ATTR, None)
+    pipe.__dict__.pop("_surf_last_plan", None) if hasattr(pipe, "__dict__") else None
+    if state is not None:
+        pipe.__class__ = state.original_class
+    return pipe
+
+
+@contextlib.contextmanager
+def patched(pipe, config: Optional[SurfConfig] = None, *, refiner=None):
+    """``with surf_accel.patched(pipe, cfg): pipe(...)``; unpatches on exit if it patched."""
+    was = is_patched(pipe)
+    patch(pipe, config, refiner=refiner)
+    try:
+        yield pipe
+    finally:
+        if not was:
+            unpatch(pipe)
+
+
+def plan_for(pipe, *, height: int, width: int, num_frames: int, num_inference_steps: int,
+             config: Optional[SurfConfig] = None, refiner=None):
+    """The stage plan a call would run (no model evaluation)."""
+    from surf_accel.integrations.base import scheduler_spec
+    from surf_accel.planner import Request, plan_stages
+    from surf_accel.refiner import Refiner
+
+    state = getattr(pipe, "__dict__", {}).get(_STATE_ATTR)
+    adapter = state.adapter if state is not None else _adapter_for(pipe)
+    cfg = config or (state.config if state is not None else SurfConfig.preset("paper"))
+    ref = refiner if refiner is not None else (state.refiner if state is not None else None)
+    return plan_stages(Request(height, width, num_frames, num_inference_steps), adapter.family_spec(pipe),
+                       scheduler_spec(pipe.scheduler), cfg, trained_refiner=isinstance(ref, Refiner),
+                       refiner_transformer=ref is not None and not isinstance(ref, Refiner))
+
+
+@torch.no_grad()
+def _surf_call(pipe, *args, **kwargs):
+    from surf_accel.integrations.base import scheduler_spec
+    from surf_accel.planner import plan_stages
+    from surf_accel.refiner import Refiner
+    from surf_accel.runner import run_plan
+
+    state: _SurfState = pipe.__dict__[_STATE_ATTR]
+    adapter = state.adapter
+    call = adapter.prepare_call(pipe, state.original_class.__call__, args, kwargs)
+    ref = state.refiner
+    plan = plan_stages(call.request, adapter.family_spec(pipe), scheduler_spec(pipe.scheduler), state.config,
+                       trained_refiner=isinstance(ref, Refiner),
+                       refiner_transformer=ref is not None and not isinstance(ref, Refiner))
+    for m in plan.messages:
+        logger.info("surf_accel: %s", m)
+    pipe.__dict__["_surf_last_plan"] = plan
+    return run_plan(pipe, adapter, plan, call, refiner=ref)

@@ -1,0 +1,207 @@
+"""The refine stage (SPEC 1.3): handoff of the preview to the target size, the training-free
+refiner's start, and the trained-refiner slot.
+
+Handoff builds ``z_lr``, the preview at the target latent size:
+
+- ``"pixel"`` (paper): VAE-decode the preview, resize the frames (bilinear per frame, frames kept),
+  VAE-encode (the distribution's mode).
+- ``"latent"``: resize the latent (nearest or bilinear). With an integer factor and a training-free
+  refiner the resize and the noise mix run as one fused ``upsample_mix``.
+
+Refiners:
+
+- Training-free: the base transformer (or a user-given transformer of the same family) denoises
+  ``(1 - s*) z_lr + s* eps`` from ``s*`` to 0 at the target size (SDEdit-style) with the pipeline's
+  scheduler class and classifier-free guidance.
+- Trained (``Refiner``): a Wan-family DiT trained on the straight path
+  ``x_s = (1 - s) z_hr + s z_lr``; inference starts at ``s = 1`` from ``z_lr`` itself (no noise) and
+  takes plain Euler steps, no guidance. A folder holds ``config.json`` and
+  ``diffusion_pytorch_model.safetensors``; ``from_pretrained`` refuses a checkpoint of another
+  architecture or with mismatching weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from surf_accel import ops
+
+REFINER_FORMAT = "surf_accel.Refiner"
+REFINER_FORMAT_VERSION = 1
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+CONFIG_NAME = "config.json"
+SUPPORTED_ARCHITECTURES = ("WanTransformer3DModel",)
+
+
+def _integer_factor(src: tuple[int, int], dst: tuple[int, int]) -> Optional[int]:
+    if dst[0] % src[0] == 0 and dst[1] % src[1] == 0 and dst[0] // src[0] == dst[1] // src[1]:
+        return dst[0] // src[0]
+    return None
+
+
+def resize_latent(z: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """Resize ``(B, C, T, H, W)`` over H, W; ``mode`` is ``"nearest"`` or ``"bilinear"``."""
+    if tuple(z.shape[-2:]) == tuple(size):
+        return z
+    t = z.shape[2]
+    if mode == "nearest":
+        return F.interpolate(z, size=(t, *size), mode="nearest")
+    return F.interpolate(z, size=(t, *size), mode="trilinear", align_corners=False)
+
+
+def handoff(pipe, adapter, preview: torch.Tensor, stage, config, noise: Optional[torch.Tensor],
+            sigma: float) -> torch.Tensor:
+    """The refine stage's start latent at ``stage``'s size.
+
+    ``noise`` and ``sigma`` give the training-free start ``(1 - sigma) * z_lr + sigma * noise``;
+    ``noise=None`` returns ``z_lr`` itself (the trained refiner's start, ``s = 1``).
+    """
+    dst = tuple(stage.latent_size[1:])
+    src = tuple(preview.shape[-2:])
+    if config.handoff == "pixel":
+        video = adapter.decode(pipe, preview).to(torch.float32)
+        if (video.shape[-2], video.shape[-1]) != (stage.height, stage.width):
+            video = F.interpolate(video, size=(video.shape[2], stage.height, stage.width), mode="trilinear",
+                                  align_corners=False).clamp_(-1.0, 1.0)
+        z_lr = adapter.encode(pipe, video).to(preview.device, torch.float32)
+        if tuple(z_lr.shape[2:]) != tuple(stage.latent_size):
+            raise RuntimeError(f"pixel handoff produced latents {tuple(z_lr.shape[2:])}, expected {stage.latent_size}")
+    else:
+        factor = _integer_factor(src, dst)
+        if factor is not None and noise is not None:
+            return ops.upsample_mix(preview.to(torch.float32).contiguous(), noise, sigma, factor,
+                                    config.latent_resize)
+        z_lr = resize_latent(preview.to(torch.float32), dst, config.latent_resize)
+    if noise is None:
+        return z_lr
+    return ops.upsample_mix(z_lr.contiguous(), noise, sigma, 1)
+
+
+# ---------------------------------------------------------------------------- trained refiner
+class Refiner:
+    """A trained refiner: a Wan-family DiT predicting the velocity ``z_lr - z_hr`` (SPEC 1.3).
+
+    ``Refiner(transformer)`` wraps a ``WanTransformer3DModel``; ``num_steps`` is the default number
+    of Euler steps (paper: 10). Save and load with ``save_pretrained``/``from_pretrained``.
+    """
+
+    def __init__(self, transformer, num_steps: int = 10, metadata: Optional[dict] = None):
+        arch = type(transformer).__name__
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise TypeError(f"a Refiner wraps one of {SUPPORTED_ARCHITECTURES}, got {arch}")
+        if not (isinstance(num_steps, int) and num_steps >= 1):
+            raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+        self.transformer = transformer
+        self.num_steps = num_steps
+        self.metadata = dict(metadata or {})
+
+    @property
+    def architecture(self) -> str:
+        return type(self.transformer).__name__
+
+    @property
+    def config(self):
+        return self.transformer.config
+
+    def to(self, *args, **kwargs) -> "Refiner":
+        self.transformer.to(*args, **kwargs)
+        return self
+
+    @classmethod
+    def random(cls, transformer_config: dict, num_steps: int = 10, seed: int = 0) -> "Refiner":
+        """A refiner with random weights (tests; the untrained starting point of training)."""
+        from diffusers import WanTransformer3DModel
+
+        torch.manual_seed(seed)
+        return cls(WanTransformer3DModel(**transformer_config).eval(), num_steps=num_steps)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        os.makedirs(folder, exist_ok=True)
+        tcfg = {k: v for k, v in dict(self.transformer.config).items() if not k.startswith("_")}
+        cfg = {"format": REFINER_FORMAT, "format_version": REFINER_FORMAT_VERSION, "architecture": self.architecture,
+               "transformer_config": tcfg, "num_steps": self.num_steps, "metadata": self.metadata}
+        with open(os.path.join(folder, CONFIG_NAME), "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True, default=list)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.transformer.state_dict().items()}
+        save_file(state, os.path.join(folder, WEIGHTS_NAME), metadata={"format": REFINER_FORMAT})
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, *, torch_dtype: Optional[torch.dtype] = None,
+                        device: Any = None) -> "Refiner":
+        from safetensors.torch import load_file
+
+        cfg_path = os.path.join(folder, CONFIG_NAME)
+        w_path = os.path.join(folder, WEIGHTS_NAME)
+        for p in (cfg_path, w_path):
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"not a surf_accel refiner folder: {p} is missing")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        if cfg.get("format") != REFINER_FORMAT:
+            raise ValueError(f"{cfg_path} is not a surf_accel refiner config (format {cfg.get('format')!r}, "
+                             f"expected {REFINER_FORMAT!r})")
+        arch = cfg.get("architecture")
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(f"refiner checkpoint {folder} has architecture {arch!r}; supported: "
+                             f"{SUPPORTED_ARCHITECTURES}")
+        from diffusers import WanTransformer3DModel
+
+        try:
+            transformer = WanTransformer3DModel.from_config(cfg["transformer_config"])
+        except Exception as e:  # noqa: BLE001  (a config the class cannot build is the wrong architecture)
+            raise ValueError(f"refiner checkpoint {folder}: its transformer_config does not build a "
+                             f"{arch}: {e}") from e
+        state = load_file(w_path)
+        expected = transformer.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+        if missing or unexpected or wrong:
+            def head(xs):
+                return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
+            parts = [f"{len(missing)} missing ({head(missing)})" if missing else "",
+                     f"{len(unexpected)} unexpected ({head(unexpected)})" if unexpected else "",
+                     f"{len(wrong)} with other shapes ({head(wrong)})" if wrong else ""]
+            raise ValueError(f"refiner checkpoint {folder} does not match the {arch} its config describes: "
+                             + "; ".join(p for p in parts if p) + ": wrong architecture or corrupt checkpoint")
+        transformer.load_state_dict(state, strict=True)
+        transformer.eval()
+        if torch_dtype is not None or device is not None:
+            transformer.to(device=device, dtype=torch_dtype)
+        return cls(transformer, num_steps=int(cfg.get("num_steps", 10)), metadata=cfg.get("metadata") or {})
+
+    def check_compatible(self, base_transformer) -> None:
+        """The refiner must read the base model's latents and text embeddings."""
+        rc, bc = self.transformer.config, base_transformer.config
+        problems = []
+        if rc.out_channels != bc.out_channels:
+            problems.append(f"out_channels {rc.out_channels} vs the base model's {bc.out_channels}")
+        if rc.text_dim != bc.text_dim:
+            problems.append(f"text_dim {rc.text_dim} vs the base model's {bc.text_dim}")
+        if tuple(rc.patch_size) != tuple(bc.patch_size):
+            problems.append(f"patch_size {tuple(rc.patch_size)} vs the base model's {tuple(bc.patch_size)}")
+        if rc.in_channels not in (bc.out_channels, bc.in_channels):
+            problems.append(f"in_channels {rc.in_channels} matches neither the latents ({bc.out_channels}) nor "
+                            f"the base model's input ({bc.in_channels})")
+        if problems:
+            raise ValueError("this refiner does not fit the pipeline: " + "; ".join(problems))
+
+
+def check_refiner_transformer(transformer, base_transformer) -> None:
+    """A user-given transformer for the training-free refiner must be of the base model's family."""
+    if type(transformer).__name__ not in SUPPORTED_ARCHITECTURES:
+        raise TypeError(f"refiner must be a surf_accel.Refiner or one of {SUPPORTED_ARCHITECTURES} of the "
+                        f"pipeline's family, got {type(transformer).__name__}")
+    rc, bc = transformer.config, base_transformer.config
+    for key in ("in_channels", "out_channels", "text_dim", "patch_size", "image_dim"):
+        a, b = getattr(rc, key, None), getattr(bc, key, None)
+        if (tuple(a) if isinstance(a, (list, tuple)) else a) != (tuple(b) if isinstance(b, (list, tuple)) else b):
+            raise ValueError(f"refiner transformer has {key}={a!r} but the pipeline's transformer has {b!r}; "
+                             "a training-free refiner must be of the same family and interface")

@@ -1,0 +1,197 @@
+"""The SURF stage loop: runs a ``Plan`` with a pipeline's own components.
+
+Per call: prompts (and the I2V image) are encoded once by the adapter; then for each stage
+
+1. its start latent: the caller's noise (first stage), noise reshifting from the previous stage's
+   last model output (``ops.reshift_downsample``), or the refine handoff (``refiner.handoff``);
+2. its conditioning rebuilt at its resolution (I2V);
+3. its steps: classifier-free guidance and the Euler update in one ``ops.guided_step``, or, for a
+   multistep scheduler (UniPC), the guidance combine in torch (the pipeline's formula) and the
+   step by a *fresh* scheduler configured with this stage's sigmas: ``guided_step`` fuses CFG with
+   an Euler update, which is not what a multistep solver does, so it is not used there.
+
+Every random draw comes from the caller's generator, in a fixed order (first-stage noise, reshift
+noise, refine noise), so a seed gives one video. Diffusers caches get ``cache_context`` per branch
+(in the adapter) and a reset at every stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Optional
+
+import torch
+
+from surf_accel import ops
+from surf_accel import refiner as refiner_mod
+from surf_accel.planner import Plan, Stage
+
+logger = logging.getLogger("surf_accel")
+
+
+def _randn(shape, call):
+    from diffusers.utils.torch_utils import randn_tensor
+
+    return randn_tensor(tuple(shape), generator=call.generator, device=call.device, dtype=torch.float32)
+
+
+def _reset_caches(model) -> None:
+    if getattr(model, "is_cache_enabled", False) and hasattr(model, "_reset_stateful_cache"):
+        model._reset_stateful_cache()
+
+
+def window_context(model, window):
+    """Shifted-window attention on ``model`` for one stage (``None``: nothing)."""
+    if window is None:
+        return contextlib.nullcontext()
+    try:
+        from surf_accel.integrations.window_processors import windowed_attention
+    except ImportError as e:
+        raise NotImplementedError(
+            "SurfConfig.window needs surf_accel.integrations.window_processors (shifted-window attention "
+            f"processors), which is not available in this build: {e}") from e
+    return windowed_attention(model, tuple(window))
+
+
+def _progress(pipe, stage: Stage):
+    from tqdm.auto import tqdm
+
+    cfg = dict(getattr(pipe, "_progress_bar_config", {}) or {})
+    cfg.setdefault("desc", f"SURF {stage.name} {stage.height}x{stage.width}")
+    return tqdm(total=stage.steps, **cfg)
+
+
+def _predicted_noise(latents, v, sigma, factor):
+    """The model's noise estimate ``x + (1 - s) v``, area-pooled, rescaled to unit variance per sample."""
+    eps = latents.to(torch.float32) + (1.0 - sigma) * v.to(torch.float32)
+    pooled = torch.nn.functional.avg_pool3d(eps, (1, factor, factor))
+    std = pooled.flatten(1).std(dim=1).clamp_min(1e-6).view(-1, 1, 1, 1, 1)
+    return (pooled / std).contiguous()
+
+
+class StageRunner:
+    def __init__(self, pipe, adapter, plan: Plan, call, *, refiner=None):
+        self.pipe, self.adapter, self.plan, self.call = pipe, adapter, plan, call
+        self.refiner = refiner
+
+    def model_for(self, stage: Stage):
+        if stage.model == "base":
+            return self.pipe.transformer
+        if stage.model in ("trained_refiner", "refiner_transformer"):
+            r = self.refiner
+            return r.transformer if isinstance(r, refiner_mod.Refiner) else r
+        raise ValueError(f"unknown stage model {stage.model!r}")
+
+    def run(self):
+        pipe, call, plan = self.pipe, self.call, self.plan
+        pipe._num_timesteps = plan.total_steps
+        latents: Optional[torch.Tensor] = None
+        ctx = None
+        for si, stage in enumerate(plan.stages):
+            if stage.start == "noise":
+                latents = self.adapter.initial_latents(pipe, call, stage)
+            elif stage.start == "handoff":
+                latents = self._handoff(latents, stage)
+            elif stage.start != "reshift":
+                raise ValueError(f"unknown stage start {stage.start!r}")
+            ctx = self.adapter.stage_context(pipe, call, stage)
+            nxt = plan.stages[si + 1] if si + 1 < len(plan.stages) else None
+            switch_to = nxt if nxt is not None and nxt.start == "reshift" else None
+            latents = self._run_stage(stage, latents, ctx, switch_to)
+        pipe._current_timestep = None
+        latents = self.adapter.finalize(pipe, latents, call, ctx)
+        return self.adapter.postprocess(pipe, latents, call)
+
+    # ------------------------------------------------------------------ transitions
+    def _reshift(self, latents, v, sigma, nxt: Stage):
+        cfg = self.plan.config
+        b, c = latents.shape[:2]
+        factor = latents.shape[-1] // nxt.latent_size[2]
+        if cfg.renoise == "fresh":
+            noise = _randn((b, c) + tuple(nxt.latent_size), self.call)
+        else:
+            noise = _predicted_noise(latents, v, sigma, factor)
+        return ops.reshift_downsample(latents.to(torch.float32).contiguous(), v.to(torch.float32).contiguous(), noise,
+                                      float(sigma), float(nxt.sigmas[0]), factor, cfg.reshift)
+
+    def _handoff(self, preview, stage: Stage):
+        b, c = preview.shape[:2]
+        if stage.model == "trained_refiner":
+            noise, sigma = None, 1.0
+        else:
+            noise, sigma = _randn((b, c) + tuple(stage.latent_size), self.call), float(stage.sigmas[0])
+        return refiner_mod.handoff(self.pipe, self.adapter, preview, stage, self.plan.config, noise, sigma)
+
+    # ------------------------------------------------------------------ one stage
+    def _run_stage(self, stage: Stage, latents, ctx, switch_to: Optional[Stage]):
+        pipe, call, adapter = self.pipe, self.call, self.adapter
+        model = self.model_for(stage)
+        sigmas = stage.sigmas
+        n = stage.steps
+        T = self.plan.scheduler.num_train_timesteps
+        multistep = stage.use_scheduler and self.plan.scheduler.kind == "unipc"
+        if multistep:
+            from surf_accel.integrations.base import stage_scheduler
+
+            # a stage ending in a switch keeps its last level (the reshift target) so that the
+            # solver does not treat its last evaluation as the end of sampling
+            sched = stage_scheduler(pipe.scheduler, sigmas if switch_to is not None else sigmas[:-1], call.device)
+            timesteps = sched.timesteps
+        else:
+            sched = None
+            timesteps = torch.tensor(sigmas[:-1], dtype=torch.float32, device=call.device) * T
+        guidance = call.guidance_scale if stage.guidance is None else stage.guidance
+        if stage.model == "trained_refiner":
+            guidance = 1.0
+        do_cfg = guidance > 1.0
+        if do_cfg and call.negative_prompt_embeds is None:
+            raise ValueError(f"stage {stage.name!r} uses guidance {guidance} but the call has no negative "
+                             "embeddings (call guidance_scale <= 1); set refine_guidance <= 1 or call with "
+                             "guidance_scale > 1")
+        _reset_caches(model)
+        with window_context(model, stage.window), _progress(pipe, stage) as bar:
+            for i in range(n):
+                if pipe.interrupt:
+                    continue
+                t = timesteps[i]
+                pipe._current_timestep = t
+                sigma = float(sigmas[i])
+                v_c = adapter.predict(pipe, model, latents, t, call, ctx, negative=False,
+                                      step_index=stage.step_offset + i, sigma=sigma)
+                v_u = None
+                if do_cfg:
+                    v_u = adapter.predict(pipe, model, latents, t, call, ctx, negative=True,
+                                          step_index=stage.step_offset + i, sigma=sigma)
+                last = i == n - 1
+                if last and switch_to is not None:
+                    v = v_c if v_u is None else v_u + guidance * (v_c - v_u)
+                    latents = self._reshift(latents, v, sigma, switch_to)
+                elif multistep:
+                    v = v_c if v_u is None else v_u + guidance * (v_c - v_u)
+                    latents = sched.step(v, t, latents, return_dict=False)[0]
+                else:
+                    latents = ops.guided_step(latents.to(torch.float32).contiguous(), v_c.to(torch.float32).contiguous(),
+                                              None if v_u is None else v_u.to(torch.float32).contiguous(),
+                                              float(guidance), sigma, float(sigmas[i + 1]))
+                latents = self._callback(stage.step_offset + i, t, latents)
+                bar.update()
+        _reset_caches(model)
+        return latents
+
+    def _callback(self, index, t, latents):
+        call = self.call
+        if call.callback is None:
+            return latents
+        local = {"latents": latents, "prompt_embeds": call.prompt_embeds,
+                 "negative_prompt_embeds": call.negative_prompt_embeds}
+        kwargs = {k: local[k] for k in call.callback_inputs}
+        out = call.callback(self.pipe, index, t, kwargs) or {}
+        latents = out.pop("latents", latents)
+        call.prompt_embeds = out.pop("prompt_embeds", call.prompt_embeds)
+        call.negative_prompt_embeds = out.pop("negative_prompt_embeds", call.negative_prompt_embeds)
+        return latents
+
+
+def run_plan(pipe, adapter, plan: Plan, call, *, refiner=None):
+    return StageRunner(pipe, adapter, plan, call, refiner=refiner).run()
