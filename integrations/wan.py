@@ -89,7 +89,7 @@ class WanAdapter(FamilyAdapter):
         else:
             pipe.check_inputs(a["prompt"], a["negative_prompt"], a["height"], a["width"], a["prompt_embeds"],
                               a["negative_prompt_embeds"], cb_inputs, a["guidance_scale_2"])
-        nvp = a["num_videos_per_prompt"] or 1
+        nvp = 1 if a["num_videos_per_prompt"] is None else a["num_videos_per_prompt"]
         if not isinstance(nvp, int) or nvp < 1:
             raise ValueError(f"num_videos_per_prompt must be an int >= 1, got {nvp!r}")
         num_frames = a["num_frames"]
@@ -119,11 +119,16 @@ class WanAdapter(FamilyAdapter):
                                     negative_prompt_embeds=a["negative_prompt_embeds"],
                                     max_sequence_length=a["max_sequence_length"], device=device)
         tdtype = pipe.transformer.dtype
+        batch = n_prompts * nvp
+        # user-given embeddings are not repeated per video by encode_prompt; the transformer needs one
+        # row per video (the order of `_get_t5_prompt_embeds`: each prompt's videos together)
+        pe = pe.repeat_interleave(nvp, dim=0) if pe.shape[0] == n_prompts and nvp > 1 else pe
+        if ne is not None and ne.shape[0] == n_prompts and nvp > 1:
+            ne = ne.repeat_interleave(nvp, dim=0)
         pe = pe.to(tdtype)
         if ne is not None:
             ne = ne.to(tdtype)
         extra = {"n_prompts": n_prompts}
-        batch = n_prompts * nvp
         if i2v:
             image_embeds = a["image_embeds"]
             if pipe.transformer.config.image_dim is not None:

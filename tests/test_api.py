@@ -1,0 +1,154 @@
+"""patch / unpatch / patched on tiny Wan pipelines."""
+
+import numpy as np
+import pytest
+import torch
+
+import surf_accel
+from surf_accel import SurfConfig
+from tests.tiny_pipelines import T2V_KW, gen, tiny_wan_t2v
+
+SMALL = SurfConfig(optimal_size=(32, 32), preview_steps=4, switch_step=2, refine_steps=1)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = tiny_wan_t2v("euler")
+    yield p
+    surf_accel.unpatch(p)
+
+
+def test_exports():
+    assert surf_accel.SurfConfig is SurfConfig
+    assert callable(surf_accel.patch) and callable(surf_accel.unpatch) and callable(surf_accel.patched)
+
+
+def test_patch_is_per_instance(pipe):
+    from diffusers import WanPipeline
+
+    call_before = WanPipeline.__call__
+    other = tiny_wan_t2v("euler")
+    out = surf_accel.patch(pipe, SMALL)
+    try:
+        assert out is pipe
+        assert isinstance(pipe, WanPipeline) and type(pipe).__name__ == "WanPipeline"
+        assert WanPipeline.__call__ is call_before  # the diffusers class is untouched
+        assert type(other) is WanPipeline and not surf_accel.is_patched(other)
+        assert surf_accel.api.get_config(pipe) == SMALL
+    finally:
+        surf_accel.unpatch(pipe)
+    assert type(pipe) is WanPipeline and not surf_accel.is_patched(pipe)
+
+
+def test_idempotent_and_refuses_other_config(pipe):
+    surf_accel.patch(pipe, SMALL)
+    try:
+        assert surf_accel.patch(pipe, SurfConfig(optimal_size=(32, 32), preview_steps=4, switch_step=2,
+                                                 refine_steps=1)) is pipe
+        with pytest.raises(ValueError, match="unpatch"):
+            surf_accel.patch(pipe, SMALL.replace(refine_steps=2))
+    finally:
+        surf_accel.unpatch(pipe)
+    surf_accel.patch(pipe, SMALL.replace(refine_steps=2))  # fine after unpatch
+    surf_accel.unpatch(pipe)
+    surf_accel.unpatch(pipe)  # no-op when not patched
+
+
+def test_preset_name_and_default(pipe):
+    with surf_accel.patched(pipe, "fast"):
+        assert surf_accel.api.get_config(pipe) == SurfConfig.preset("fast")
+    with surf_accel.patched(pipe):
+        assert surf_accel.api.get_config(pipe) == SurfConfig.preset("paper")
+    with pytest.raises(TypeError, match="SurfConfig"):
+        surf_accel.patch(pipe, {"refine_steps": 1})
+    with pytest.raises(ValueError, match="known presets"):
+        surf_accel.patch(pipe, "warp")
+
+
+def test_unpatch_parity_bit_identical(pipe):
+    ref = pipe(generator=gen(0), **T2V_KW).frames
+    with surf_accel.patched(pipe, SMALL):
+        surfed = pipe(generator=gen(0), **T2V_KW).frames
+    after = pipe(generator=gen(0), **T2V_KW).frames
+    np.testing.assert_array_equal(after, ref)
+    assert np.abs(surfed - ref).max() > 0  # SURF did run
+
+
+def test_context_manager_restores_on_error(pipe):
+    from diffusers import WanPipeline
+
+    with pytest.raises(RuntimeError):
+        with surf_accel.patched(pipe, SMALL):
+            assert surf_accel.is_patched(pipe)
+            raise RuntimeError("boom")
+    assert type(pipe) is WanPipeline
+
+
+def test_unsupported_pipeline_type_error():
+    class NotAPipeline:
+        pass
+
+    with pytest.raises(TypeError, match="WanPipeline, WanImageToVideoPipeline"):
+        surf_accel.patch(NotAPipeline())
+
+
+def test_unsupported_scheduler_type_error():
+    from diffusers import DDIMScheduler, UniPCMultistepScheduler
+
+    p = tiny_wan_t2v("euler")
+    p.scheduler = DDIMScheduler()
+    with pytest.raises(TypeError, match="supported schedulers"):
+        surf_accel.patch(p)
+    p.scheduler = UniPCMultistepScheduler()  # not configured for flow matching
+    with pytest.raises(TypeError, match="flow matching"):
+        surf_accel.patch(p)
+    assert not surf_accel.is_patched(p)
+
+
+def test_wan22_refused():
+    p = tiny_wan_t2v("euler")
+    p.register_to_config(boundary_ratio=0.9)
+    with pytest.raises(TypeError, match="Wan2.2"):
+        surf_accel.patch(p)
+
+
+def test_survives_model_cpu_offload():
+    p = tiny_wan_t2v("euler")
+    kw = {**T2V_KW, "height": 32, "width": 32}
+    ref = p(generator=gen(0), **kw).frames
+    surf_accel.patch(p, SurfConfig.identity())
+    p.enable_model_cpu_offload(device="cpu")
+    assert surf_accel.is_patched(p)
+    out = p(generator=gen(0), **kw).frames
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    out2 = p(generator=gen(0), **kw).frames  # hooks re-armed by maybe_free_model_hooks
+    np.testing.assert_array_equal(out, out2)
+    surf_accel.unpatch(p)
+
+
+def test_window_refine_uses_and_removes_window_attention(pipe):
+    try:
+        import surf_accel.integrations.window_processors as wp
+    except ImportError:
+        with pytest.raises(NotImplementedError, match="window"):
+            surf_accel.patch(pipe, SMALL.replace(window=(1, 2, 2)))
+        assert not surf_accel.is_patched(pipe)
+        return
+    kw = {**T2V_KW, "height": 64, "width": 64}
+    procs = {n: type(p) for n, p in pipe.transformer.attn_processors.items()}
+    with surf_accel.patched(pipe, SMALL):
+        dense = pipe(generator=gen(0), **kw).frames
+    with surf_accel.patched(pipe, SMALL.replace(window=(1, 2, 2))):
+        windowed = pipe(generator=gen(0), **kw).frames
+        whole = None
+    with surf_accel.patched(pipe, SMALL.replace(window=(8, 8, 8))):  # windows >= the grid: dense attention
+        whole = pipe(generator=gen(0), **kw).frames
+    assert {n: type(p) for n, p in pipe.transformer.attn_processors.items()} == procs  # removed after the stage
+    assert not hasattr(pipe.transformer, wp.STATE_ATTR) or getattr(pipe.transformer, wp.STATE_ATTR) is None
+    assert np.abs(windowed - dense).max() > 0
+    np.testing.assert_allclose(whole, dense, atol=1e-4)
+
+
+def test_plan_for(pipe):
+    plan = surf_accel.api.plan_for(pipe, height=64, width=64, num_frames=5, num_inference_steps=4, config=SMALL)
+    assert [s.name for s in plan.stages] == ["preview", "preview_low", "refine"]
