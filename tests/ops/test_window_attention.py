@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from surf_accel.ops import BackendUnavailableError, window_attention
 from surf_accel.ops.window_attention import WINDOW_ATTENTION
-from surf_accel.ops.window_reference import window_attention_masked, window_mask
-from tests.ops.helpers import backend_cases, seeded
+from surf_accel.ops.window_attention import window_seqlens
+from surf_accel.ops.window_reference import window_attention_masked, window_ids, window_mask
+from tests.ops.helpers import DEVICES, backend_cases, seeded
 
 # Outputs are convex combinations of values ~ N(0, 1), so |out| <= ~4. Error sources of a backend
 # against the float64 oracle: rounding of the output (<= half an ulp), the attention probabilities
@@ -108,6 +109,33 @@ def test_strided_inputs(device, backend):
     out = window_attention(q, k, v, grid, window, shift, backend=backend)
     torch.testing.assert_close(out.double(), oracle(q, k, v, grid, window, shift, num_text, None),
                                **TOLERANCES[torch.float32])
+
+
+PARTITION_CASES = [((3, 5, 7), (2, 3, 4), (0, 0, 0)), ((3, 5, 7), (2, 3, 4), (1, 1, 2)),
+                   ((3, 5, 7), (8, 2, 9), (4, 1, 4)), ((1, 1, 1), (1, 1, 1), (0, 0, 0)), ((4, 6, 6), (3, 4, 5), (2, 3, 1))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("grid,window,shift", PARTITION_CASES)
+def test_partition_kernels_pack_window_contiguously(device, grid, window, shift):
+    """window_pack lays the video tokens out window by window (windows in lexicographic id order,
+    tokens in t-major order inside), matching window_seqlens; window_unpack inverts it."""
+    key = "CUDA" if device == "cuda" else "CPU"
+    if not hasattr(torch.ops.surf_accel, "window_pack") or \
+            not torch._C._dispatch_has_kernel_for_dispatch_key("surf_accel::window_pack", key):
+        pytest.skip(f"the extension has no {key} window_pack kernel")
+    n = grid[0] * grid[1] * grid[2]
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(2, n + 3, 3, 64, generator=seeded(grid, shift)).to(device, dtype)[..., :40]  # strided
+        packed = torch.ops.surf_accel.window_pack(x, list(grid), list(window), list(shift))
+        perm = torch.argsort(window_ids(grid, window, shift), stable=True).to(device)
+        assert torch.equal(packed, x[:, perm].reshape(2 * n, 3, 40))
+        assert sum(window_seqlens(grid, window, shift)) == n
+        ids_sorted = window_ids(grid, window, shift)[perm.cpu()]
+        assert torch.equal(torch.bincount(ids_sorted)[torch.bincount(ids_sorted) > 0],
+                           torch.tensor(window_seqlens(grid, window, shift)))
+        back = torch.ops.surf_accel.window_unpack(packed, list(grid), list(window), list(shift), 2)
+        assert torch.equal(back, x[:, :n])
 
 
 def test_mask_matches_definition():
