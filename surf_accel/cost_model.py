@@ -1,0 +1,244 @@
+"""Analytic cost model (SPEC 6): FLOPs per stage for the baseline and for SURF.
+
+Transformer FLOPs per forward (one matmul multiply-add = 2 FLOPs), ``L`` video tokens, ``Lt`` text
+tokens, width ``d``, FFN width ``f``, ``N`` blocks (Wan layout: self-attention, text
+cross-attention, FFN):
+
+- linear: ``N * (4 L d^2 [q k v o] + 2 L d^2 [cross q o] + 2 Lt d^2 [cross k v] + 2 L d f [FFN]) * 2``
+  plus patch embedding and head;
+- attention: ``N * (2 * 2 L K d [self: QK^T and PV, K keys per query] + 2 * 2 L Lt d [cross]) ``
+  where ``K = L`` for dense attention and the window's token count with shifted windows.
+
+Classifier-free guidance doubles every step. VAE passes are counted with per-pixel FLOPs measured
+with ``torch.utils.flop_counter`` on the real AutoencoderKLWan config (``measure_vae``): a causal
+3D VAE costs ``a + b * (F - 1)`` per output pixel for ``F`` frames. Elementwise work (norms,
+activations, RoPE, the fused latent ops) is left out: it is memory-bound and small next to the
+matmuls at these sizes, which is also why measured speedups fall a little short of these ratios.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from surf_accel.config import SurfConfig
+from surf_accel.planner import FamilySpec, Plan, Request, SchedulerSpec, Stage, plan_stages
+
+
+@dataclass(frozen=True)
+class TransformerSpec:
+    name: str
+    dim: int
+    ffn_dim: int
+    num_layers: int
+    num_heads: int
+    text_len: int = 512
+    text_dim: int = 4096
+    in_channels: int = 16
+    out_channels: int = 16
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    freq_dim: int = 256
+
+    @property
+    def params(self) -> int:
+        d, f = self.dim, self.ffn_dim
+        per_block = 4 * d * d + 4 * d * d + 2 * d * f  # self, cross, FFN (weights only)
+        return self.num_layers * per_block
+
+    @classmethod
+    def from_config(cls, cfg, name: str = "custom", text_len: Optional[int] = None) -> "TransformerSpec":
+        """From a ``WanTransformer3DModel`` config (dict or FrozenDict)."""
+        g = cfg.get if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
+        return cls(name, int(g("num_attention_heads") * g("attention_head_dim")), int(g("ffn_dim")),
+                   int(g("num_layers")), int(g("num_attention_heads")), int(text_len or 512), int(g("text_dim")),
+                   int(g("in_channels")), int(g("out_channels")), tuple(g("patch_size")), int(g("freq_dim")))
+
+
+@dataclass(frozen=True)
+class VaeSpec:
+    """FLOPs per output pixel: ``a + b * (frames - 1)`` for encode and decode."""
+
+    enc_a: float
+    enc_b: float
+    dec_a: float
+    dec_b: float
+    spatial: int = 8
+    temporal: int = 4
+
+    def encode_flops(self, frames: int, height: int, width: int) -> float:
+        return (self.enc_a + self.enc_b * (frames - 1)) * height * width
+
+    def decode_flops(self, frames: int, height: int, width: int) -> float:
+        return (self.dec_a + self.dec_b * (frames - 1)) * height * width
+
+
+# Published Wan2.1 configs (Wan-AI/Wan2.1-T2V-{14B,1.3B}-Diffusers transformer/config.json).
+MODELS = {
+    "wan2.1-14b": TransformerSpec("wan2.1-14b", dim=5120, ffn_dim=13824, num_layers=40, num_heads=40),
+    "wan2.1-1.3b": TransformerSpec("wan2.1-1.3b", dim=1536, ffn_dim=8960, num_layers=30, num_heads=12),
+}
+# AutoencoderKLWan() default config (= Wan2.1's VAE), measured with measure_vae() on the meta device
+# (5 and 9 frames at 64x64 px): encode 5.33 / 5.19 MFLOP per pixel, decode 8.91 / 8.70.
+WAN_VAE = VaeSpec(enc_a=6.66e6, enc_b=5.00e6, dec_a=10.75e6, dec_b=8.45e6)
+WAN_FAMILY = FamilySpec("wan2.1", 8, 4, (1, 2, 2), 480 * 832)
+WAN_SCHEDULER = SchedulerSpec("unipc", 5.0)  # diffusers' Wan example: UniPC, flow_shift 5.0 at 720p
+
+
+def measure_vae(vae, frames=(5, 9), size=(64, 64), device="meta") -> VaeSpec:
+    """Per-pixel VAE FLOPs of ``vae`` (an AutoencoderKLWan) with ``torch.utils.flop_counter``."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h, w = size
+    enc, dec = [], []
+    for f in frames:
+        x = torch.zeros(1, vae.config.in_channels, f, h, w, device=device, dtype=vae.dtype)
+        with FlopCounterMode(display=False) as fc:
+            z = vae.encode(x).latent_dist.mode()
+        enc.append(fc.get_total_flops() / (h * w))
+        with FlopCounterMode(display=False) as fc:
+            vae.decode(z)
+        dec.append(fc.get_total_flops() / (h * w))
+    (f0, f1) = frames
+    eb, db = (enc[1] - enc[0]) / (f1 - f0), (dec[1] - dec[0]) / (f1 - f0)
+    return VaeSpec(enc[0] - eb * (f0 - 1), eb, dec[0] - db * (f0 - 1), db,
+                   int(vae.config.scale_factor_spatial), int(vae.config.scale_factor_temporal))
+
+
+def forward_flops(spec: TransformerSpec, latent_size: tuple[int, int, int],
+                  window: Optional[tuple[int, int, int]] = None) -> dict:
+    """FLOPs of one transformer forward at a latent size ``(T, H, W)``: ``{"linear", "attention"}``."""
+    pt, ph, pw = spec.patch_size
+    grid = (math.ceil(latent_size[0] / pt), latent_size[1] // ph, latent_size[2] // pw)
+    L = grid[0] * grid[1] * grid[2]
+    Lt, d, f, N = spec.text_len, spec.dim, spec.ffn_dim, spec.num_layers
+    if window is None:
+        K = L
+    else:
+        K = math.prod(min(w, g) for w, g in zip(window, grid))
+    linear = N * 2 * (4 * L * d * d + 2 * L * d * d + 2 * Lt * d * d + 2 * L * d * f)
+    patch_in = pt * ph * pw * spec.in_channels
+    patch_out = pt * ph * pw * spec.out_channels
+    linear += 2 * L * d * (patch_in + patch_out)
+    linear += 2 * Lt * spec.text_dim * d + 2 * Lt * d * d  # text embedding MLP
+    attention = N * (2 * 2 * L * K * d + 2 * 2 * L * Lt * d)
+    return {"linear": float(linear), "attention": float(attention), "tokens": L}
+
+
+@dataclass
+class StageCost:
+    name: str
+    size: tuple[int, int]  # pixels
+    tokens: int
+    steps: int
+    passes_per_step: int  # 2 with classifier-free guidance
+    linear: float
+    attention: float
+    model: str = ""
+
+    @property
+    def total(self) -> float:
+        return self.linear + self.attention
+
+
+@dataclass
+class Estimate:
+    model: str
+    height: int
+    width: int
+    frames: int
+    baseline: list = field(default_factory=list)  # StageCost rows + VAE rows (dict)
+    surf: list = field(default_factory=list)
+    baseline_vae: dict = field(default_factory=dict)
+    surf_vae: dict = field(default_factory=dict)
+    plan: Optional[Plan] = None
+
+    @property
+    def baseline_total(self) -> float:
+        return sum(s.total for s in self.baseline) + sum(self.baseline_vae.values())
+
+    @property
+    def surf_total(self) -> float:
+        return sum(s.total for s in self.surf) + sum(self.surf_vae.values())
+
+    @property
+    def speedup(self) -> float:
+        return self.baseline_total / self.surf_total
+
+    @property
+    def floor(self) -> float:
+        """The speedup's ceiling: SURF's cost if only its optimal-resolution steps and VAE passes remained."""
+        first = self.surf[0].total if self.surf else 0.0
+        return self.baseline_total / (first + sum(self.surf_vae.values()))
+
+    def table(self) -> str:
+        def fmt(x):
+            return f"{x / 1e12:10.2f}"
+
+        lines = [f"{self.model}: {self.height}x{self.width}, {self.frames} frames "
+                 "(TFLOPs; CFG counted; linear / attention / total)",
+                 f"{'run':9s} {'stage':12s} {'size':>10s} {'tokens':>7s} {'steps':>5s} {'x':>2s} "
+                 f"{'linear':>10s} {'attention':>10s} {'total':>10s}"]
+        for label, rows, vae in (("baseline", self.baseline, self.baseline_vae), ("surf", self.surf, self.surf_vae)):
+            for s in rows:
+                lines.append(f"{label:9s} {s.name:12s} {s.size[0]:>4d}x{s.size[1]:<5d} {s.tokens:>7d} {s.steps:>5d} "
+                             f"{s.passes_per_step:>2d} {fmt(s.linear)} {fmt(s.attention)} {fmt(s.total)}")
+            for k, v in vae.items():
+                lines.append(f"{label:9s} {k:12s} {'':>10s} {'':>7s} {'':>5s} {'':>2s} {'':>10s} {'':>10s} {fmt(v)}")
+            total = self.baseline_total if label == "baseline" else self.surf_total
+            lines.append(f"{label:9s} {'TOTAL':12s} {'':>10s} {'':>7s} {'':>5s} {'':>2s} {'':>10s} {'':>10s} {fmt(total)}")
+        lines.append(f"predicted speedup {self.speedup:.2f}x (ceiling {self.floor:.2f}x if the low-resolution and "
+                     "refine stages were free)")
+        return "\n".join(lines)
+
+
+def _stage_cost(spec: TransformerSpec, stage: Stage, cfg_passes: int, name_model: str) -> StageCost:
+    fl = forward_flops(spec, stage.latent_size, stage.window)
+    k = stage.steps * cfg_passes
+    return StageCost(stage.name, (stage.height, stage.width), fl["tokens"], stage.steps, cfg_passes,
+                     k * fl["linear"], k * fl["attention"], name_model)
+
+
+def estimate(model: str | TransformerSpec, height: int, width: int, frames: int,
+             config: Optional[SurfConfig] = None, *, steps: int = 50, guidance: bool = True,
+             refiner: Optional[str | TransformerSpec] = None, vae: VaeSpec = WAN_VAE,
+             family: FamilySpec = WAN_FAMILY, scheduler: SchedulerSpec = WAN_SCHEDULER) -> Estimate:
+    """Baseline (``steps`` at the request's size) vs SURF (``config``) FLOPs.
+
+    ``refiner=None``: training-free refine with the base model (guidance as the call);
+    a model name or spec: a trained refiner of that size (no guidance, SPEC 1.3).
+    """
+    if isinstance(model, str) and model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; known: {sorted(MODELS)}")
+    spec = MODELS[model] if isinstance(model, str) else model
+    ref_spec = None
+    if refiner is not None:
+        if isinstance(refiner, str) and refiner not in MODELS:
+            raise ValueError(f"unknown refiner model {refiner!r}; known: {sorted(MODELS)}")
+        ref_spec = MODELS[refiner] if isinstance(refiner, str) else refiner
+    config = config or SurfConfig.preset("paper")
+    passes = 2 if guidance else 1
+    req = Request(height, width, frames, steps)
+    base_plan = plan_stages(req, family, scheduler, SurfConfig.identity())
+    plan = plan_stages(req, family, scheduler, config, trained_refiner=ref_spec is not None)
+    est = Estimate(spec.name, height, width, frames, plan=plan)
+    est.baseline = [_stage_cost(spec, s, passes, spec.name) for s in base_plan.stages]
+    for s in plan.stages:
+        if s.model == "trained_refiner":
+            est.surf.append(_stage_cost(ref_spec, s, 1, ref_spec.name))
+        else:
+            g = config.refine_guidance if (s.name == "refine" and config.refine_guidance is not None) else None
+            p = passes if g is None else (2 if g > 1 else 1)
+            est.surf.append(_stage_cost(spec, s, p, spec.name))
+    f = frames
+    est.baseline_vae = {"vae decode": vae.decode_flops(f, height, width)}
+    out = plan.stages[-1]
+    surf_vae = {}
+    if config.refine_steps > 0 and config.handoff == "pixel":
+        prev = plan.stages[-2]
+        surf_vae["vae decode lr"] = vae.decode_flops(f, prev.height, prev.width)
+        surf_vae["vae encode"] = vae.encode_flops(f, out.height, out.width)
+    surf_vae["vae decode"] = vae.decode_flops(f, out.height, out.width)
+    est.surf_vae = surf_vae
+    return est
