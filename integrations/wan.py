@@ -25,6 +25,26 @@ WAN_OPTIMAL_AREA = 480 * 832  # Wan2.1's training resolution (480p), the paper's
 SUPPORTED = ("WanPipeline", "WanImageToVideoPipeline")
 
 
+# The diffusers range this adapter is written against (it calls the pipelines' public methods
+# encode_prompt / encode_image / prepare_latents / check_inputs with their 0.35+ signatures).
+MIN_DIFFUSERS = (0, 35)
+TESTED_DIFFUSERS = "0.42"
+
+
+def check_diffusers_version() -> None:
+    import diffusers
+
+    parts = []
+    for p in diffusers.__version__.split(".")[:2]:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits or 0))
+    if tuple(parts) < MIN_DIFFUSERS:
+        raise RuntimeError(f"surf_accel needs diffusers >= {'.'.join(map(str, MIN_DIFFUSERS))} "
+                           f"(found {diffusers.__version__})")
+    if tuple(parts) >= (1, 0):
+        logger.warning("surf_accel was tested with diffusers %s; found %s", TESTED_DIFFUSERS, diffusers.__version__)
+
+
 def _is_wan_pipeline(pipe) -> bool:
     return any(c.__name__ in SUPPORTED and c.__module__.startswith("diffusers") for c in type(pipe).__mro__)
 
@@ -45,6 +65,7 @@ class WanAdapter(FamilyAdapter):
 
     # ------------------------------------------------------------------ checks and geometry
     def check_pipeline(self, pipe) -> None:
+        check_diffusers_version()
         if not _is_wan_pipeline(pipe):
             raise TypeError(f"surf_accel supports {', '.join(SUPPORTED)} (HunyuanVideoPipeline comes later); "
                             f"got {type(pipe).__name__}")

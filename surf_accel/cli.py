@@ -1,0 +1,221 @@
+"""``surf-accel``: generate, estimate, info (and demo once the toy world lands).
+
+    surf-accel generate ./Wan2.1-T2V-1.3B-Diffusers --prompt "a cat" --height 720 --width 1280 \\
+        --frames 81 --preset paper --output cat.mp4 [--baseline]
+    surf-accel estimate --model wan2.1-14b --height 720 --width 1280 --frames 81 --preset paper
+    surf-accel info
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Optional
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="paper", help="SurfConfig preset (paper, fast, quality, identity)")
+    p.add_argument("--switch-step", type=int, default=None, help="override the preset's switch_step")
+    p.add_argument("--preview-steps", type=int, default=None, help="override the preset's preview_steps")
+    p.add_argument("--refine-steps", type=int, default=None, help="override the preset's refine_steps")
+    p.add_argument("--refine-start", type=float, default=None, help="override the preset's refine_start")
+    p.add_argument("--handoff", choices=("pixel", "latent"), default=None)
+    p.add_argument("--optimal-size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    p.add_argument("--window", type=int, nargs=3, metavar=("WT", "WH", "WW"), default=None,
+                   help="shifted-window size in tokens for the refine stage")
+
+
+def _config_from(args):
+    from surf_accel.config import SurfConfig
+
+    cfg = SurfConfig.preset(args.preset)
+    changes = {}
+    for attr, key in (("switch_step", "switch_step"), ("preview_steps", "preview_steps"),
+                      ("refine_steps", "refine_steps"), ("refine_start", "refine_start"), ("handoff", "handoff")):
+        v = getattr(args, attr, None)
+        if v is not None:
+            changes[key] = v
+    if getattr(args, "optimal_size", None):
+        changes["optimal_size"] = tuple(args.optimal_size)
+    if getattr(args, "window", None):
+        changes["window"] = tuple(args.window)
+    return cfg.replace(**changes) if changes else cfg
+
+
+# ---------------------------------------------------------------------------- estimate
+def cmd_estimate(args) -> int:
+    from surf_accel.cost_model import estimate
+
+    cfg = _config_from(args)
+    est = estimate(args.model, args.height, args.width, args.frames, cfg, steps=args.steps,
+                   guidance=not args.no_cfg, refiner=args.refiner)
+    print(est.plan.describe())
+    print()
+    print(est.table())
+    return 0
+
+
+# ---------------------------------------------------------------------------- generate
+def _load_pipeline(path: str, dtype: str, device: str, offload: bool):
+    import torch
+    from diffusers import DiffusionPipeline
+
+    if not os.path.isdir(path):
+        raise SystemExit(f"surf-accel generate: {path!r} is not a local diffusers model folder")
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True)
+    if offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    return pipe
+
+
+def _save_video(frames, path: str, fps: int) -> None:
+    from diffusers.utils import export_to_video
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    export_to_video(list(frames), path, fps=fps)
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    import surf_accel
+
+    pipe = _load_pipeline(args.model, args.dtype, args.device, args.offload)
+    kwargs = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
+                  num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                  output_type="np")
+    if args.image:
+        from diffusers.utils import load_image
+
+        kwargs["image"] = load_image(args.image)
+    if args.max_sequence_length:
+        kwargs["max_sequence_length"] = args.max_sequence_length
+
+    def gen():
+        return torch.Generator(device="cpu").manual_seed(args.seed)
+
+    times = {}
+    if args.baseline:
+        t0 = time.perf_counter()
+        frames = pipe(generator=gen(), **kwargs).frames[0]
+        times["baseline"] = time.perf_counter() - t0
+        root, ext = os.path.splitext(args.output)
+        _save_video(frames, f"{root}_baseline{ext or '.mp4'}", args.fps)
+    cfg = _config_from(args)
+    with surf_accel.patched(pipe, cfg):
+        plan = surf_accel.api.plan_for(pipe, height=args.height, width=args.width, num_frames=args.frames,
+                                       num_inference_steps=args.steps)
+        print(plan.describe(), file=sys.stderr)
+        t0 = time.perf_counter()
+        frames = pipe(generator=gen(), **kwargs).frames[0]
+        times["surf"] = time.perf_counter() - t0
+    _save_video(frames, args.output, args.fps)
+    print(f"wrote {args.output}")
+    for k, v in times.items():
+        print(f"{k:9s} {v:8.2f} s")
+    if "baseline" in times:
+        print(f"speedup   {times['baseline'] / times['surf']:8.2f}x")
+    return 0
+
+
+# ---------------------------------------------------------------------------- info
+def cmd_info(args) -> int:
+    from surf_accel import info  # written by the foundation work; imported only when asked for
+
+    return int(info.main(args.rest) or 0)
+
+
+# ---------------------------------------------------------------------------- demo hook
+# DEMO HOOK: the toy-world work adds `surf_accel/toyworld/demo.py` exposing
+#     add_arguments(parser: argparse.ArgumentParser) -> None
+#     main(args: argparse.Namespace) -> int
+# and `surf-accel demo` picks it up here with no change to this file.
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="toy-world demo: baseline vs SURF on the shipped tiny Wan (CPU)")
+    try:
+        from surf_accel.toyworld import demo as _demo
+    except ImportError as e:
+        err = str(e)
+
+        def missing(args) -> int:
+            print(f"surf-accel demo is not available in this build (surf_accel.toyworld.demo: {err})",
+                  file=sys.stderr)
+            return 2
+
+        p.set_defaults(func=missing)
+        return
+    _demo.add_arguments(p)
+    p.set_defaults(func=_demo.main)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="surf-accel", description="SURF video-diffusion acceleration for diffusers")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate a video from a local diffusers Wan2.1 folder with SURF")
+    g.add_argument("model", help="local diffusers model folder (WanPipeline or WanImageToVideoPipeline)")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--image", default=None, help="first frame (image-to-video pipelines)")
+    g.add_argument("--height", type=int, default=720)
+    g.add_argument("--width", type=int, default=1280)
+    g.add_argument("--frames", type=int, default=81)
+    g.add_argument("--steps", type=int, default=50)
+    g.add_argument("--guidance", type=float, default=5.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--fps", type=int, default=16)
+    g.add_argument("--max-sequence-length", type=int, default=None)
+    g.add_argument("--output", default="surf.mp4")
+    g.add_argument("--baseline", action="store_true", help="also run the unpatched pipeline and print both times")
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="bfloat16")
+    g.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    g.add_argument("--offload", action="store_true", help="enable_model_cpu_offload")
+    _add_config_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("estimate", help="FLOPs per stage, baseline vs SURF, for a published model config")
+    e.add_argument("--model", default="wan2.1-14b", help="wan2.1-14b or wan2.1-1.3b")
+    e.add_argument("--height", type=int, required=True)
+    e.add_argument("--width", type=int, required=True)
+    e.add_argument("--frames", type=int, default=81)
+    e.add_argument("--steps", type=int, default=50, help="the baseline's steps")
+    e.add_argument("--no-cfg", action="store_true", help="count one pass per step (no classifier-free guidance)")
+    e.add_argument("--refiner", default=None, help="a trained refiner of this model size (default: training-free "
+                   "refine with the base model)")
+    _add_config_args(e)
+    e.set_defaults(func=cmd_estimate)
+
+    i = sub.add_parser("info", help="versions, device, and which backend serves each op")
+    i.add_argument("rest", nargs=argparse.REMAINDER)
+    i.set_defaults(func=cmd_info)
+
+    _add_demo(sub)
+    return parser
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, NotImplementedError) as e:
+        print(f"surf-accel {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

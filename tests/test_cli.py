@@ -1,0 +1,65 @@
+import os
+
+import pytest
+
+from surf_accel import cli
+
+
+def test_estimate_prints_stages_and_speedup(capsys):
+    assert cli.main(["estimate", "--model", "wan2.1-14b", "--height", "720", "--width", "1280", "--frames", "81",
+                     "--preset", "paper"]) == 0
+    out = capsys.readouterr().out
+    for word in ("baseline", "preview_low", "refine", "vae encode", "attention", "predicted speedup"):
+        assert word in out
+
+
+def test_estimate_bad_size_is_clear(capsys):
+    assert cli.main(["estimate", "--height", "1080", "--width", "1920"]) == 2
+    assert "grid" in capsys.readouterr().err
+
+
+def test_estimate_overrides(capsys):
+    assert cli.main(["estimate", "--model", "wan2.1-1.3b", "--height", "480", "--width", "832", "--preset", "fast",
+                     "--refine-steps", "4", "--window", "4", "64", "64", "--refiner", "wan2.1-1.3b"]) == 0
+    assert "trained_refiner" in capsys.readouterr().out
+
+
+def test_info_delegates(monkeypatch):
+    import surf_accel.info as info
+
+    seen = []
+    monkeypatch.setattr(info, "main", lambda argv=None: seen.append(argv) or 0)
+    assert cli.main(["info"]) == 0 and seen == [[]]
+
+
+def test_demo_hook_registered(capsys):
+    args = cli.build_parser().parse_args(["demo"])
+    assert callable(args.func)
+    try:
+        import surf_accel.toyworld.demo  # noqa: F401
+    except ImportError:
+        assert cli.main(["demo"]) == 2
+        assert "not available" in capsys.readouterr().err
+
+
+def test_generate_with_baseline(tmp_path, capsys):
+    from tests.tiny_pipelines import tiny_wan_t2v
+
+    model = tmp_path / "tiny"
+    tiny_wan_t2v("unipc").save_pretrained(model)
+    out = tmp_path / "v.mp4"
+    rc = cli.main(["generate", str(model), "--prompt", "a red circle", "--height", "32", "--width", "32",
+                   "--frames", "5", "--steps", "4", "--guidance", "3", "--max-sequence-length", "16",
+                   "--dtype", "float32", "--device", "cpu", "--output", str(out), "--baseline",
+                   "--preset", "fast", "--optimal-size", "32", "32", "--preview-steps", "4", "--switch-step", "2",
+                   "--refine-steps", "1"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "baseline" in text and "surf" in text and "speedup" in text
+    assert out.exists() and os.path.getsize(out) > 0
+    assert (tmp_path / "v_baseline.mp4").exists()
+
+
+def test_generate_missing_folder():
+    with pytest.raises(SystemExit, match="not a local diffusers model folder"):
+        cli.main(["generate", "/nonexistent/model", "--prompt", "x"])
