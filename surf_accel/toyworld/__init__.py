@@ -1,0 +1,62 @@
+"""The toy world: a procedural video world and a tiny trained Wan2.1-architecture model of it.
+
+The shipped model is a genuine diffusers ``WanPipeline`` (tiny UMT5 text encoder, word-level tokenizer,
+tiny ``AutoencoderKLWan`` with 4x spatial / 4x temporal compression, tiny ``WanTransformer3DModel``,
+UniPC flow scheduler) saved in fp16 safetensors under ``surf_accel/toyworld/pipeline``. It was
+trained mainly at its optimal resolution (64x64, the toy's "480p") and also at the target
+resolution (128x128, the toy's "720p"); 32x32 is the SURF preview size. See ``TRAINING.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .world import (COLOURS, DIRECTIONS, SHAPES, ClipSpec, all_label_combinations, parse_prompt, prompt_for,
+                    sample_specs)
+
+PIPELINE_DIR = Path(__file__).resolve().parent / "pipeline"
+
+OPTIMAL_SIZE = 64   # the DiT's main training resolution (height = width)
+TARGET_SIZE = 128   # also trained there (fewer steps) so the base model can render the baseline
+PREVIEW_SIZE = 32   # SURF's low-resolution preview (2x down per spatial axis)
+NUM_FRAMES = 17     # 5 latent frames with the 4x temporal VAE
+FLOW_SHIFT = {PREVIEW_SIZE: 2.0, OPTIMAL_SIZE: 3.0, TARGET_SIZE: 5.0}  # training shifts per size
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 4.0
+
+# The fixed evaluation prompt set: every (colour, shape, direction) combination once.
+EVAL_PROMPTS: tuple[str, ...] = tuple(prompt_for(c, s, d) for c, s, d in all_label_combinations())
+EVAL_SEEDS: tuple[int, ...] = (0, 1)
+# A short set for tests and demos.
+DEMO_PROMPTS: tuple[str, ...] = ("a red circle moving left", "a blue square moving down",
+                                 "a yellow circle moving up", "a green square moving right")
+
+
+def pipeline_available() -> bool:
+    """Whether the trained pipeline folder is present in the package."""
+    return (PIPELINE_DIR / "model_index.json").exists()
+
+
+def load_pipeline(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", path: str | Path | None = None):
+    """Load the shipped toy ``WanPipeline`` offline (weights are stored in fp16; ``dtype`` is the
+    compute dtype, float32 by default). The progress bar is left on; disable it with
+    ``pipe.set_progress_bar_config(disable=True)``."""
+    from diffusers import WanPipeline
+
+    path = Path(path) if path is not None else PIPELINE_DIR
+    if not (path / "model_index.json").exists():
+        raise FileNotFoundError(
+            f"no toy pipeline at {path}; train one with `python -m surf_accel.toyworld.train all` "
+            "(see surf_accel/toyworld/TRAINING.md)")
+    pipe = WanPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    return pipe.to(device)
+
+
+__all__ = [
+    "COLOURS", "ClipSpec", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "DEMO_PROMPTS", "DIRECTIONS", "EVAL_PROMPTS",
+    "EVAL_SEEDS", "FLOW_SHIFT", "NUM_FRAMES", "OPTIMAL_SIZE", "PIPELINE_DIR", "PREVIEW_SIZE", "SHAPES",
+    "TARGET_SIZE", "all_label_combinations", "load_pipeline", "parse_prompt", "pipeline_available",
+    "prompt_for", "sample_specs",
+]
