@@ -203,11 +203,13 @@ def _stage_cost(spec: TransformerSpec, stage: Stage, cfg_passes: int, name_model
 def estimate(model: str | TransformerSpec, height: int, width: int, frames: int,
              config: Optional[SurfConfig] = None, *, steps: int = 50, guidance: bool = True,
              refiner: Optional[str | TransformerSpec] = None, vae: VaeSpec = WAN_VAE,
-             family: FamilySpec = WAN_FAMILY, scheduler: SchedulerSpec = WAN_SCHEDULER) -> Estimate:
+             family: FamilySpec = WAN_FAMILY, scheduler: SchedulerSpec = WAN_SCHEDULER,
+             decode_output: bool = True) -> Estimate:
     """Baseline (``steps`` at the request's size) vs SURF (``config``) FLOPs.
 
     ``refiner=None``: training-free refine with the base model (guidance as the call);
     a model name or spec: a trained refiner of that size (no guidance, SPEC 1.3).
+    ``decode_output=False``: leave out the final VAE decode on both sides (``output_type="latent"``).
     """
     if isinstance(model, str) and model not in MODELS:
         raise ValueError(f"unknown model {model!r}; known: {sorted(MODELS)}")
@@ -232,13 +234,14 @@ def estimate(model: str | TransformerSpec, height: int, width: int, frames: int,
             p = passes if g is None else (2 if g > 1 else 1)
             est.surf.append(_stage_cost(spec, s, p, spec.name))
     f = frames
-    est.baseline_vae = {"vae decode": vae.decode_flops(f, height, width)}
+    est.baseline_vae = {"vae decode": vae.decode_flops(f, height, width)} if decode_output else {}
     out = plan.stages[-1]
     surf_vae = {}
     if config.refine_steps > 0 and config.handoff == "pixel":
         prev = plan.stages[-2]
         surf_vae["vae decode lr"] = vae.decode_flops(f, prev.height, prev.width)
         surf_vae["vae encode"] = vae.encode_flops(f, out.height, out.width)
-    surf_vae["vae decode"] = vae.decode_flops(f, out.height, out.width)
+    if decode_output:
+        surf_vae["vae decode"] = vae.decode_flops(f, out.height, out.width)
     est.surf_vae = surf_vae
     return est

@@ -99,6 +99,8 @@ class StageRunner:
             nxt = plan.stages[si + 1] if si + 1 < len(plan.stages) else None
             switch_to = nxt if nxt is not None and nxt.start == "reshift" else None
             latents = self._run_stage(stage, latents, ctx, switch_to)
+            if pipe.interrupt:  # as the pipeline does: stop denoising, decode what there is
+                break
         pipe._current_timestep = None
         latents = self.adapter.finalize(pipe, latents, call, ctx)
         return self.adapter.postprocess(pipe, latents, call)

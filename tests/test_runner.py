@@ -155,3 +155,16 @@ def test_reshift_matches_float64_hand_computation():
         s = low.sigmas[0]
         want = ((1 - s) if mode == "consistent" else 1.0) * pooled + s * eps
         torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+
+
+def test_interrupt_stops_and_decodes(pipe):
+    def stop(p, i, t, kwargs):
+        if i == 0:
+            p._interrupt = True
+        return {}
+
+    out = _run(pipe, SMALL, output_type="latent", callback_on_step_end=stop)
+    assert out.shape == (1, 16, 2, 4, 4)  # still the first stage's latent
+
+
+from tests.tiny_pipelines import single_thread  # noqa: E402,F401  (autouse: one intra-op thread)
