@@ -61,6 +61,8 @@ class SurfConfig:
         shift holds at the request's token count and scales with ``sqrt(tokens / request_tokens)``
         (the resolution-dependent shift of SD3; on Wan2.1 it maps 5.0 at 720p to 3.3 at 480p,
         diffusers' example uses 5.0 and 3.0). ``"constant"``: the scheduler's shift everywhere.
+    shifts: explicit flow shifts ``(preview, preview_low, refine)`` overriding ``shift_rule`` where
+        not ``None`` (e.g. the shifts a model was trained with at those sizes).
     """
 
     optimal_size: Union[None, str, tuple[int, int]] = None
@@ -76,6 +78,7 @@ class SurfConfig:
     refine_guidance: Optional[float] = None
     window: Optional[tuple[int, int, int]] = None
     shift_rule: str = "sqrt_tokens"
+    shifts: Optional[tuple[Optional[float], Optional[float], Optional[float]]] = None
     name: Optional[str] = field(default=None, compare=False)
 
     def __post_init__(self):
@@ -118,6 +121,14 @@ class SurfConfig:
             if not (isinstance(w, (tuple, list)) and len(w) == 3 and all(_is_int(v) and v >= 1 for v in w)):
                 raise ValueError(f"window must be None or (wt, wh, ww) of ints >= 1 (tokens after patchify), got {w!r}")
             object.__setattr__(self, "window", tuple(int(v) for v in w))
+        if self.shifts is not None:
+            sh = self.shifts
+            if not (isinstance(sh, (tuple, list)) and len(sh) == 3 and all(
+                    v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                  and v > 0) for v in sh)):
+                raise ValueError(f"shifts must be None or (preview, preview_low, refine) of positive numbers or "
+                                 f"None, got {sh!r}")
+            object.__setattr__(self, "shifts", tuple(None if v is None else float(v) for v in sh))
         if self.window is not None and self.refine_steps == 0:
             raise ValueError("window applies to the refine stage, but refine_steps=0 disables it")
 

@@ -212,7 +212,9 @@ def plan_stages(request: Request, family: FamilySpec, scheduler: SchedulerSpec, 
     req_latent = (lt, request.height // vs, request.width // vs)
     req_tokens = req_latent[1] * req_latent[2]
 
-    def stage_shift(latent_hw: tuple[int, int]) -> float:
+    def stage_shift(latent_hw: tuple[int, int], which: int) -> float:
+        if config.shifts is not None and config.shifts[which] is not None:
+            return float(config.shifts[which])
         if config.shift_rule == "constant":
             return float(scheduler.shift)
         return float(scheduler.shift * math.sqrt(latent_hw[0] * latent_hw[1] / req_tokens))
@@ -220,10 +222,10 @@ def plan_stages(request: Request, family: FamilySpec, scheduler: SchedulerSpec, 
     t_grid = scheduler.time_grid(n)
     stages: list[Stage] = []
     opt_latent = (lt, oh // vs, ow // vs)
-    shift_opt = stage_shift(opt_latent[1:])
+    shift_opt = stage_shift(opt_latent[1:], 0)
     if switch:
         low_latent = (lt, opt_latent[1] // d, opt_latent[2] // d)
-        shift_low = stage_shift(low_latent[1:])
+        shift_low = stage_shift(low_latent[1:], 1)
         low_sigmas = shift_sigmas(t_grid[k:], shift_low)
         hi_sigmas = np.concatenate([shift_sigmas(t_grid[:k], shift_opt), low_sigmas[:1]])
         stages.append(Stage("preview", oh, ow, opt_latent, tuple(float(x) for x in hi_sigmas), shift_opt,
@@ -238,7 +240,7 @@ def plan_stages(request: Request, family: FamilySpec, scheduler: SchedulerSpec, 
 
     if config.refine_steps > 0:
         m = config.refine_steps
-        shift_ref = stage_shift(req_latent[1:])
+        shift_ref = stage_shift(req_latent[1:], 2)
         if trained_refiner:
             sig = np.linspace(1.0, 0.0, m + 1)  # the straight z_lr -> z_hr path (SPEC 1.3)
             model, use_sched, shift_ref = "trained_refiner", False, 1.0

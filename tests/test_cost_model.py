@@ -46,6 +46,13 @@ def test_estimate_paper_720p_and_1080p():
     assert "predicted speedup" in e720.table()
 
 
+def test_decode_output_off_drops_final_decode_only():
+    on = estimate("wan2.1-1.3b", 480, 832, 81, SurfConfig())
+    off = estimate("wan2.1-1.3b", 480, 832, 81, SurfConfig(), decode_output=False)
+    assert "vae decode" in on.baseline_vae and not off.baseline_vae
+    assert set(off.surf_vae) == {"vae decode lr", "vae encode"}  # the pixel handoff's round trip stays
+
+
 def test_estimate_errors():
     with pytest.raises(ValueError, match="known"):
         estimate("wan9", 720, 1280, 81)

@@ -141,3 +141,14 @@ def test_bad_scheduler_spec():
         SchedulerSpec("ddim", 3.0)
     with pytest.raises(ValueError, match="shift"):
         SchedulerSpec("euler", 0.0)
+
+
+def test_explicit_shifts_override_rule():
+    p = plan_stages(REQ, WAN, UNIPC, SurfConfig(shifts=(3.0, None, 5.0)))
+    pre, low, ref = p.stages
+    assert pre.shift == 3.0 and ref.shift == 5.0
+    assert low.shift == pytest.approx(5.0 * math.sqrt(low.latent_size[1] * low.latent_size[2] / (90 * 160)))
+    with pytest.raises(ValueError, match="shifts"):
+        SurfConfig(shifts=(3.0, 0.0, None))
+    with pytest.raises(ValueError, match="shifts"):
+        SurfConfig(shifts=(3.0,))
