@@ -113,8 +113,13 @@ def _triton_impl(q, k, v, grid, window, shift, num_text, text_mask):
 
 
 def _triton_limits(*args) -> str | None:
-    if args and args[0].shape[-1] > MAX_HEAD_DIM:
-        return f"head dim {args[0].shape[-1]} > {MAX_HEAD_DIM}"
+    if not args:
+        return None
+    d = args[0].shape[-1]
+    if d > MAX_HEAD_DIM:
+        return f"head dim {d} > {MAX_HEAD_DIM}"
+    if args[0].is_cuda and d < 16:
+        return f"head dim {d} < 16 (tl.dot needs tiles of at least 16)"
     return None
 
 
@@ -203,14 +208,22 @@ def _partition_impl(q, k, v, grid, window, shift, num_text, text_mask):
     return torch.ops.surf_accel.window_unpack(out.contiguous(), g, w, s, b)
 
 
+def _kernels_reason(key: str) -> str | None:
+    for name in _PARTITION_OPS:
+        if not _extension.load() or not hasattr(torch.ops.surf_accel, name) or \
+                not torch._C._dispatch_has_kernel_for_dispatch_key(f"surf_accel::{name}", key):
+            return f"the built extension has no {key} kernel for {name}; rebuild surf_accel"
+    return None
+
+
+# Decided once at import (the extension is loaded above): plain data that torch.compile can trace.
+_KERNELS_REASON = {key: _kernels_reason(key) for key in ("CPU", "CUDA")}
+
+
 def _partition_kernels(key: str):
     """Call-independent check: the built extension has the pack/unpack kernels for ``key``."""
     def check() -> str | None:
-        for name in _PARTITION_OPS:
-            if not hasattr(torch.ops.surf_accel, name) or \
-                    not torch._C._dispatch_has_kernel_for_dispatch_key(f"surf_accel::{name}", key):
-                return f"the built extension has no {key} kernel for {name}; rebuild surf_accel"
-        return None
+        return _KERNELS_REASON[key]
     return check
 
 
@@ -226,10 +239,37 @@ def _partition_limits(key: str):
     return check
 
 
+# The torch and partition paths index with host-side tables and data-dependent sizes; wrapped as
+# opaque custom ops (like the Triton launcher) so torch.compile traces a model through them.
+@torch.library.custom_op("surf_accel_window::torch_window_attention", mutates_args=())
+def _torch_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: list[int],
+                            window: list[int], shift: list[int], num_text: int,
+                            text_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    return window_reference.window_attention_partitioned(q, k, v, grid, window, shift, num_text, text_mask).contiguous()
+
+
+@torch.library.custom_op("surf_accel_window::partition_window_attention", mutates_args=())
+def _partition_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: list[int],
+                                window: list[int], shift: list[int], num_text: int,
+                                text_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    return _partition_impl(q, k, v, tuple(grid), tuple(window), tuple(shift), num_text, text_mask)
+
+
+for _op in (_torch_window_attention, _partition_window_attention):
+    _op.register_fake(lambda q, k, v, grid, window, shift, num_text, text_mask:
+                      torch.empty_like(q, memory_format=torch.contiguous_format))
+
+
+def _opaque(op):
+    def call(q, k, v, grid, window, shift, num_text, text_mask):
+        return op(q, k, v, list(grid), list(window), list(shift), num_text, text_mask)
+    return call
+
+
 WINDOW_ATTENTION = Op(
     "window_attention",
-    impls={"torch": window_reference.window_attention_partitioned, "cpp": _partition_impl,
-           "cuda": _partition_impl, "triton": _triton_impl},
+    impls={"torch": _opaque(_torch_window_attention), "cpp": _opaque(_partition_window_attention),
+           "cuda": _opaque(_partition_window_attention), "triton": _triton_impl},
     limits={"cpp": _partition_limits("CPU"), "cuda": _partition_limits("CUDA"), "triton": _triton_limits},
 )
 if hasattr(WINDOW_ATTENTION, "requires"):  # call-independent checks, reported by explain()

@@ -138,3 +138,23 @@ def test_unsupported_and_bad_window():
     with pytest.raises(ValueError, match="three positive ints"):
         apply_window_attention(model, (2, 2))
     assert not hasattr(model, wp.STATE_ATTR)
+
+
+def test_regional_compile_no_per_block_recompiles():
+    """torch.compile of the repeated blocks traces through the shared processor (fullgraph) with at
+    most one graph per shift variant, and calling again compiles nothing new."""
+    from torch._dynamo.utils import counters
+
+    model, inputs = tiny_wan()
+    apply_window_attention(model, (2, 3, 4))
+    eager = run(model, inputs)
+    torch._dynamo.reset()
+    counters.clear()
+    model.compile_repeated_blocks(backend="eager", fullgraph=True)
+    compiled = run(model, inputs)
+    graphs = counters["stats"]["unique_graphs"]
+    assert 1 <= graphs <= 2  # shift 0 and shift window // 2
+    assert torch.equal(run(model, inputs), compiled)
+    assert counters["stats"]["unique_graphs"] == graphs
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()
