@@ -9,9 +9,10 @@ Backends:
 * ``cuda`` / ``cpp``: the compiled ``surf_accel::window_pack`` / ``window_unpack`` kernels (CUDA on GPU,
   their C++ twin on CPU) pack the video tokens window-contiguously; the packed windows go to
   ``flash_attn.flash_attn_varlen_func`` when flash-attn is importable (CUDA, fp16/bf16), else to SDPA
-  over a padded view; then unpack. This path serves video-only calls (``num_text == 0``, Wan's
-  self-attention): joint text attention (HunyuanVideo) is declared out of its limits and goes to
-  ``triton`` or ``torch``.
+  over a padded view; then unpack. With text tokens, each window's key/value sequence is its video
+  tokens followed by its batch's valid text tokens (gathered once per call: the text K/V are
+  duplicated per window, ``nWin * valid_text`` extra rows), so one varlen call serves video queries
+  exactly; text queries attend densely (SDPA with a key mask) to all valid keys.
 * ``xformers`` is not a backend name of the dispatch layer; inside the partition path, when
   flash-attn is missing and xformers is importable, its ``memory_efficient_attention`` with a
   block-diagonal mask serves the packed windows instead of SDPA.
@@ -169,43 +170,81 @@ def xformers_reason() -> str | None:
     return None
 
 
-def _varlen_sdpa(qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, cu: torch.Tensor, max_len: int) -> torch.Tensor:
-    """Attention within each packed sequence via SDPA over a padded ``(nseq, heads, Lmax, D)`` view."""
-    lens = cu[1:] - cu[:-1]
-    n_seq = lens.numel()
-    pos = torch.arange(max_len, device=qp.device)
-    valid = pos[None] < lens[:, None]
-    rows = (cu[:-1, None].long() + pos[None]).clamp_max(qp.shape[0] - 1)
+def _varlen_sdpa(qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+                 max_q: int, max_k: int) -> torch.Tensor:
+    """Attention of each packed query sequence to its packed key sequence, via SDPA over padded
+    ``(nseq, heads, L, D)`` views with a key-padding mask."""
+    lens_q, lens_k = cu_q[1:] - cu_q[:-1], cu_k[1:] - cu_k[:-1]
+    n_seq = lens_q.numel()
+    pos_q, pos_k = torch.arange(max_q, device=qp.device), torch.arange(max_k, device=qp.device)
+    rows_q = (cu_q[:-1, None].long() + pos_q[None]).clamp_max(qp.shape[0] - 1)
+    rows_k = (cu_k[:-1, None].long() + pos_k[None]).clamp_max(kp.shape[0] - 1)
+    valid_k = pos_k[None] < lens_k[:, None]
+    out = F.scaled_dot_product_attention(qp[rows_q].transpose(1, 2), kp[rows_k].transpose(1, 2),
+                                         vp[rows_k].transpose(1, 2), attn_mask=valid_k[:, None, None, :])
+    seq_of_row = torch.repeat_interleave(torch.arange(n_seq, device=qp.device), lens_q.long(), output_size=qp.shape[0])
+    flat = seq_of_row * max_q + (torch.arange(qp.shape[0], device=qp.device) - cu_q[:-1].long()[seq_of_row])
+    return out.transpose(1, 2).reshape(n_seq * max_q, *qp.shape[1:])[flat]
 
-    def padded(x):
-        return x[rows].transpose(1, 2)  # (nseq, heads, Lmax, D)
 
-    out = F.scaled_dot_product_attention(padded(qp), padded(kp), padded(vp), attn_mask=valid[:, None, None, :])
-    seq_of_row = torch.repeat_interleave(torch.arange(n_seq, device=qp.device), lens.long(), output_size=qp.shape[0])
-    flat = seq_of_row * max_len + (torch.arange(qp.shape[0], device=qp.device) - cu[:-1].long()[seq_of_row])
-    return out.transpose(1, 2).reshape(n_seq * max_len, *qp.shape[1:])[flat]
-
-
-def _packed_attention(qp, kp, vp, cu, max_len, grid, window, shift, batch):
+def _packed_attention(qp, kp, vp, cu_q, cu_k, max_q, max_k, seqlens_q, seqlens_k):
     if qp.is_cuda and qp.dtype in (torch.float16, torch.bfloat16):
         if flash_attn_reason() is None:
             from flash_attn import flash_attn_varlen_func
-            return flash_attn_varlen_func(qp, kp, vp, cu, cu, max_len, max_len)
+            return flash_attn_varlen_func(qp, kp, vp, cu_q, cu_k, max_q, max_k)
         if xformers_reason() is None:
             from xformers.ops import fmha
-            bias = fmha.attn_bias.BlockDiagonalMask.from_seqlens(list(window_seqlens(grid, window, shift)) * batch)
+            bias = fmha.attn_bias.BlockDiagonalMask.from_seqlens(seqlens_q, seqlens_k)
             return fmha.memory_efficient_attention(qp[None], kp[None], vp[None], attn_bias=bias)[0]
-    return _varlen_sdpa(qp, kp, vp, cu, max_len)
+    return _varlen_sdpa(qp, kp, vp, cu_q, cu_k, max_q, max_k)
+
+
+def _with_text(kp, vp, k, v, n, num_text, text_mask, seqlens):
+    """Append each batch's valid text keys/values to every one of its windows: returns packed K, V
+    and their per-window lengths, ``len(window) + valid text of its batch``."""
+    b = k.shape[0]
+    tm = (torch.ones(b, num_text, dtype=torch.bool, device=k.device) if text_mask is None else text_mask)
+    n_valid = tm.sum(1).tolist()  # host sync: the packed length depends on it
+    k_all = torch.cat([kp, k[:, n:][tm]], 0)  # video rows (B*N), then the valid text rows batch by batch
+    v_all = torch.cat([vp, v[:, n:][tm]], 0)
+    n_win = len(seqlens)
+    win_len = torch.tensor(seqlens, device=k.device)
+    win_start = torch.cumsum(win_len, 0) - win_len
+    nv = torch.tensor(n_valid, device=k.device)
+    text_start = b * n + torch.cumsum(nv, 0) - nv
+    seg_len = (win_len[None, :] + nv[:, None]).reshape(-1)  # (B * nWin)
+    total = n * b + n_win * sum(n_valid)
+    seg = torch.repeat_interleave(torch.arange(b * n_win, device=k.device), seg_len, output_size=total)
+    j = torch.arange(total, device=k.device) - (torch.cumsum(seg_len, 0) - seg_len)[seg]
+    bi, wi = seg // n_win, seg % n_win
+    rows = torch.where(j < win_len[wi], bi * n + win_start[wi] + j, text_start[bi] + j - win_len[wi])
+    lens_k = [w + nvb for nvb in n_valid for w in seqlens]
+    return k_all[rows], v_all[rows], lens_k, tm
 
 
 def _partition_impl(q, k, v, grid, window, shift, num_text, text_mask):
-    b = q.shape[0]
-    g, w, s = list(grid), list(window), list(shift)
+    b, s = q.shape[0], q.shape[1]
+    n = s - num_text
+    g, w, sh = list(grid), list(window), list(shift)
     pack = torch.ops.surf_accel.window_pack
-    qp, kp, vp = pack(q, g, w, s), pack(k, g, w, s), pack(v, g, w, s)
-    cu, max_len = _cu_seqlens(tuple(grid), tuple(window), tuple(shift), b, q.device)
-    out = _packed_attention(qp, kp, vp, cu, max_len, tuple(grid), tuple(window), tuple(shift), b)
-    return torch.ops.surf_accel.window_unpack(out.contiguous(), g, w, s, b)
+    qp, kp, vp = pack(q, g, w, sh), pack(k, g, w, sh), pack(v, g, w, sh)
+    seqlens = list(window_seqlens(tuple(grid), tuple(window), tuple(shift)))
+    cu_q, max_q = _cu_seqlens(tuple(grid), tuple(window), tuple(shift), b, q.device)
+    if not num_text:
+        out = _packed_attention(qp, kp, vp, cu_q, cu_q, max_q, max_q, seqlens * b, seqlens * b)
+        return torch.ops.surf_accel.window_unpack(out.contiguous(), g, w, sh, b)
+    kp, vp, lens_k, tm = _with_text(kp, vp, k, v, n, num_text, text_mask, seqlens)
+    cu_k = torch.zeros(len(lens_k) + 1, dtype=torch.int32)
+    cu_k[1:] = torch.cumsum(torch.tensor(lens_k, dtype=torch.int32), 0)
+    out = _packed_attention(qp, kp, vp, cu_q, cu_k.to(q.device), max_q, max(lens_k), seqlens * b, lens_k)
+    out_video = torch.ops.surf_accel.window_unpack(out.contiguous(), g, w, sh, b)
+    # Text queries: every video key and every valid text key (padded ones zeroed and masked).
+    key_ok = torch.cat([torch.ones(b, n, dtype=torch.bool, device=q.device), tm], 1)
+    k_all = k.masked_fill(~key_ok[:, :, None, None], 0)
+    v_all = v.masked_fill(~key_ok[:, :, None, None], 0)
+    out_text = F.scaled_dot_product_attention(q[:, n:].transpose(1, 2), k_all.transpose(1, 2), v_all.transpose(1, 2),
+                                              attn_mask=key_ok[:, None, None, :]).transpose(1, 2)
+    return torch.cat([out_video, out_text], 1)
 
 
 def _kernels_reason(key: str) -> str | None:
@@ -231,11 +270,7 @@ def _partition_limits(key: str):
     kernels = _partition_kernels(key)
 
     def check(*args) -> str | None:
-        reason = kernels()
-        if reason is None and len(args) == 8 and args[6]:  # num_text
-            reason = ("the partition path packs video windows only; joint video+text attention "
-                      "(num_text > 0) runs on the triton or torch backend")
-        return reason
+        return kernels()
     return check
 
 

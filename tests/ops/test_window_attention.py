@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from surf_accel.ops import BackendUnavailableError, window_attention
+from surf_accel.ops import window_attention
 from surf_accel.ops.window_attention import WINDOW_ATTENTION
 from surf_accel.ops.window_attention import window_seqlens
 from surf_accel.ops.window_reference import window_attention_masked, window_ids, window_mask
@@ -66,10 +66,6 @@ def test_matches_float64_oracle(device, backend, case, dtype, head_dim):
     grid, window, shift, num_text, valid = CASES[case]
     gen = seeded(case, str(dtype), head_dim, backend)
     q, k, v, text_mask = make_inputs(grid, num_text, valid, 2, 2, head_dim, dtype, device, gen)
-    if backend in ("cpp", "cuda") and num_text:
-        with pytest.raises(BackendUnavailableError, match="num_text"):
-            window_attention(q, k, v, grid, window, shift, num_text=num_text, text_mask=text_mask, backend=backend)
-        return
     out = window_attention(q, k, v, grid, window, shift, num_text=num_text, text_mask=text_mask, backend=backend)
     assert out.shape == q.shape and out.dtype == dtype and out.device == q.device
     ref = oracle(q, k, v, grid, window, shift, num_text, text_mask)
@@ -84,8 +80,6 @@ def test_whole_grid_window_is_full_attention(device, backend, num_text):
     gen = seeded("whole", backend, num_text)
     valid = (4, 1) if num_text else None
     q, k, v, text_mask = make_inputs(grid, num_text, valid, 2, 3, 64, torch.float32, device, gen)
-    if backend in ("cpp", "cuda") and num_text:
-        pytest.skip("the partition path serves video-only calls")
     n = 30
     key_ok = torch.ones(2, n + num_text, dtype=torch.bool, device=device)
     if text_mask is not None:
