@@ -11,6 +11,10 @@ if not HAS_CUDA:
 
 import pytest  # noqa: E402
 
+# The suite runs as two processes (pytest -n 2) on two cores: one intra-op thread each. More
+# oversubscribes the machine, and tiny models run fastest on one thread anyway.
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:

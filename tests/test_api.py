@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 import surf_accel
 from surf_accel import SurfConfig
@@ -152,6 +151,3 @@ def test_window_refine_uses_and_removes_window_attention(pipe):
 def test_plan_for(pipe):
     plan = surf_accel.api.plan_for(pipe, height=64, width=64, num_frames=5, num_inference_steps=4, config=SMALL)
     assert [s.name for s in plan.stages] == ["preview", "preview_low", "refine"]
-
-
-from tests.tiny_pipelines import single_thread  # noqa: E402,F401  (autouse: one intra-op thread)

@@ -63,6 +63,3 @@ def test_generate_with_baseline(tmp_path, capsys):
 def test_generate_missing_folder():
     with pytest.raises(SystemExit, match="not a local diffusers model folder"):
         cli.main(["generate", "/nonexistent/model", "--prompt", "x"])
-
-
-from tests.tiny_pipelines import single_thread  # noqa: E402,F401  (autouse: one intra-op thread)

@@ -70,6 +70,3 @@ def test_measure_vae_reproduces_constants():
     spec = measure_vae(vae)
     assert spec.dec_b == pytest.approx(WAN_VAE.dec_b, rel=0.01)
     assert spec.enc_a == pytest.approx(WAN_VAE.enc_a, rel=0.01)
-
-
-from tests.tiny_pipelines import single_thread  # noqa: E402,F401  (autouse: one intra-op thread)

@@ -133,6 +133,3 @@ def test_pixel_handoff_shape():
     z = torch.randn(1, 16, 2, 4, 4, generator=gen(0))
     out = handoff(None, _FakeAdapter(), z, stage, SurfConfig(), None, 1.0)
     assert out.shape == (1, 16, 2, 8, 8)
-
-
-from tests.tiny_pipelines import single_thread  # noqa: E402,F401  (autouse: one intra-op thread)

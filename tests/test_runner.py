@@ -165,6 +165,3 @@ def test_interrupt_stops_and_decodes(pipe):
 
     out = _run(pipe, SMALL, output_type="latent", callback_on_step_end=stop)
     assert out.shape == (1, 16, 2, 4, 4)  # still the first stage's latent
-
-
-from tests.tiny_pipelines import single_thread  # noqa: E402,F401  (autouse: one intra-op thread)

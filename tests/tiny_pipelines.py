@@ -7,7 +7,6 @@ encoder, and a word-level tokenizer built with the `tokenizers` library.
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 VOCAB = ["<pad>", "</s>", "<unk>", "a", "red", "blue", "green", "circle", "square", "moving", "left",
@@ -123,14 +122,3 @@ def i2v_kwargs(batch: int = 1, seed: int = 0, **overrides):
               num_inference_steps=4, guidance_scale=4.0, max_sequence_length=16, output_type="np")
     kw.update(overrides)
     return kw
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny pipelines run fastest on one intra-op thread (and a shared 2-core machine collapses when
-    several processes each spin two); restored after the module. Import this name into a test module
-    to apply it there."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

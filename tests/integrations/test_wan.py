@@ -115,6 +115,3 @@ def test_family_spec(t2v):
     spec = WanAdapter().family_spec(t2v)
     assert spec.vae_scale_spatial == 8 and spec.vae_scale_temporal == 4 and spec.patch_size == (1, 2, 2)
     assert spec.optimal_area == 480 * 832 and spec.pixel_grid == 16
-
-
-from tests.tiny_pipelines import single_thread  # noqa: E402,F401  (autouse: one intra-op thread)
