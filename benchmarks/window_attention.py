@@ -116,13 +116,13 @@ def run(args) -> list[str]:
                     if reason is not None:
                         lines.append("| " + " | ".join(row + [backend, f"n/a: {reason}"] + [""] * 5) + " |")
                         continue
-                    ms = time_ms(lambda: window_attention(q, k, v, grid, window, shift, backend=backend))
+                    ms = time_ms(lambda b=backend, w=window, s=shift: window_attention(q, k, v, grid, w, s, backend=b))  # noqa: B023
                     rate = flops(p) / (ms * 1e-3) / 1e12
                     lines.append("| " + " | ".join(row + [
                         backend, f"{ms:.2f}", f"{best_dense:.2f}", f"{best_dense / ms:.2f}",
                         f"{dense_pairs / p:.2f}", f"{rate:.0f}", f"{rate / dense_rate:.2f}"]) + " |")
                     print(lines[-1], flush=True)
-        del q, k, v
+        q = k = v = None  # free the inputs before the next grid
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return lines

@@ -3,10 +3,12 @@ built in process (configs in the spirit of diffusers' own model tests)."""
 
 import pytest
 import torch
-
 from surf_accel.integrations import window_processors as wp
-from surf_accel.integrations.window_processors import (apply_window_attention, remove_window_attention,
-                                                       windowed_attention)
+from surf_accel.integrations.window_processors import (
+    apply_window_attention,
+    remove_window_attention,
+    windowed_attention,
+)
 
 GRID = (3, 5, 7)  # tokens after patchify: odd on every axis
 
@@ -120,7 +122,7 @@ def test_shift_alternates_across_blocks(model_and_inputs, monkeypatch):
 
 def test_reapply_and_context_manager(model_and_inputs):
     """Reapplying changes the window in place; the context manager restores the previous one."""
-    model, inputs = model_and_inputs
+    model, _ = model_and_inputs
     apply_window_attention(model, (1, 5, 7))
     proc = targets(model)[0].processor
     with windowed_attention(model, (3, 2, 2)):

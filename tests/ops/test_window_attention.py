@@ -8,9 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from surf_accel.ops import window_attention
-from surf_accel.ops.window_attention import WINDOW_ATTENTION
-from surf_accel.ops.window_attention import window_seqlens
-from surf_accel.ops.window_reference import window_attention_masked, window_ids, window_mask
+from surf_accel.ops.window_attention import WINDOW_ATTENTION, window_seqlens
+from surf_accel.ops.window_reference import (
+    window_attention_masked,
+    window_ids,
+    window_mask,
+)
 from tests.ops.helpers import DEVICES, backend_cases, seeded
 
 # Outputs are convex combinations of values ~ N(0, 1), so |out| <= ~4. Error sources of a backend
