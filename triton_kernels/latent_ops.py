@@ -109,7 +109,10 @@ def _reshift_downsample_kernel(
             x = _load_f32(lat_ptr + l_off, mask)
             v = _load_f32(mo_ptr + m_off, mask)
             acc += x - sigma * v
-    pooled = tl.math.div_rn(acc, tl.full([BLOCK_R, BLOCK_W], FACTOR * FACTOR, tl.float32))
+    if (FACTOR & (FACTOR - 1)) == 0:
+        pooled = acc * (1.0 / (FACTOR * FACTOR))  # exact: a power-of-two reciprocal
+    else:
+        pooled = tl.math.div_rn(acc, tl.full([BLOCK_R, BLOCK_W], FACTOR * FACTOR, tl.float32))
 
     n_row = b * n_sb + c * n_sc + t * n_st + i * n_sh
     nz = _load_f32(noise_ptr + n_row[:, None] + (cols * n_sw)[None, :], mask)
@@ -123,12 +126,12 @@ def _linear_source(dst, n, FACTOR: tl.constexpr):
     """Source taps and weights of linear upsampling by FACTOR, align_corners=False:
     src = (dst + 0.5) / FACTOR - 0.5 clamped below at 0, i0 = floor(src), i1 = min(i0 + 1, n - 1),
     weights (1 - w, w) with w = src - i0. src is the rational (2 dst + 1 - FACTOR) / (2 FACTOR),
-    so i0 and w come from integer arithmetic: w is exact up to one rounding, for any dst (an fp32
+    so i0 and w come from integer arithmetic: w is within an ulp of exact, for any dst (an fp32
     src, as F.interpolate computes it, loses accuracy as dst grows)."""
     num = tl.maximum(2 * dst + 1 - FACTOR, 0)
     i0 = tl.minimum(num // (2 * FACTOR), n - 1)
     rem = num - i0 * (2 * FACTOR)  # < 2 * FACTOR: i0 is never clamped for dst < n * FACTOR
-    w1 = tl.math.div_rn(rem.to(tl.float32), tl.full(rem.shape, 2 * FACTOR, tl.float32))
+    w1 = rem.to(tl.float32) * (1.0 / (2 * FACTOR))  # within an ulp of the exact weight
     i1 = tl.where(i0 < n - 1, i0 + 1, i0)
     return i0, i1, 1.0 - w1, w1
 
@@ -150,7 +153,8 @@ def _upsample_mix_kernel(
     l_base = b * l_sb + c * l_sc + t * l_st
 
     if BILINEAR:
-        h0, h1, lh0, lh1 = _linear_source(oi, H, FACTOR)
+        h0, h1, lh0, lh1 = _linear_source(oi.to(tl.int32), H, FACTOR)  # 32-bit index math
+        h0, h1 = h0.to(tl.int64), h1.to(tl.int64)
         w0, w1, lw0, lw1 = _linear_source(cols, W, FACTOR)
         r0 = (l_base + h0 * l_sh)[:, None]
         r1 = (l_base + h1 * l_sh)[:, None]
