@@ -163,9 +163,12 @@ def vae_batch(step: int, seed: int, batch: int):
 
 
 def vae_loss(vae, x: torch.Tensor, kl_weight: float, first_frame_weight: float, fg_weight: float,
-             gen: torch.Generator):
+             gen: torch.Generator, noise: float = 0.1):
     mean, logvar = encode_full(vae, x)
-    z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
+    # Posterior samples with the std scaled by ``noise``: with full-scale samples (noise=1) the
+    # freshly initialised posterior (std ~ 1 against means ~ 1) drowned the code, and after 400
+    # steps the VAE still rendered red and yellow as the same orange and squares as blobs.
+    z = mean + noise * torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
     y = decode_full(vae, z)
     bg = torch.tensor(world.BACKGROUND).view(1, 3, 1, 1, 1) * 2 - 1
     fg = ((x - bg).abs().amax(1, keepdim=True) > 0.1).float()
@@ -210,7 +213,7 @@ def latent_stats(vae, n: int = 64, size: int = 64, seed: int = 777) -> tuple[lis
 def train_vae(out: Path, steps: int, batch: int = 4, lr: float = 2e-3, seed: int = 0,
               kl_weight: float = 1e-4, first_frame_weight: float = 3.0, fg_weight: float = 4.0,
               ckpt_every: int = 50, time_limit_min: float | None = None, stats_clips: int = 64,
-              eval_clips: int = 4, eval_sizes: tuple[int, ...] = (32, 64, 128)) -> None:
+              eval_clips: int = 4, eval_sizes: tuple[int, ...] = (32, 64, 128), noise: float = 0.1) -> None:
     vae = make_vae(seed)
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
@@ -226,7 +229,7 @@ def train_vae(out: Path, steps: int, batch: int = 4, lr: float = 2e-3, seed: int
             g["lr"] = lr_at(step, steps, lr, 20)
         x, size = vae_batch(step, seed, batch)
         gen = torch.Generator().manual_seed(seed * 7919 + step)
-        loss, rec, kl = vae_loss(vae, x, kl_weight, first_frame_weight, fg_weight, gen)
+        loss, rec, kl = vae_loss(vae, x, kl_weight, first_frame_weight, fg_weight, gen, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -431,6 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vae-stats-clips", type=int, default=64, help="64 px clips measuring latents_mean/std")
     p.add_argument("--vae-eval-clips", type=int, default=4, help="clips per resolution for the PSNR report")
     p.add_argument("--vae-eval-sizes", default="32,64,128", help="resolutions of the PSNR report")
+    p.add_argument("--vae-noise", type=float, default=0.1, help="posterior sample std scale in VAE training")
     p.add_argument("--vae-minutes", type=float, default=None, help="stop the VAE stage after this long")
     p.add_argument("--dit-steps", type=int, default=1000)
     p.add_argument("--dit-batch", type=int, default=8)
@@ -449,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.stage in ("vae", "all"):
         train_vae(a.out, a.vae_steps, a.vae_batch, a.vae_lr, a.seed, ckpt_every=a.ckpt_every,
                   time_limit_min=a.vae_minutes, stats_clips=a.vae_stats_clips, eval_clips=a.vae_eval_clips,
-                  eval_sizes=tuple(int(v) for v in a.vae_eval_sizes.split(",")))
+                  eval_sizes=tuple(int(v) for v in a.vae_eval_sizes.split(",")), noise=a.vae_noise)
     if a.stage in ("dit", "all"):
         train_dit(a.out, a.dit_steps, a.dit_batch, a.dit_batch_hi, a.hi_every, a.dit_lr, a.seed, a.n_lo, a.n_hi,
                   ckpt_every=a.ckpt_every, time_limit_min=a.dit_minutes)
