@@ -11,15 +11,20 @@ import torch
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def check_latent(name: str, t: torch.Tensor) -> None:
+def check_tensor(name: str, t: torch.Tensor, ndim: int, layout: str) -> None:
+    """A non-empty float tensor of rank ``ndim`` (``layout`` names its axes in the message)."""
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != 5:
-        raise ValueError(f"{name} must be a 5-D latent (B, C, T, H, W), got shape {tuple(t.shape)}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(t.shape)}")
     if t.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"{name} has dtype {t.dtype}; supported: float32, float16, bfloat16")
     if t.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+
+
+def check_latent(name: str, t: torch.Tensor) -> None:
+    check_tensor(name, t, 5, "latent (B, C, T, H, W)")
 
 
 def check_same(ref_name: str, ref: torch.Tensor, others: dict[str, torch.Tensor]) -> None:

@@ -30,8 +30,7 @@ import torch.nn.functional as F
 
 from surf_accel import _extension
 from surf_accel.ops import backends as _backends
-from surf_accel.ops import window_reference
-from surf_accel.ops.checks import SUPPORTED_DTYPES
+from surf_accel.ops import checks, window_reference
 from surf_accel.ops.dispatch import Op
 
 MAX_HEAD_DIM = 256
@@ -52,21 +51,10 @@ def _triple(name: str, value, minimum: int) -> tuple[int, int, int]:
 
 def _validate(q, k, v, grid, window, shift, num_text, text_mask):
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (B, S, heads, D), got shape {tuple(t.shape)}")
-    if q.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"q has dtype {q.dtype}; supported: float32, float16, bfloat16")
+        checks.check_tensor(name, t, 4, "(B, S, heads, D)")
+    checks.check_same("q", q, {"k": k, "v": v})
     for name, t in (("k", k), ("v", v)):
-        if t.shape != q.shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)} but q has {tuple(q.shape)}; they must match")
-        if t.dtype != q.dtype:
-            raise ValueError(f"{name} has dtype {t.dtype} but q has {q.dtype}; cast them to one dtype")
-        if t.device != q.device:
-            raise ValueError(f"{name} is on {t.device} but q is on {q.device}; move them to one device")
-    if q.numel() == 0:
-        raise ValueError(f"q is empty (shape {tuple(q.shape)})")
+        checks.check_shape(name, t, q.shape, "it must match q")
     grid = _triple("grid", grid, 1)
     window = _triple("window", window, 1)
     shift = _triple("shift", shift, 0)
