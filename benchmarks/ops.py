@@ -4,7 +4,7 @@ Each op is memory-bound (one read of each input, one write), so the figure of me
 per second over the device's own copy rate, measured in the same run. Shapes: Wan2.1 latents
 (16 channels, 21 latent frames) at 720p (90x160) on CUDA; a smaller shape on CPU.
 
-    python benchmarks/ops.py [--device cpu|cuda] [--dtype bf16] [--out benchmarks/results/ops_<device>.md]
+    python benchmarks/ops.py [--device cpu|cuda] [--dtype bf16] [--threads N] [--out benchmarks/results/ops_<device>.md]
 """
 
 from __future__ import annotations
@@ -68,8 +68,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (torch and cpp alike)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device, dtype = args.device, DTYPES[args.dtype]
     shape = (1, 16, 21, 90, 160) if device == "cuda" else (1, 16, 5, 64, 96)
     repeats = args.repeats or (50 if device == "cuda" else 10)
