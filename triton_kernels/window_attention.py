@@ -24,6 +24,33 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _attend_block(q, acc, m_i, l_i, k_base, v_base, offs_n, offs_d, stride_ks, stride_vs, kv_mask, allowed,
+                  qk_scale, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    """Fold one block of keys/values into the online softmax: loads masked by ``kv_mask``
+    (BLOCK_N, BLOCK_D), scores masked by ``allowed`` (broadcast to BLOCK_M x BLOCK_N); fp32 state
+    (acc, running max m_i in log2 units, running sum l_i) in, updated state out."""
+    k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    if IEEE:
+        qk = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        qk = tl.dot(q, tl.trans(k))
+    qk = tl.where(allowed, qk * qk_scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(qk - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if IEEE:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _window_attn_fwd_kernel(
     Q, K, V, O, TM,
     stride_qb, stride_qs, stride_qh,
@@ -102,26 +129,8 @@ def _window_attn_fwd_kernel(
             & (qc[:, None] == ((kw + SW) // WW)[None, :])
         allowed = (same | is_text) & col_ok[None, :] & row_ok[:, None]
         if tl.max(allowed.to(tl.int32)) > 0:  # skip key blocks outside every row's window
-            kv_mask = col_ok[:, None] & d_ok[None, :]
-            k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
-            if UPCAST:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
-            if IEEE:
-                qk = tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                qk = tl.dot(q, tl.trans(k))
-            qk = tl.where(allowed, qk * qk_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(qk - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            if IEEE:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+            acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, k_base, v_base, offs_n, offs_d, stride_ks, stride_vs,
+                                          col_ok[:, None] & d_ok[None, :], allowed, qk_scale, UPCAST, IEEE)
 
     # ---- text keys: every query sees the valid ones -------------------------------------------
     for start_n in range(N_VIDEO, N_VIDEO + NUM_TEXT, BLOCK_N):
@@ -130,27 +139,9 @@ def _window_attn_fwd_kernel(
         if HAS_TEXT_MASK:
             valid = tl.load(TM + b * stride_tb + (offs_n - N_VIDEO), mask=col_ok, other=0)
             col_ok = col_ok & (valid != 0)
-        kv_mask = col_ok[:, None] & d_ok[None, :]
         # Padded text keys/values are masked at the load: whatever they hold never enters.
-        k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        if IEEE:
-            qk = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            qk = tl.dot(q, tl.trans(k))
-        qk = tl.where(col_ok[None, :], qk * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(qk - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, k_base, v_base, offs_n, offs_d, stride_ks, stride_vs,
+                                      col_ok[:, None] & d_ok[None, :], col_ok[None, :], qk_scale, UPCAST, IEEE)
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # l_i == 0 only on rows past the end
     o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None].to(tl.int64) * stride_os + offs_d[None, :]
