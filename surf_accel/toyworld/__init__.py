@@ -34,6 +34,20 @@ DEMO_PROMPTS: tuple[str, ...] = ("a red circle moving left", "a blue square movi
                                  "a yellow circle moving up", "a green square moving right")
 
 
+def surf_config(**changes):
+    """The SURF setting for the toy model at ``TARGET_SIZE``: the world's own sizes and training shifts
+    (optimal 64 px, preview 32 px, target 128 px), latent handoff, training-free refine. Choices are
+    measured in ``benchmarks/signature.py`` (results in ``benchmarks/results/signature.md``);
+    ``changes`` override fields (``SurfConfig.replace``)."""
+    from surf_accel.config import SurfConfig
+
+    cfg = SurfConfig(optimal_size=(OPTIMAL_SIZE, OPTIMAL_SIZE), preview_steps=DEFAULT_STEPS, switch_step=6,
+                     downsample=OPTIMAL_SIZE // PREVIEW_SIZE, handoff="latent", refine_steps=5, refine_start=0.5,
+                     shifts=(FLOW_SHIFT[OPTIMAL_SIZE], FLOW_SHIFT[PREVIEW_SIZE], FLOW_SHIFT[TARGET_SIZE]),
+                     name="toy")
+    return cfg.replace(**changes) if changes else cfg
+
+
 def pipeline_available() -> bool:
     """Whether the trained pipeline folder is present in the package."""
     return (PIPELINE_DIR / "model_index.json").exists()
@@ -58,5 +72,5 @@ __all__ = [
     "COLOURS", "ClipSpec", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "DEMO_PROMPTS", "DIRECTIONS", "EVAL_PROMPTS",
     "EVAL_SEEDS", "FLOW_SHIFT", "NUM_FRAMES", "OPTIMAL_SIZE", "PIPELINE_DIR", "PREVIEW_SIZE", "SHAPES",
     "TARGET_SIZE", "all_label_combinations", "load_pipeline", "parse_prompt", "pipeline_available",
-    "prompt_for", "sample_specs",
+    "prompt_for", "sample_specs", "surf_config",
 ]
