@@ -22,6 +22,7 @@ import numpy as np
 from surf_accel.config import SurfConfig
 
 SCHEDULER_KINDS = ("euler", "unipc")
+TIME_GRIDS = ("scheduler", "uniform")
 
 
 @dataclass(frozen=True)
@@ -50,16 +51,23 @@ class SchedulerSpec:
     num_train_timesteps: int = 1000
     sigma_max: float = 1.0  # euler only: the grid's end points (diffusers builds them shifted once)
     sigma_min: float = 1e-3
+    # "scheduler": the scheduler's own grid; "uniform": linspace(1, 0, n + 1)[:-1], the unshifted
+    # sigmas a pipeline hands its scheduler (HunyuanVideoPipeline does)
+    grid: str = "scheduler"
 
     def __post_init__(self):
         if self.kind not in SCHEDULER_KINDS:
             raise ValueError(f"scheduler kind must be one of {SCHEDULER_KINDS}, got {self.kind!r}")
+        if self.grid not in TIME_GRIDS:
+            raise ValueError(f"scheduler time grid must be one of {TIME_GRIDS}, got {self.grid!r}")
         if not (math.isfinite(self.shift) and self.shift > 0):
             raise ValueError(f"scheduler shift must be a positive number, got {self.shift!r}")
 
     def time_grid(self, n: int) -> np.ndarray:
         """The unshifted times of an ``n``-step schedule, float64, decreasing, as diffusers builds them."""
         T = self.num_train_timesteps
+        if self.grid == "uniform":
+            return np.linspace(1.0, 0.0, n + 1)[:-1]
         if self.kind == "euler":
             return np.linspace(self.sigma_max * T, self.sigma_min * T, n) / T
         return np.linspace(1.0, 1.0 / T, n + 1)[:-1]

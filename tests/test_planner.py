@@ -152,3 +152,14 @@ def test_explicit_shifts_override_rule():
         SurfConfig(shifts=(3.0, 0.0, None))
     with pytest.raises(ValueError, match="shifts"):
         SurfConfig(shifts=(3.0,))
+
+
+def test_uniform_time_grid():
+    """The grid HunyuanVideoPipeline hands its scheduler: linspace(1, 0, n + 1)[:-1], then shifted."""
+    spec = SchedulerSpec("euler", 7.0, grid="uniform")
+    np.testing.assert_allclose(spec.time_grid(4), [1.0, 0.75, 0.5, 0.25])
+    plan = plan_stages(Request(64, 64, 5, 4), FamilySpec("hy", 8, 4, (1, 2, 2), 64 * 64), spec,
+                       SurfConfig.identity())
+    np.testing.assert_allclose(plan.stages[0].sigmas, list(shift_sigmas([1.0, 0.75, 0.5, 0.25], 7.0)) + [0.0])
+    with pytest.raises(ValueError, match="time grid"):
+        SchedulerSpec("euler", 7.0, grid="karras")
