@@ -16,7 +16,7 @@ a multistep history never crosses a resolution switch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -74,6 +74,37 @@ def stage_scheduler(scheduler, sigmas, device):
     return fresh
 
 
+def diffusers_class(pipe, names) -> Optional[type]:
+    """The diffusers class among ``type(pipe)``'s bases whose name is in ``names`` (``None``: none).
+
+    Matching on diffusers' own classes (not on names alone) lets subclasses and patched pipelines
+    through while a look-alike class from elsewhere is not mistaken for a supported pipeline.
+    """
+    for c in type(pipe).__mro__:
+        if c.__name__ in names and c.__module__.startswith("diffusers"):
+            return c
+    return None
+
+
+def noise_latents(call: "PreparedCall", shape: tuple[int, ...], stage) -> torch.Tensor:
+    """The first stage's start latent ``(B, C, T, H, W)`` float32: the caller's ``latents`` (checked
+    against ``shape``) or noise drawn exactly as diffusers' ``prepare_latents`` draws it."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    shape = tuple(shape)
+    if call.latents is not None:
+        if tuple(call.latents.shape) != shape:
+            raise ValueError(f"`latents` has shape {tuple(call.latents.shape)}, but the first SURF stage "
+                             f"({stage.height}x{stage.width} px) needs {shape}")
+        return call.latents.to(device=call.device, dtype=torch.float32)
+    gen = call.generator
+    if isinstance(gen, list) and len(gen) != call.batch:
+        raise ValueError(f"You have passed a list of generators of length {len(gen)}, but requested an "
+                         f"effective batch size of {call.batch}. Make sure the batch size matches the length "
+                         "of the generators.")
+    return randn_tensor(shape, generator=gen, device=call.device, dtype=torch.float32)
+
+
 @dataclass
 class PreparedCall:
     """One call's inputs after validation and encoding (the family-independent part)."""
@@ -100,10 +131,26 @@ class FamilyAdapter:
 
     family: str = "?"
     supported_pipelines: tuple[str, ...] = ()
+    # diffusers pipelines of this family that are refused with a reason (name -> why)
+    refused_pipelines: ClassVar[dict[str, str]] = {}
+    default_preset: str = "paper"  # what ``surf_accel.patch(pipe)`` uses when given no config
+
+    def handles(self, pipe) -> bool:
+        """Whether ``pipe`` belongs to this family (supported or refused with a reason)."""
+        return diffusers_class(pipe, self.supported_pipelines + tuple(self.refused_pipelines)) is not None
 
     def check_pipeline(self, pipe) -> None:
         """Raise ``TypeError`` naming what is supported when ``pipe`` cannot be driven."""
         raise NotImplementedError
+
+    def check_refiner(self, pipe, refiner) -> None:
+        """Raise for a ``refiner`` (``patch(..., refiner=)``) this family cannot use; ``None`` is fine."""
+        if refiner is not None:
+            raise TypeError(f"the {self.family} adapter takes no refiner; got {type(refiner).__name__}")
+
+    def scheduler_spec(self, pipe) -> SchedulerSpec:
+        """The planner's view of the pipeline's scheduler (``TypeError`` for one SURF cannot drive)."""
+        return scheduler_spec(pipe.scheduler)
 
     def family_spec(self, pipe) -> FamilySpec:
         raise NotImplementedError

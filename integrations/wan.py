@@ -16,7 +16,7 @@ import logging
 
 import torch
 
-from surf_accel.integrations.base import FamilyAdapter, PreparedCall, scheduler_spec  # noqa: F401  (re-export)
+from surf_accel.integrations.base import FamilyAdapter, PreparedCall, noise_latents, scheduler_spec  # noqa: F401  (re-export)
 from surf_accel.planner import FamilySpec, Request
 
 logger = logging.getLogger("surf_accel")
@@ -67,8 +67,7 @@ class WanAdapter(FamilyAdapter):
     def check_pipeline(self, pipe) -> None:
         check_diffusers_version()
         if not _is_wan_pipeline(pipe):
-            raise TypeError(f"surf_accel supports {', '.join(SUPPORTED)} (HunyuanVideoPipeline comes later); "
-                            f"got {type(pipe).__name__}")
+            raise TypeError(f"the Wan adapter supports {', '.join(SUPPORTED)}; got {type(pipe).__name__}")
         if getattr(pipe, "transformer", None) is None:
             raise TypeError("surf_accel needs the pipeline's `transformer` (Wan2.1); this pipeline has none")
         if getattr(pipe, "transformer_2", None) is not None or pipe.config.get("boundary_ratio") is not None:
@@ -77,6 +76,17 @@ class WanAdapter(FamilyAdapter):
         if pipe.config.get("expand_timesteps"):
             raise TypeError("surf_accel supports Wan2.1 pipelines; Wan2.2 expand_timesteps is not supported")
         scheduler_spec(pipe.scheduler)  # raises TypeError for an unsupported scheduler
+
+    def check_refiner(self, pipe, refiner) -> None:
+        """A trained ``surf_accel.Refiner`` or a ``WanTransformer3DModel`` fitting the pipeline's."""
+        from surf_accel.refiner import Refiner, check_refiner_transformer
+
+        if refiner is None:
+            return
+        if isinstance(refiner, Refiner):
+            refiner.check_compatible(pipe.transformer)
+        else:
+            check_refiner_transformer(refiner, pipe.transformer)
 
     def is_i2v(self, pipe) -> bool:
         return _diffusers_class(pipe).__name__ == "WanImageToVideoPipeline"
@@ -176,20 +186,7 @@ class WanAdapter(FamilyAdapter):
 
     def initial_latents(self, pipe, call: PreparedCall, stage) -> torch.Tensor:
         """The first stage's noise, drawn exactly as the pipeline draws it (same generator use)."""
-        from diffusers.utils.torch_utils import randn_tensor
-
-        shape = self._shape(pipe, call, stage)
-        if call.latents is not None:
-            if tuple(call.latents.shape) != shape:
-                raise ValueError(f"`latents` has shape {tuple(call.latents.shape)}, but the first SURF stage "
-                                 f"({stage.height}x{stage.width} px) needs {shape}")
-            return call.latents.to(device=call.device, dtype=torch.float32)
-        gen = call.generator
-        if isinstance(gen, list) and len(gen) != call.batch:
-            raise ValueError(f"You have passed a list of generators of length {len(gen)}, but requested an "
-                             f"effective batch size of {call.batch}. Make sure the batch size matches the length "
-                             "of the generators.")
-        return randn_tensor(shape, generator=gen, device=call.device, dtype=torch.float32)
+        return noise_latents(call, self._shape(pipe, call, stage), stage)
 
     def stage_context(self, pipe, call: PreparedCall, stage):
         """I2V: mask + image latents at this stage's resolution (the pipeline's own recipe)."""

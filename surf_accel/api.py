@@ -3,8 +3,8 @@
 Patching swaps the instance's class for a per-instance-family subclass whose only change is
 ``__call__`` (Python looks ``__call__`` up on the type, so an instance attribute cannot do it).
 The subclass keeps the original class's name and module, so ``isinstance``, ``save_pretrained``
-and everything else still see a ``WanPipeline``; no diffusers class, module or global is
-modified. The patch's state lives on the instance (``pipe._surf_state``). Offload hooks
+and everything else still see the original class (``WanPipeline``, ``HunyuanVideoPipeline``); no
+diffusers class, module or global is modified. The patch's state lives on the instance (``pipe._surf_state``). Offload hooks
 (``enable_model_cpu_offload``) sit on the components, not on the pipeline class, so the patch
 survives them in either order. ``unpatch`` restores the original class: the unpatched call is the
 untouched diffusers code, so its outputs are bit-identical to a never-patched pipeline.
@@ -35,12 +35,26 @@ class _SurfState:
     original_class: type
 
 
-def _adapter_for(pipe):
+def _adapters() -> list:
+    from surf_accel.integrations.hunyuan_video import HunyuanVideoAdapter
     from surf_accel.integrations.wan import WanAdapter
 
-    adapter = WanAdapter()
-    adapter.check_pipeline(pipe)  # TypeError naming what is supported
-    return adapter
+    return [WanAdapter(), HunyuanVideoAdapter()]
+
+
+def supported_pipelines() -> tuple[str, ...]:
+    """Names of the diffusers pipeline classes ``patch`` accepts."""
+    return tuple(name for adapter in _adapters() for name in adapter.supported_pipelines)
+
+
+def _adapter_for(pipe):
+    """The family adapter for ``pipe``, picked by its diffusers pipeline class; ``TypeError`` naming
+    what is supported for anything else (or for a family variant the adapter refuses)."""
+    for adapter in _adapters():
+        if adapter.handles(pipe):
+            adapter.check_pipeline(pipe)
+            return adapter
+    raise TypeError(f"surf_accel supports {', '.join(supported_pipelines())}; got {type(pipe).__name__}")
 
 
 def _surf_subclass(cls: type) -> type:
@@ -67,29 +81,20 @@ def get_config(pipe) -> Optional[SurfConfig]:
     return state.config if state is not None else None
 
 
-def _check_refiner(pipe, refiner):
-    from surf_accel.refiner import Refiner, check_refiner_transformer
-
-    if refiner is None:
-        return
-    if isinstance(refiner, Refiner):
-        refiner.check_compatible(pipe.transformer)
-    else:
-        check_refiner_transformer(refiner, pipe.transformer)
-
-
 def patch(pipe, config: Optional[SurfConfig] = None, *, refiner=None):
     """Make ``pipe(...)`` run SURF with the pipeline's own arguments; returns ``pipe``.
 
-    ``config``: a ``SurfConfig`` (``None`` = the ``"paper"`` preset) or a preset name.
+    ``config``: a ``SurfConfig``, a preset name, or ``None``: the family's default preset
+    (``"paper"`` for Wan2.1, ``"hunyuan-paper"`` for HunyuanVideo).
     ``refiner``: ``None`` (training-free refine with the pipeline's transformer), a transformer of
-    the same family (training-free refine with it), or a trained ``surf_accel.Refiner``.
+    the same family (training-free refine with it), or a trained ``surf_accel.Refiner`` (Wan).
     Repeating with the same config and refiner is a no-op; a different one raises ``ValueError``
     until ``unpatch``. An unsupported pipeline or scheduler raises ``TypeError`` naming what is
     supported.
     """
+    adapter = _adapter_for(pipe)
     if config is None:
-        config = SurfConfig.preset("paper")
+        config = SurfConfig.preset(adapter.default_preset)
     elif isinstance(config, str):
         config = SurfConfig.preset(config)
     elif not isinstance(config, SurfConfig):
@@ -100,8 +105,7 @@ def patch(pipe, config: Optional[SurfConfig] = None, *, refiner=None):
             return pipe
         raise ValueError("this pipeline is already patched with a different SurfConfig or refiner "
                          f"({state.config} vs {config}); call surf_accel.unpatch(pipe) first")
-    adapter = _adapter_for(pipe)
-    _check_refiner(pipe, refiner)
+    adapter.check_refiner(pipe, refiner)
     if config.window is not None:
         try:
             import surf_accel.integrations.window_processors  # noqa: F401
@@ -142,22 +146,20 @@ def patched(pipe, config: Optional[SurfConfig] = None, *, refiner=None):
 def plan_for(pipe, *, height: int, width: int, num_frames: int, num_inference_steps: int,
              config: Optional[SurfConfig] = None, refiner=None):
     """The stage plan a call would run (no model evaluation)."""
-    from surf_accel.integrations.base import scheduler_spec
     from surf_accel.planner import Request, plan_stages
     from surf_accel.refiner import Refiner
 
     state = getattr(pipe, "__dict__", {}).get(_STATE_ATTR)
     adapter = state.adapter if state is not None else _adapter_for(pipe)
-    cfg = config or (state.config if state is not None else SurfConfig.preset("paper"))
+    cfg = config or (state.config if state is not None else SurfConfig.preset(adapter.default_preset))
     ref = refiner if refiner is not None else (state.refiner if state is not None else None)
     return plan_stages(Request(height, width, num_frames, num_inference_steps), adapter.family_spec(pipe),
-                       scheduler_spec(pipe.scheduler), cfg, trained_refiner=isinstance(ref, Refiner),
+                       adapter.scheduler_spec(pipe), cfg, trained_refiner=isinstance(ref, Refiner),
                        refiner_transformer=ref is not None and not isinstance(ref, Refiner))
 
 
 @torch.no_grad()
 def _surf_call(pipe, *args, **kwargs):
-    from surf_accel.integrations.base import scheduler_spec
     from surf_accel.planner import plan_stages
     from surf_accel.refiner import Refiner
     from surf_accel.runner import run_plan
@@ -166,7 +168,7 @@ def _surf_call(pipe, *args, **kwargs):
     adapter = state.adapter
     call = adapter.prepare_call(pipe, state.original_class.__call__, args, kwargs)
     ref = state.refiner
-    plan = plan_stages(call.request, adapter.family_spec(pipe), scheduler_spec(pipe.scheduler), state.config,
+    plan = plan_stages(call.request, adapter.family_spec(pipe), adapter.scheduler_spec(pipe), state.config,
                        trained_refiner=isinstance(ref, Refiner),
                        refiner_transformer=ref is not None and not isinstance(ref, Refiner))
     for m in plan.messages:

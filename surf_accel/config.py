@@ -175,4 +175,14 @@ PRESETS: dict[str, tuple[SurfConfig, str]] = {
         "25%; k = 30 of 40 was slow in the paper), predicted re-noise, 12 refine steps",
     ),
     "identity": (SurfConfig.identity(), "no acceleration: reproduces the unpatched pipeline (for checks)"),
+    # HunyuanVideo 720p, 129 frames (33 latent frames): the paper's schedule plus its temporal-only
+    # refine windows (SPEC 1.3). W_t = 11 tiles the 33 latent frames into 3 whole windows (shifted
+    # blocks: 6 + 11 + 11 + 5); the paper gives no W_t for HunyuanVideo and the window's effect on the
+    # training-free refiner's quality is not measured yet. 1000 tokens = the whole H and W axes.
+    "hunyuan-paper": (
+        SurfConfig(window=(11, 1000, 1000), name="hunyuan-paper"),
+        "the paper's setting for HunyuanVideo 720p/129 frames (HunyuanVideoPipeline's default preset): 10 of 40 "
+        "preview steps at the optimal resolution, factor 2, pixel handoff, 10 refine steps with temporal "
+        "windows of 11 latent frames (whole H and W)",
+    ),
 }

@@ -149,8 +149,9 @@ class StageRunner:
         do_cfg = guidance > 1.0
         if do_cfg and call.negative_prompt_embeds is None:
             raise ValueError(f"stage {stage.name!r} uses guidance {guidance} but the call has no negative "
-                             "embeddings (call guidance_scale <= 1); set refine_guidance <= 1 or call with "
-                             "guidance_scale > 1")
+                             "embeddings (it runs without classifier-free guidance); set refine_guidance <= 1 or "
+                             "call with classifier-free guidance (Wan: guidance_scale > 1; HunyuanVideo: "
+                             "true_cfg_scale > 1 and a negative prompt)")
         _reset_caches(model)
         with window_context(model, stage.window), _progress(pipe, stage) as bar:
             for i in range(n):

@@ -122,3 +122,78 @@ def i2v_kwargs(batch: int = 1, seed: int = 0, **overrides):
               num_inference_steps=4, guidance_scale=4.0, max_sequence_length=16, output_type="np")
     kw.update(overrides)
     return kw
+
+
+# ---------------------------------------------------------------------------- HunyuanVideo
+# Configs in the spirit of diffusers' own HunyuanVideo fast tests, with the real model's spatial
+# patch 2 (so pixel sizes sit on the 16-pixel grid as they do for the 13B model).
+HY_TEXT_LEN = 8  # max_sequence_length of the calls below (Llama tokens after the template crop)
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(VOCAB), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, pad_token_id=0, bos_token_id=1, eos_token_id=1,
+                      max_position_embeddings=256)
+    return LlamaModel(cfg).eval()
+
+
+def tiny_clip_text():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    cfg = CLIPTextConfig(vocab_size=len(VOCAB), hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, projection_dim=8, pad_token_id=0,
+                         bos_token_id=1, eos_token_id=1)
+    return CLIPTextModel(cfg).eval()
+
+
+def tiny_hunyuan_vae():
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    torch.manual_seed(0)
+    return AutoencoderKLHunyuanVideo(latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+                                     norm_num_groups=4, spatial_compression_ratio=8,
+                                     temporal_compression_ratio=4).eval()
+
+
+def tiny_hunyuan_transformer(seed: int = 0, **overrides):
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    cfg = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=2,
+               num_single_layers=2, num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=True,
+               text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4))
+    cfg.update(overrides)
+    return HunyuanVideoTransformer3DModel(**cfg).eval()
+
+
+def tiny_hunyuan_t2v(shift: float = 7.0):
+    """A HunyuanVideoPipeline (T2V) with random weights (tiny Llama + CLIP text encoders, word-level
+    tokenizers); 32x32 px, 5 frames runs in well under a second."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+
+    pipe = HunyuanVideoPipeline(text_encoder=tiny_llama(), tokenizer=tiny_tokenizer(),
+                                transformer=tiny_hunyuan_transformer(), vae=tiny_hunyuan_vae(),
+                                scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
+                                text_encoder_2=tiny_clip_text(), tokenizer_2=tiny_tokenizer())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+HY_KW = dict(prompt="a red circle moving left", height=32, width=32, num_frames=5, num_inference_steps=4,
+             guidance_scale=6.0, max_sequence_length=HY_TEXT_LEN, output_type="np")
+
+
+def hunyuan_embeds(batch: int = 1, seed: int = 0, valid: int = 5, negative: bool = False) -> dict:
+    """Precomputed conditioning for the tiny HunyuanVideo transformer: Llama states ``(B, L, 16)``,
+    a right-padded mask ``(B, L)`` with ``valid`` ones, CLIP pooled ``(B, 8)``."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(batch, HY_TEXT_LEN, dtype=torch.long)
+    mask[:, :valid] = 1
+    prefix = "negative_" if negative else ""
+    return {f"{prefix}prompt_embeds": torch.randn(batch, HY_TEXT_LEN, 16, generator=g),
+            f"{prefix}prompt_attention_mask": mask,
+            f"{prefix}pooled_prompt_embeds": torch.randn(batch, 8, generator=g)}

@@ -1,0 +1,255 @@
+"""SURF adapter for diffusers' ``HunyuanVideoPipeline`` (HunyuanVideo T2V, the 13B
+``HunyuanVideoTransformer3DModel``).
+
+What is HunyuanVideo-specific here:
+
+- The transformer takes the timestep in [0, 1000], Llama text states with their attention mask
+  (``encoder_attention_mask``, right-padded), CLIP pooled text (``pooled_projections``) and the
+  *embedded* guidance ``guidance_scale * 1000`` (a guidance-distilled model: one pass per step).
+  True classifier-free guidance is a second pass, only with ``true_cfg_scale > 1`` and a negative
+  prompt, as the pipeline does.
+- Latents are ``(B, C, T, H, W)`` with ``C = transformer.config.in_channels`` (16 for the 13B
+  model), ``T = (frames - 1) // 4 + 1``, ``H, W = pixels // 8``, scaled by the VAE's
+  ``scaling_factor`` (no mean/std).
+- The pipeline hands its ``FlowMatchEulerDiscreteScheduler`` the unshifted sigmas
+  ``linspace(1, 0, n + 1)[:-1]`` (the scheduler shifts them with its ``shift``, 7.0 in the published
+  config); the planner gets that grid (``SchedulerSpec(grid="uniform")``) so that a stage at the
+  request's size reproduces the unpatched schedule. Each stage's shift follows
+  ``SurfConfig.shift_rule`` from the scheduler's shift at the request's size.
+
+Image-to-video variants (``HunyuanVideoImageToVideoPipeline``, SkyReels, FramePack) and
+HunyuanVideo 1.5 are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import torch
+
+from surf_accel.integrations.base import (SUPPORTED_SCHEDULERS, FamilyAdapter, PreparedCall, diffusers_class,
+                                          noise_latents, scheduler_spec)
+from surf_accel.integrations.wan import check_diffusers_version
+from surf_accel.planner import FamilySpec, Request, SchedulerSpec
+
+# HunyuanVideo's optimal (training) resolution: 720x1280. The released T2V checkpoint is
+# "hunyuan-video-t2v-720p"; Tencent/HunyuanVideo's hyvideo/config.py samples at --video-size 720 1280,
+# --video-length 129, --flow-shift 7.0 by default, and its README lists "720p (recommended)"
+# (720px1280px129f) above 540p (544px960px129f). diffusers' HunyuanVideoPipeline defaults match.
+HUNYUAN_OPTIMAL_AREA = 720 * 1280
+SUPPORTED = ("HunyuanVideoPipeline",)
+REFUSED = {
+    "HunyuanVideoImageToVideoPipeline": "an image-to-video pipeline",
+    "HunyuanSkyreelsImageToVideoPipeline": "an image-to-video pipeline",
+    "HunyuanVideoFramepackPipeline": "an image-to-video (FramePack) pipeline",
+    "HunyuanVideo15Pipeline": "HunyuanVideo 1.5 (another transformer and VAE)",
+    "HunyuanVideo15ImageToVideoPipeline": "HunyuanVideo 1.5 image-to-video",
+}
+TRANSFORMER = "HunyuanVideoTransformer3DModel"
+
+
+class HunyuanVideoAdapter(FamilyAdapter):
+    family = "hunyuanvideo"
+    supported_pipelines = SUPPORTED
+    refused_pipelines = REFUSED
+    default_preset = "hunyuan-paper"
+
+    def __init__(self, optimal_area: int = HUNYUAN_OPTIMAL_AREA):
+        self.optimal_area = optimal_area
+
+    # ------------------------------------------------------------------ checks and geometry
+    def check_pipeline(self, pipe) -> None:
+        check_diffusers_version()
+        cls = diffusers_class(pipe, SUPPORTED + tuple(REFUSED))
+        if cls is None:
+            raise TypeError(f"the HunyuanVideo adapter supports {', '.join(SUPPORTED)}; got {type(pipe).__name__}")
+        if cls.__name__ in REFUSED:
+            raise TypeError(f"surf_accel supports HunyuanVideoPipeline (text-to-video) of the HunyuanVideo family; "
+                            f"{cls.__name__} is {REFUSED[cls.__name__]} and is not supported")
+        transformer = getattr(pipe, "transformer", None)
+        if transformer is None or type(transformer).__name__ != TRANSFORMER:
+            raise TypeError(f"surf_accel needs the pipeline's transformer to be a {TRANSFORMER}; got "
+                            f"{type(transformer).__name__}")
+        if transformer.config.get("image_condition_type") is not None:
+            raise TypeError(f"this {TRANSFORMER} is an image-to-video model (image_condition_type="
+                            f"{transformer.config.image_condition_type!r}); surf_accel supports text-to-video only")
+        self.scheduler_spec(pipe)  # raises TypeError for an unsupported scheduler
+
+    def scheduler_spec(self, pipe) -> SchedulerSpec:
+        sched = pipe.scheduler
+        name = type(sched).__name__
+        if name != "FlowMatchEulerDiscreteScheduler":
+            # the pipeline passes explicit sigmas; UniPC would run them unshifted, other schedulers reject them
+            raise TypeError(f"surf_accel drives HunyuanVideoPipeline with FlowMatchEulerDiscreteScheduler only "
+                            f"(the pipeline's own scheduler); got {name}; supported schedulers: "
+                            f"{SUPPORTED_SCHEDULERS[0]}")
+        return dataclasses.replace(scheduler_spec(sched), grid="uniform")
+
+    def check_refiner(self, pipe, refiner) -> None:
+        """Training-free refine only: ``None`` (the base transformer) or another
+        ``HunyuanVideoTransformer3DModel`` reading the same latents and text."""
+        if refiner is None:
+            return
+        from surf_accel.refiner import Refiner
+
+        if isinstance(refiner, Refiner) or type(refiner).__name__ != TRANSFORMER:
+            raise TypeError(f"a HunyuanVideo pipeline takes refiner=None or a {TRANSFORMER} (training-free refine); "
+                            f"trained surf_accel.Refiner checkpoints are Wan-family; got {type(refiner).__name__}")
+        rc, bc = refiner.config, pipe.transformer.config
+        for key in ("in_channels", "out_channels", "text_embed_dim", "pooled_projection_dim", "patch_size",
+                    "patch_size_t", "image_condition_type"):
+            if rc.get(key) != bc.get(key):
+                raise ValueError(f"refiner transformer has {key}={rc.get(key)!r} but the pipeline's transformer has "
+                                 f"{bc.get(key)!r}; a training-free refiner must share its interface")
+
+    def family_spec(self, pipe) -> FamilySpec:
+        cfg = pipe.transformer.config
+        p = int(cfg.patch_size)
+        return FamilySpec(self.family, int(pipe.vae_scale_factor_spatial), int(pipe.vae_scale_factor_temporal),
+                          (int(cfg.patch_size_t), p, p), self.optimal_area)
+
+    # ------------------------------------------------------------------ call preparation
+    def prepare_call(self, pipe, original_call, args, kwargs) -> PreparedCall:
+        try:
+            bound = inspect.signature(original_call).bind(pipe, *args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{type(pipe).__name__}.__call__: {e}") from None
+        bound.apply_defaults()
+        a = dict(bound.arguments)
+        a.pop("self", None)
+        if a["sigmas"] is not None:
+            raise ValueError("surf_accel plans each stage's sigmas itself (SurfConfig, the scheduler's shift); "
+                             "the `sigmas` argument is not supported while the pipeline is patched")
+        cb = a["callback_on_step_end"]
+        cb_inputs = a["callback_on_step_end_tensor_inputs"]
+        from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+        if isinstance(cb, (PipelineCallback, MultiPipelineCallbacks)):
+            cb_inputs = cb.tensor_inputs
+        pipe.check_inputs(a["prompt"], a["prompt_2"], a["height"], a["width"], a["prompt_embeds"], cb_inputs,
+                          a["prompt_template"])
+        for given, needed in (("prompt_embeds", ("prompt_attention_mask", "pooled_prompt_embeds")),
+                              ("negative_prompt_embeds", ("negative_prompt_attention_mask",))):
+            if a[given] is not None:
+                missing = [n for n in needed if a[n] is None]
+                if missing:
+                    raise ValueError(f"`{given}` needs {' and '.join(f'`{n}`' for n in missing)} too "
+                                     "(HunyuanVideo's transformer reads the text mask and the pooled CLIP text)")
+        nvp = 1 if a["num_videos_per_prompt"] is None else a["num_videos_per_prompt"]
+        if not isinstance(nvp, int) or nvp < 1:
+            raise ValueError(f"num_videos_per_prompt must be an int >= 1, got {nvp!r}")
+        # as the pipeline: true CFG needs a scale > 1 and a negative prompt (text or both embeddings)
+        has_neg = a["negative_prompt"] is not None or (a["negative_prompt_embeds"] is not None
+                                                        and a["negative_pooled_prompt_embeds"] is not None)
+        do_cfg = a["true_cfg_scale"] > 1 and has_neg
+        pipe._guidance_scale = a["guidance_scale"]
+        pipe._attention_kwargs = a["attention_kwargs"]
+        pipe._current_timestep = None
+        pipe._interrupt = False
+        device = pipe._execution_device
+        prompt = a["prompt"]
+        if prompt is not None:
+            n_prompts = 1 if isinstance(prompt, str) else len(prompt)
+        else:
+            n_prompts = a["prompt_embeds"].shape[0]
+        batch = n_prompts * nvp
+        tdtype = pipe.transformer.dtype
+
+        def encode(prompt_, prompt_2, embeds, pooled, mask, what):
+            if isinstance(prompt_, str) and n_prompts > 1:  # one negative prompt for every prompt
+                prompt_ = [prompt_] * n_prompts
+            if isinstance(prompt_2, str) and n_prompts > 1:
+                prompt_2 = [prompt_2] * n_prompts
+            out = pipe.encode_prompt(prompt=prompt_, prompt_2=prompt_2, prompt_template=a["prompt_template"],
+                                     num_videos_per_prompt=nvp, prompt_embeds=embeds, pooled_prompt_embeds=pooled,
+                                     prompt_attention_mask=mask, device=device,
+                                     max_sequence_length=a["max_sequence_length"])
+            return tuple(self._per_video(t, n_prompts, nvp, f"{what}[{i}]").to(device=device, dtype=tdtype)
+                         for i, t in enumerate(out))
+
+        pe, pooled, mask = encode(prompt, a["prompt_2"], a["prompt_embeds"], a["pooled_prompt_embeds"],
+                                  a["prompt_attention_mask"], "prompt")
+        ne = neg_pooled = neg_mask = None
+        if do_cfg:
+            ne, neg_pooled, neg_mask = encode(a["negative_prompt"], a["negative_prompt_2"], a["negative_prompt_embeds"],
+                                              a["negative_pooled_prompt_embeds"], a["negative_prompt_attention_mask"],
+                                              "negative prompt")
+        # the embedded guidance, exactly as the pipeline builds it
+        guidance = torch.tensor([a["guidance_scale"]] * batch, dtype=tdtype, device=device) * 1000.0
+        cfg_scale = float(a["true_cfg_scale"]) if do_cfg else 1.0
+        request = Request(a["height"], a["width"], a["num_frames"], a["num_inference_steps"], cfg_scale)
+        extra = dict(n_prompts=n_prompts, pooled=pooled, mask=mask, negative_pooled=neg_pooled,
+                     negative_mask=neg_mask, guidance=guidance)
+        return PreparedCall(request=request, batch=batch, guidance_scale=cfg_scale, do_cfg=do_cfg, prompt_embeds=pe,
+                            negative_prompt_embeds=ne, generator=a["generator"], latents=a["latents"],
+                            output_type=a["output_type"], return_dict=a["return_dict"],
+                            attention_kwargs=a["attention_kwargs"], callback=cb, callback_inputs=list(cb_inputs),
+                            device=device, extra=extra)
+
+    @staticmethod
+    def _per_video(t: torch.Tensor, n_prompts: int, nvp: int, what: str) -> torch.Tensor:
+        """One row per video, each prompt's videos together (the order of the pipeline's own encoding).
+
+        ``encode_prompt`` repeats what it computes but passes user-given tensors through unchanged.
+        """
+        if t.shape[0] == n_prompts * nvp:
+            return t
+        if t.shape[0] == n_prompts:
+            return t.repeat_interleave(nvp, dim=0)
+        raise ValueError(f"{what} has {t.shape[0]} rows; expected {n_prompts} (one per prompt) or "
+                         f"{n_prompts * nvp} (one per video)")
+
+    # ------------------------------------------------------------------ latents and the model
+    def initial_latents(self, pipe, call: PreparedCall, stage) -> torch.Tensor:
+        """The first stage's noise ``(B, C, T, H, W)``, drawn as the pipeline's ``prepare_latents`` does."""
+        shape = (call.batch, int(pipe.transformer.config.in_channels)) + tuple(stage.latent_size)
+        return noise_latents(call, shape, stage)
+
+    def predict(self, pipe, model, latents, timestep, call: PreparedCall, ctx, *, negative: bool, step_index: int,
+                sigma: float) -> torch.Tensor:
+        """One transformer pass on ``latents`` ``(B, C, T, H, W)`` -> velocity of the same shape."""
+        e = call.extra
+        kwargs = dict(hidden_states=latents.to(model.dtype),
+                      timestep=timestep.expand(latents.shape[0]).to(latents.dtype),
+                      encoder_hidden_states=call.negative_prompt_embeds if negative else call.prompt_embeds,
+                      encoder_attention_mask=e["negative_mask"] if negative else e["mask"],
+                      pooled_projections=e["negative_pooled"] if negative else e["pooled"],
+                      guidance=e["guidance"], attention_kwargs=call.attention_kwargs, return_dict=False)
+        with model.cache_context("uncond" if negative else "cond"):
+            return model(**kwargs)[0]
+
+    # ------------------------------------------------------------------ VAE
+    def decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents ``(B, C, T, H, W)`` -> video ``(B, 3, 4 (T - 1) + 1, 8 H, 8 W)`` in [-1, 1]."""
+        from diffusers.utils.torch_utils import get_module_execution_device
+
+        # cast, then unscale: the pipeline's order, so decoding matches it bit for bit
+        latents = latents.to(get_module_execution_device(pipe.vae), dtype=pipe.vae.dtype)
+        return pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+
+    def encode(self, pipe, video: torch.Tensor) -> torch.Tensor:
+        """Video ``(B, 3, F, H, W)`` in [-1, 1] -> scaled latents (the posterior's mode), float32."""
+        from diffusers.utils.torch_utils import get_module_execution_device
+
+        video = video.to(get_module_execution_device(pipe.vae), dtype=pipe.vae.dtype)
+        z = pipe.vae.encode(video).latent_dist.mode().to(torch.float32)
+        return z * pipe.vae.config.scaling_factor
+
+    def postprocess(self, pipe, latents: torch.Tensor, call: PreparedCall):
+        from diffusers.pipelines.hunyuan_video.pipeline_output import (
+            HunyuanVideoPipelineOutput,
+        )
+
+        if call.output_type == "latent":
+            video = latents
+        else:
+            video = self.decode(pipe, latents)
+            video = pipe.video_processor.postprocess_video(video, output_type=call.output_type)
+        pipe.maybe_free_model_hooks()
+        if not call.return_dict:
+            return (video,)
+        return HunyuanVideoPipelineOutput(frames=video)
+
+
+__all__ = ["HUNYUAN_OPTIMAL_AREA", "HunyuanVideoAdapter"]
