@@ -18,10 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import platform
-import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +26,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+import _record
 import surf_accel
 from surf_accel import metrics
 from surf_accel.config import SurfConfig
@@ -149,23 +146,15 @@ def main(argv=None) -> int:
                      f"{100 * s['colour_acc']:.1f} | {100 * s['shape_acc']:.1f} | {100 * s['direction_acc']:.1f} | "
                      f"{100 * s['all_acc']:.1f} | {s['presence']:.2f} | {s['jitter']:.4f} | {dist} | {agree} |")
         print(lines[-1], flush=True)
-    cmd = "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
-    text = "\n".join([
-        "# Signature table on the toy world (issue 5, SPEC section 6)", "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}, "
-        f"torch {torch.__version__} (CPU)",
-        f"- command: `{cmd}`",
+    _record.write(a.out, "Signature table on the toy world (issue 5, SPEC section 6)", [
+        *_record.provenance(argv, " (CPU)"),
         f"- model: {a.pipeline or 'the shipped toy WanPipeline'}; {len(prompts)} prompts (every {a.prompt_stride}. of "
         f"the fixed set of 32) x seeds {a.seeds}, {NUM_FRAMES} frames, {a.steps} UniPC steps, guidance {a.guidance}, "
         f"{a.batch} prompts per call",
         f"- SURF toy setting: `{surf_config()}`",
         "- layout distance: mean centroid distance (frame fractions) to the run that starts from the same noise; "
         "SURF's first steps are the optimal-size base run's, so its distance to that run is the signature kept",
-        "", HEADER, *lines, ""])
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(text)
-    print(f"wrote {a.out}")
+        "", HEADER, *lines])
     return 0
 
 

@@ -12,15 +12,12 @@ at each size. Prints a markdown table and writes benchmarks/results/toy_quality.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+import _record
 from surf_accel import metrics
 from surf_accel.toyworld import (DEFAULT_GUIDANCE, DEFAULT_STEPS, EVAL_PROMPTS, FLOW_SHIFT, NUM_FRAMES, OPTIMAL_SIZE,
                                  PREVIEW_SIZE, TARGET_SIZE, load_pipeline, world)
@@ -120,22 +117,14 @@ def main(argv=None) -> int:
                        f"shape {100 * (low['shape_acc'] - opt['shape_acc']):+.1f} pts, direction "
                        f"{100 * (low['direction_acc'] - opt['direction_acc']):+.1f} pts, all three "
                        f"{100 * (low['all_acc'] - opt['all_acc']):+.1f} pts.")
-    cmd = "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
-    text = "\n".join([
-        "# Toy model signature quality (issue 5)", "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}, "
-        f"torch {torch.__version__} (CPU, shared with other jobs: times are indicative only)",
-        f"- command: `{cmd}`",
+    print("\n".join(verdict))
+    _record.write(a.out, "Toy model signature quality (issue 5)", [
+        *_record.provenance(argv, " (CPU, shared with other jobs: times are indicative only)"),
         f"- prompts: the fixed set of {len(prompts)} (every colour x shape x direction), {NUM_FRAMES} frames, "
         f"{a.steps} UniPC steps, guidance {a.guidance}; seeds {a.seeds} (64/32 px), {a.seeds_hi} (128 px, every "
         f"{a.hi_stride}th prompt)",
         "- detectors: surf_accel.metrics (near-perfect on ground-truth clips at 32/64/128 px, see tests/metrics)",
-        "", HEADER, *lines, "", *verdict, ""])
-    print("\n".join(verdict))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(text)
-    print(f"wrote {a.out}")
+        "", HEADER, *lines, "", *verdict])
     return 0
 
 

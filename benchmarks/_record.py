@@ -1,0 +1,28 @@
+"""Provenance header and writing of a benchmark's results file (machine, date, command)."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+
+def provenance(argv: list[str] | None, machine_note: str = "") -> list[str]:
+    """Markdown bullet lines: UTC date, machine and torch build, and the command that ran."""
+    args = sys.argv[1:] if argv is None else argv
+    cmd = "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *args])
+    return [f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+            f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}, "
+            f"torch {torch.__version__}{machine_note}",
+            f"- command: `{cmd}`"]
+
+
+def write(path: Path, title: str, lines: list[str]) -> None:
+    """``# title``, a blank line, then ``lines``; prints where it wrote."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([f"# {title}", "", *lines, ""]))
+    print(f"wrote {path}")
