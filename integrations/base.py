@@ -134,6 +134,7 @@ class FamilyAdapter:
     # diffusers pipelines of this family that are refused with a reason (name -> why)
     refused_pipelines: ClassVar[dict[str, str]] = {}
     default_preset: str = "paper"  # what ``surf_accel.patch(pipe)`` uses when given no config
+    fps: int = 16  # the frame rate the family's videos are made for (the CLI's mp4 default)
 
     def handles(self, pipe) -> bool:
         """Whether ``pipe`` belongs to this family (supported or refused with a reason)."""

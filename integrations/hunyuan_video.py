@@ -54,6 +54,7 @@ class HunyuanVideoAdapter(FamilyAdapter):
     supported_pipelines = SUPPORTED
     refused_pipelines = REFUSED
     default_preset = "hunyuan-paper"
+    fps = 24  # 129 frames = 5 s at 24 fps
 
     def __init__(self, optimal_area: int = HUNYUAN_OPTIMAL_AREA):
         self.optimal_area = optimal_area

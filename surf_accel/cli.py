@@ -1,8 +1,10 @@
-"""``surf-accel``: generate, estimate, info (and demo once the toy world lands).
+"""``surf-accel``: generate, estimate, info, demo.
 
     surf-accel generate ./Wan2.1-T2V-1.3B-Diffusers --prompt "a cat" --height 720 --width 1280 \\
         --frames 81 --preset paper --output cat.mp4 [--baseline]
+    surf-accel generate ./HunyuanVideo --prompt "a cat" --height 720 --width 1280 --frames 129
     surf-accel estimate --model wan2.1-14b --height 720 --width 1280 --frames 81 --preset paper
+    surf-accel estimate --model hunyuanvideo --height 720 --width 1280 --frames 129
     surf-accel info
 """
 
@@ -16,7 +18,8 @@ from typing import Optional
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="paper", help="SurfConfig preset (paper, fast, quality, identity)")
+    p.add_argument("--preset", default=None, help="SurfConfig preset (paper, fast, quality, identity, hunyuan-paper; "
+                   "default: the model family's, paper for Wan2.1 and hunyuan-paper for HunyuanVideo)")
     p.add_argument("--switch-step", type=int, default=None, help="override the preset's switch_step")
     p.add_argument("--preview-steps", type=int, default=None, help="override the preset's preview_steps")
     p.add_argument("--refine-steps", type=int, default=None, help="override the preset's refine_steps")
@@ -27,10 +30,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="shifted-window size in tokens for the refine stage")
 
 
-def _config_from(args):
+def _config_from(args, default_preset: str):
     from surf_accel.config import SurfConfig
 
-    cfg = SurfConfig.preset(args.preset)
+    cfg = SurfConfig.preset(args.preset or default_preset)
     changes = {}
     for attr, key in (("switch_step", "switch_step"), ("preview_steps", "preview_steps"),
                       ("refine_steps", "refine_steps"), ("refine_start", "refine_start"), ("handoff", "handoff")):
@@ -46,11 +49,16 @@ def _config_from(args):
 
 # ---------------------------------------------------------------------------- estimate
 def cmd_estimate(args) -> int:
-    from surf_accel.cost_model import estimate
+    from surf_accel.cost_model import FAMILIES, MODELS, estimate
 
-    cfg = _config_from(args)
-    est = estimate(args.model, args.height, args.width, args.frames, cfg, steps=args.steps,
-                   guidance=not args.no_cfg, refiner=args.refiner)
+    if args.model not in MODELS:
+        raise ValueError(f"unknown model {args.model!r}; known: {sorted(MODELS)}")
+    defaults = FAMILIES[MODELS[args.model].family]
+    cfg = _config_from(args, defaults.preset)
+    guidance = True if args.cfg else (False if args.no_cfg else None)
+    frames = args.frames if args.frames is not None else defaults.frames
+    est = estimate(args.model, args.height, args.width, frames, cfg, steps=args.steps, guidance=guidance,
+                   refiner=args.refiner)
     print(est.plan.describe())
     print()
     print(est.table())
@@ -81,14 +89,27 @@ def _save_video(frames, path: str, fps: int) -> None:
 
 
 def cmd_generate(args) -> int:
+    import inspect
+
     import torch
 
     import surf_accel
+    from surf_accel.api import _adapter_for
 
     pipe = _load_pipeline(args.model, args.dtype, args.device, args.offload)
+    adapter = _adapter_for(pipe)  # TypeError naming the supported pipelines
+    call_params = inspect.signature(type(pipe).__call__).parameters  # before patching: the pipeline's defaults
+    frames = args.frames if args.frames is not None else call_params["num_frames"].default
     kwargs = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
-                  num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                  output_type="np")
+                  num_frames=frames, num_inference_steps=args.steps, output_type="np")
+    if args.guidance is not None:
+        kwargs["guidance_scale"] = args.guidance
+    if args.true_cfg_scale is not None:
+        if "true_cfg_scale" not in call_params:
+            raise ValueError(f"--true-cfg-scale is for HunyuanVideo pipelines; {type(pipe).__name__} takes "
+                             "--guidance (classifier-free guidance)")
+        kwargs["true_cfg_scale"] = args.true_cfg_scale
+    fps = args.fps if args.fps is not None else adapter.fps
     if args.image:
         from diffusers.utils import load_image
 
@@ -102,19 +123,19 @@ def cmd_generate(args) -> int:
     times = {}
     if args.baseline:
         t0 = time.perf_counter()
-        frames = pipe(generator=gen(), **kwargs).frames[0]
+        video = pipe(generator=gen(), **kwargs).frames[0]
         times["baseline"] = time.perf_counter() - t0
         root, ext = os.path.splitext(args.output)
-        _save_video(frames, f"{root}_baseline{ext or '.mp4'}", args.fps)
-    cfg = _config_from(args)
+        _save_video(video, f"{root}_baseline{ext or '.mp4'}", fps)
+    cfg = _config_from(args, adapter.default_preset)
     with surf_accel.patched(pipe, cfg):
-        plan = surf_accel.api.plan_for(pipe, height=args.height, width=args.width, num_frames=args.frames,
+        plan = surf_accel.api.plan_for(pipe, height=args.height, width=args.width, num_frames=frames,
                                        num_inference_steps=args.steps)
         print(plan.describe(), file=sys.stderr)
         t0 = time.perf_counter()
-        frames = pipe(generator=gen(), **kwargs).frames[0]
+        video = pipe(generator=gen(), **kwargs).frames[0]
         times["surf"] = time.perf_counter() - t0
-    _save_video(frames, args.output, args.fps)
+    _save_video(video, args.output, fps)
     print(f"wrote {args.output}")
     for k, v in times.items():
         print(f"{k:9s} {v:8.2f} s")
@@ -157,18 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surf-accel", description="SURF video-diffusion acceleration for diffusers")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="generate a video from a local diffusers Wan2.1 folder with SURF")
-    g.add_argument("model", help="local diffusers model folder (WanPipeline or WanImageToVideoPipeline)")
+    g = sub.add_parser("generate", help="generate a video from a local diffusers Wan2.1 or HunyuanVideo folder "
+                       "with SURF")
+    g.add_argument("model", help="local diffusers model folder (WanPipeline, WanImageToVideoPipeline or "
+                   "HunyuanVideoPipeline)")
     g.add_argument("--prompt", required=True)
-    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--negative-prompt", default=None, help="HunyuanVideo uses it only with --true-cfg-scale > 1")
     g.add_argument("--image", default=None, help="first frame (image-to-video pipelines)")
     g.add_argument("--height", type=int, default=720)
     g.add_argument("--width", type=int, default=1280)
-    g.add_argument("--frames", type=int, default=81)
+    g.add_argument("--frames", type=int, default=None, help="default: the pipeline's (Wan 81, HunyuanVideo 129)")
     g.add_argument("--steps", type=int, default=50)
-    g.add_argument("--guidance", type=float, default=5.0)
+    g.add_argument("--guidance", type=float, default=None, help="guidance_scale (default: the pipeline's; Wan: "
+                   "classifier-free guidance 5.0, HunyuanVideo: embedded guidance 6.0)")
+    g.add_argument("--true-cfg-scale", type=float, default=None,
+                   help="HunyuanVideo only: true classifier-free guidance (with --negative-prompt; two passes per step)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--fps", type=int, default=16)
+    g.add_argument("--fps", type=int, default=None, help="mp4 frame rate (default: Wan 16, HunyuanVideo 24)")
     g.add_argument("--max-sequence-length", type=int, default=None)
     g.add_argument("--output", default="surf.mp4")
     g.add_argument("--baseline", action="store_true", help="also run the unpatched pipeline and print both times")
@@ -179,12 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     e = sub.add_parser("estimate", help="FLOPs per stage, baseline vs SURF, for a published model config")
-    e.add_argument("--model", default="wan2.1-14b", help="wan2.1-14b or wan2.1-1.3b")
+    e.add_argument("--model", default="wan2.1-14b", help="wan2.1-14b, wan2.1-1.3b or hunyuanvideo (13B)")
     e.add_argument("--height", type=int, required=True)
     e.add_argument("--width", type=int, required=True)
-    e.add_argument("--frames", type=int, default=81)
+    e.add_argument("--frames", type=int, default=None, help="default: the model's (Wan2.1 81, HunyuanVideo 129)")
     e.add_argument("--steps", type=int, default=50, help="the baseline's steps")
-    e.add_argument("--no-cfg", action="store_true", help="count one pass per step (no classifier-free guidance)")
+    passes = e.add_mutually_exclusive_group()
+    passes.add_argument("--no-cfg", action="store_true", help="count one pass per step (no classifier-free guidance)")
+    passes.add_argument("--cfg", action="store_true", help="count two passes per step (HunyuanVideo: true CFG; "
+                        "default: Wan2.1 two, HunyuanVideo one, as it is guidance-distilled)")
     e.add_argument("--refiner", default=None, help="a trained refiner of this model size (default: training-free "
                    "refine with the base model)")
     _add_config_args(e)

@@ -9,11 +9,22 @@ cross-attention, FFN):
 - attention: ``N * (2 * 2 L K d [self: QK^T and PV, K keys per query] + 2 * 2 L Lt d [cross]) ``
   where ``K = L`` for dense attention and the window's token count with shifted windows.
 
-Classifier-free guidance doubles every step. VAE passes are counted with per-pixel FLOPs measured
-with ``torch.utils.flop_counter`` on the real AutoencoderKLWan config (``measure_vae``): a causal
-3D VAE costs ``a + b * (F - 1)`` per output pixel for ``F`` frames. Elementwise work (norms,
-activations, RoPE, the fused latent ops) is left out: it is memory-bound and small next to the
-matmuls at these sizes, which is also why measured speedups fall a little short of these ratios.
+HunyuanVideo (``HunyuanVideoSpec``): ``N2`` dual-stream and ``N1`` single-stream blocks, both
+attending jointly over the ``L + Lt`` video and text tokens, MLP width ``m = 4 d``:
+
+- linear: ``(N2 + N1) * (L + Lt) * (4 d^2 + 2 d m) * 2`` (dual: q k v o and the MLP for each
+  stream; single: q k v, the MLP input and the output projection of ``[attention, MLP]``, the same
+  count), plus the text token refiner, patch embedding, head and the per-sample modulations;
+- attention: ``(N2 + N1) * 4 d (L + Lt)^2`` dense; with windows video queries see their ``K``
+  window keys plus the text, text queries see everything: ``4 d (L (K + Lt) + Lt (L + Lt))``.
+  ``Lt`` is the padded text length (256): dense kernels compute the masked keys too.
+
+Classifier-free guidance doubles every step (HunyuanVideo is guidance-distilled: one pass unless
+true CFG is asked for). VAE passes are counted with per-pixel FLOPs measured with
+``torch.utils.flop_counter`` on the real VAE configs (``measure_vae``): a causal 3D VAE costs
+``a + b * (F - 1)`` per output pixel for ``F`` frames. Elementwise work (norms, activations, RoPE,
+the fused latent ops) is left out: it is memory-bound and small next to the matmuls at these sizes,
+which is also why measured speedups fall a little short of these ratios.
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ from surf_accel.planner import FamilySpec, Plan, Request, SchedulerSpec, Stage, 
 
 @dataclass(frozen=True)
 class TransformerSpec:
+    """A WanTransformer3DModel's shape (self-attention, text cross-attention, FFN per block)."""
+
     name: str
     dim: int
     ffn_dim: int
@@ -39,6 +52,7 @@ class TransformerSpec:
     out_channels: int = 16
     patch_size: tuple[int, int, int] = (1, 2, 2)
     freq_dim: int = 256
+    family: str = "wan2.1"
 
     @property
     def params(self) -> int:
@@ -53,6 +67,48 @@ class TransformerSpec:
         return cls(name, int(g("num_attention_heads") * g("attention_head_dim")), int(g("ffn_dim")),
                    int(g("num_layers")), int(g("num_attention_heads")), int(text_len or 512), int(g("text_dim")),
                    int(g("in_channels")), int(g("out_channels")), tuple(g("patch_size")), int(g("freq_dim")))
+
+
+@dataclass(frozen=True)
+class HunyuanVideoSpec:
+    """A HunyuanVideoTransformer3DModel's shape: dual- then single-stream blocks, joint attention."""
+
+    name: str
+    dim: int = 3072
+    num_heads: int = 24
+    num_layers: int = 20  # dual-stream blocks
+    num_single_layers: int = 40
+    num_refiner_layers: int = 2  # text token refiner
+    mlp_ratio: float = 4.0
+    text_len: int = 256  # HunyuanVideoPipeline's max_sequence_length (Llama tokens after the template)
+    text_dim: int = 4096
+    pooled_dim: int = 768
+    in_channels: int = 16
+    out_channels: int = 16
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    family: str = "hunyuanvideo"
+
+    @property
+    def mlp_dim(self) -> int:
+        return int(self.dim * self.mlp_ratio)
+
+    @property
+    def params(self) -> int:
+        """Weights of the dual- and single-stream blocks (the bulk of the model)."""
+        d, m = self.dim, self.mlp_dim
+        dual = 8 * d * d + 4 * d * m + 12 * d * d  # q k v o per stream, two MLPs, two 6d modulations
+        single = 3 * d * d + d * m + (d + m) * d + 3 * d * d  # q k v, MLP in, [attn, MLP] out, modulation
+        return self.num_layers * dual + self.num_single_layers * single
+
+    @classmethod
+    def from_config(cls, cfg, name: str = "custom", text_len: int = 256) -> "HunyuanVideoSpec":
+        """From a ``HunyuanVideoTransformer3DModel`` config (dict or FrozenDict)."""
+        g = cfg.get if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
+        p = int(g("patch_size"))
+        return cls(name, int(g("num_attention_heads") * g("attention_head_dim")), int(g("num_attention_heads")),
+                   int(g("num_layers")), int(g("num_single_layers")), int(g("num_refiner_layers")),
+                   float(g("mlp_ratio")), int(text_len), int(g("text_embed_dim")), int(g("pooled_projection_dim")),
+                   int(g("in_channels")), int(g("out_channels")), (int(g("patch_size_t")), p, p))
 
 
 @dataclass(frozen=True)
@@ -74,23 +130,60 @@ class VaeSpec:
 
 
 # Published Wan2.1 configs (Wan-AI/Wan2.1-T2V-{14B,1.3B}-Diffusers transformer/config.json).
+# HunyuanVideo 13B: the published transformer config, which is HunyuanVideoTransformer3DModel()'s
+# defaults in diffusers (20 dual + 40 single blocks, 24 heads x 128, MLP ratio 4, patch (1, 2, 2)).
 MODELS = {
     "wan2.1-14b": TransformerSpec("wan2.1-14b", dim=5120, ffn_dim=13824, num_layers=40, num_heads=40),
     "wan2.1-1.3b": TransformerSpec("wan2.1-1.3b", dim=1536, ffn_dim=8960, num_layers=30, num_heads=12),
+    "hunyuanvideo": HunyuanVideoSpec("hunyuanvideo"),
 }
 # AutoencoderKLWan() default config (= Wan2.1's VAE), measured with measure_vae() on the meta device
 # (5 and 9 frames at 64x64 px): encode 5.33 / 5.19 MFLOP per pixel, decode 8.91 / 8.70.
 WAN_VAE = VaeSpec(enc_a=6.66e6, enc_b=5.00e6, dec_a=10.75e6, dec_b=8.45e6)
 WAN_FAMILY = FamilySpec("wan2.1", 8, 4, (1, 2, 2), 480 * 832)
 WAN_SCHEDULER = SchedulerSpec("unipc", 5.0)  # diffusers' Wan example: UniPC, flow_shift 5.0 at 720p
+# AutoencoderKLHunyuanVideo() default config (= HunyuanVideo's VAE, framewise encoding/decoding on as
+# in diffusers), measure_vae(frames=(65, 129), size=(720, 1280)) on the meta device: 1778 / 3255
+# MFLOP per pixel at 129 frames. Fitted at 720p: the mid-block attention over the latent grid adds a
+# little per pixel as the size grows, so smaller sizes come out up to ~7% high (the VAE is ~1% of a
+# HunyuanVideo 720p generation).
+HUNYUAN_VAE = VaeSpec(enc_a=11.80e6, enc_b=13.80e6, dec_a=27.60e6, dec_b=25.22e6)
+# = integrations.hunyuan_video.HUNYUAN_OPTIMAL_AREA (720p: the published checkpoint and default size)
+HUNYUAN_FAMILY = FamilySpec("hunyuanvideo", 8, 4, (1, 2, 2), 720 * 1280)
+# HunyuanVideoPipeline: FlowMatchEulerDiscreteScheduler, shift 7.0, on the uniform grid it passes as sigmas
+HUNYUAN_SCHEDULER = SchedulerSpec("euler", 7.0, grid="uniform")
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """What ``estimate`` assumes for a model family unless told otherwise."""
+
+    family: FamilySpec
+    scheduler: SchedulerSpec
+    vae: VaeSpec
+    cfg: bool  # the usual call: two passes per step (classifier-free guidance) or one
+    preset: str  # the SurfConfig preset ``surf_accel.patch`` uses for this family
+    frames: int  # the pipeline's default num_frames
+
+
+FAMILIES = {
+    "wan2.1": FamilyDefaults(WAN_FAMILY, WAN_SCHEDULER, WAN_VAE, cfg=True, preset="paper", frames=81),
+    # guidance-distilled: the pipeline's default call embeds guidance 6.0 and runs one pass per step
+    "hunyuanvideo": FamilyDefaults(HUNYUAN_FAMILY, HUNYUAN_SCHEDULER, HUNYUAN_VAE, cfg=False, preset="hunyuan-paper",
+                                   frames=129),
+}
 
 
 def measure_vae(vae, frames=(5, 9), size=(64, 64), device="meta") -> VaeSpec:
-    """Per-pixel VAE FLOPs of ``vae`` (an AutoencoderKLWan) with ``torch.utils.flop_counter``."""
+    """Per-pixel VAE FLOPs of ``vae`` (AutoencoderKLWan or AutoencoderKLHunyuanVideo) with
+    ``torch.utils.flop_counter``, fitted as ``a + b * (frames - 1)`` through two frame counts."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     h, w = size
+    cfg = vae.config
+    spatial = cfg.get("scale_factor_spatial") or cfg.get("spatial_compression_ratio")
+    temporal = cfg.get("scale_factor_temporal") or cfg.get("temporal_compression_ratio")
     enc, dec = [], []
     for f in frames:
         x = torch.zeros(1, vae.config.in_channels, f, h, w, device=device, dtype=vae.dtype)
@@ -102,21 +195,43 @@ def measure_vae(vae, frames=(5, 9), size=(64, 64), device="meta") -> VaeSpec:
         dec.append(fc.get_total_flops() / (h * w))
     (f0, f1) = frames
     eb, db = (enc[1] - enc[0]) / (f1 - f0), (dec[1] - dec[0]) / (f1 - f0)
-    return VaeSpec(enc[0] - eb * (f0 - 1), eb, dec[0] - db * (f0 - 1), db,
-                   int(vae.config.scale_factor_spatial), int(vae.config.scale_factor_temporal))
+    return VaeSpec(enc[0] - eb * (f0 - 1), eb, dec[0] - db * (f0 - 1), db, int(spatial), int(temporal))
 
 
-def forward_flops(spec: TransformerSpec, latent_size: tuple[int, int, int],
-                  window: Optional[tuple[int, int, int]] = None) -> dict:
-    """FLOPs of one transformer forward at a latent size ``(T, H, W)``: ``{"linear", "attention"}``."""
+def _grid_and_keys(spec, latent_size, window) -> tuple[int, int]:
+    """Video tokens ``L`` and keys per video query ``K`` (``L`` dense, the window's tokens windowed)."""
     pt, ph, pw = spec.patch_size
     grid = (math.ceil(latent_size[0] / pt), latent_size[1] // ph, latent_size[2] // pw)
     L = grid[0] * grid[1] * grid[2]
+    K = L if window is None else math.prod(min(w, g) for w, g in zip(window, grid))
+    return L, K
+
+
+def _hunyuan_forward_flops(spec: HunyuanVideoSpec, L: int, K: int) -> dict:
+    Lt, d, m = spec.text_len, spec.dim, spec.mlp_dim
+    blocks = spec.num_layers + spec.num_single_layers
+    per_token = 4 * d * d + 2 * d * m  # every block, every video and text token (see the module doc)
+    linear = blocks * (L + Lt) * per_token
+    linear += Lt * (spec.text_dim * d + spec.num_refiner_layers * per_token)  # token refiner
+    patch = spec.patch_size[0] * spec.patch_size[1] * spec.patch_size[2]
+    linear += L * d * patch * (spec.in_channels + spec.out_channels)  # patch embedding, head
+    # per-sample conditioning: modulations (dual 2 x 6d, single 3d, refiner 2d, head 2d outputs) and
+    # the timestep / guidance / pooled-text embedders
+    linear += d * d * (12 * spec.num_layers + 3 * spec.num_single_layers + 2 * spec.num_refiner_layers + 2)
+    linear += 2 * (256 * d + d * d) + (spec.pooled_dim * d + d * d) + (spec.text_dim * d + d * d) + 256 * d + d * d
+    attention = blocks * 2 * 2 * d * (L * (K + Lt) + Lt * (L + Lt))
+    attention += spec.num_refiner_layers * 2 * 2 * d * Lt * Lt
+    return {"linear": float(2 * linear), "attention": float(attention), "tokens": L}
+
+
+def forward_flops(spec: TransformerSpec | HunyuanVideoSpec, latent_size: tuple[int, int, int],
+                  window: Optional[tuple[int, int, int]] = None) -> dict:
+    """FLOPs of one transformer forward at a latent size ``(T, H, W)``: ``{"linear", "attention"}``."""
+    L, K = _grid_and_keys(spec, latent_size, window)
+    if isinstance(spec, HunyuanVideoSpec):
+        return _hunyuan_forward_flops(spec, L, K)
+    pt, ph, pw = spec.patch_size
     Lt, d, f, N = spec.text_len, spec.dim, spec.ffn_dim, spec.num_layers
-    if window is None:
-        K = L
-    else:
-        K = math.prod(min(w, g) for w, g in zip(window, grid))
     linear = N * 2 * (4 * L * d * d + 2 * L * d * d + 2 * Lt * d * d + 2 * L * d * f)
     patch_in = pt * ph * pw * spec.in_channels
     patch_out = pt * ph * pw * spec.out_channels
@@ -177,7 +292,7 @@ class Estimate:
             return f"{x / 1e12:10.2f}"
 
         lines = [f"{self.model}: {self.height}x{self.width}, {self.frames} frames "
-                 "(TFLOPs; CFG counted; linear / attention / total)",
+                 "(TFLOPs; x = passes per step, 2 with classifier-free guidance; linear / attention / total)",
                  f"{'run':9s} {'stage':12s} {'size':>10s} {'tokens':>7s} {'steps':>5s} {'x':>2s} "
                  f"{'linear':>10s} {'attention':>10s} {'total':>10s}"]
         for label, rows, vae in (("baseline", self.baseline, self.baseline_vae), ("surf", self.surf, self.surf_vae)):
@@ -200,13 +315,16 @@ def _stage_cost(spec: TransformerSpec, stage: Stage, cfg_passes: int, name_model
                      k * fl["linear"], k * fl["attention"], name_model)
 
 
-def estimate(model: str | TransformerSpec, height: int, width: int, frames: int,
-             config: Optional[SurfConfig] = None, *, steps: int = 50, guidance: bool = True,
-             refiner: Optional[str | TransformerSpec] = None, vae: VaeSpec = WAN_VAE,
-             family: FamilySpec = WAN_FAMILY, scheduler: SchedulerSpec = WAN_SCHEDULER,
+def estimate(model: str | TransformerSpec | HunyuanVideoSpec, height: int, width: int, frames: int,
+             config: Optional[SurfConfig] = None, *, steps: int = 50, guidance: Optional[bool] = None,
+             refiner: Optional[str | TransformerSpec | HunyuanVideoSpec] = None, vae: Optional[VaeSpec] = None,
+             family: Optional[FamilySpec] = None, scheduler: Optional[SchedulerSpec] = None,
              decode_output: bool = True) -> Estimate:
     """Baseline (``steps`` at the request's size) vs SURF (``config``) FLOPs.
 
+    ``None`` for ``config``, ``guidance``, ``vae``, ``family``, ``scheduler``: the model family's
+    defaults (``FAMILIES``: Wan2.1 with CFG and the ``"paper"`` preset, HunyuanVideo with one pass per
+    step and the ``"hunyuan-paper"`` preset). ``guidance=True`` counts two passes per step.
     ``refiner=None``: training-free refine with the base model (guidance as the call);
     a model name or spec: a trained refiner of that size (no guidance, SPEC 1.3).
     ``decode_output=False``: leave out the final VAE decode on both sides (``output_type="latent"``).
@@ -219,8 +337,12 @@ def estimate(model: str | TransformerSpec, height: int, width: int, frames: int,
         if isinstance(refiner, str) and refiner not in MODELS:
             raise ValueError(f"unknown refiner model {refiner!r}; known: {sorted(MODELS)}")
         ref_spec = MODELS[refiner] if isinstance(refiner, str) else refiner
-    config = config or SurfConfig.preset("paper")
-    passes = 2 if guidance else 1
+    defaults = FAMILIES[spec.family]
+    vae = vae or defaults.vae
+    family = family or defaults.family
+    scheduler = scheduler or defaults.scheduler
+    config = config or SurfConfig.preset(defaults.preset)
+    passes = 2 if (defaults.cfg if guidance is None else guidance) else 1
     req = Request(height, width, frames, steps)
     base_plan = plan_stages(req, family, scheduler, SurfConfig.identity())
     plan = plan_stages(req, family, scheduler, config, trained_refiner=ref_spec is not None)

@@ -63,3 +63,33 @@ def test_generate_with_baseline(tmp_path, capsys):
 def test_generate_missing_folder():
     with pytest.raises(SystemExit, match="not a local diffusers model folder"):
         cli.main(["generate", "/nonexistent/model", "--prompt", "x"])
+
+
+def test_estimate_hunyuanvideo_defaults(capsys):
+    assert cli.main(["estimate", "--model", "hunyuanvideo", "--height", "720", "--width", "1280"]) == 0
+    out = capsys.readouterr().out
+    assert "hunyuanvideo: 720x1280, 129 frames" in out and "window (11, 1000, 1000)" in out
+    assert "predicted speedup" in out
+    assert cli.main(["estimate", "--model", "hunyuanvideo", "--height", "544", "--width", "960", "--cfg",
+                     "--preset", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "544x960" in out and "window" not in out.split("hunyuanvideo:")[0]
+    assert cli.main(["estimate", "--model", "hunyuan", "--height", "720", "--width", "1280"]) == 2
+    assert "known" in capsys.readouterr().err
+
+
+def test_generate_hunyuanvideo_folder(tmp_path, capsys):
+    from tests.tiny_pipelines import tiny_hunyuan_t2v
+
+    model = tmp_path / "tiny_hunyuan"
+    tiny_hunyuan_t2v().save_pretrained(model)
+    out = tmp_path / "h.mp4"
+    rc = cli.main(["generate", str(model), "--prompt", "a red circle", "--height", "64", "--width", "64",
+                   "--frames", "5", "--steps", "4", "--max-sequence-length", "8", "--dtype", "float32",
+                   "--device", "cpu", "--output", str(out), "--optimal-size", "32", "32", "--preview-steps", "4",
+                   "--switch-step", "2", "--refine-steps", "1", "--negative-prompt", "ugly",
+                   "--true-cfg-scale", "2"])
+    assert rc == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "surf" in captured.out and "window (11, 1000, 1000)" in captured.err  # hunyuan-paper by default
+    assert out.exists() and os.path.getsize(out) > 0

@@ -70,3 +70,89 @@ def test_measure_vae_reproduces_constants():
     spec = measure_vae(vae)
     assert spec.dec_b == pytest.approx(WAN_VAE.dec_b, rel=0.01)
     assert spec.enc_a == pytest.approx(WAN_VAE.enc_a, rel=0.01)
+
+
+# ---------------------------------------------------------------------------- HunyuanVideo
+def test_hunyuan_forward_flops_match_flop_counter():
+    """Linear and joint-attention FLOPs against torch's counter on a tiny HunyuanVideoTransformer3DModel
+    (math SDPA, so that the counter sees the attention matmuls)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from surf_accel.cost_model import HunyuanVideoSpec
+    from tests.tiny_pipelines import tiny_hunyuan_transformer
+
+    tr = tiny_hunyuan_transformer(attention_head_dim=16, rope_axes_dim=(4, 6, 6))
+    spec = HunyuanVideoSpec.from_config(tr.config, text_len=8)
+    assert (spec.num_layers, spec.num_single_layers, spec.dim, spec.patch_size) == (2, 2, 32, (1, 2, 2))
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+        tr(hidden_states=torch.randn(1, 4, 3, 8, 12), timestep=torch.tensor([500.0]),
+           encoder_hidden_states=torch.randn(1, 8, 16), encoder_attention_mask=torch.ones(1, 8),
+           pooled_projections=torch.randn(1, 8), guidance=torch.tensor([6000.0]))
+    counts = {str(k): v for k, v in fc.get_flop_counts()["Global"].items()}
+    fl = forward_flops(spec, (3, 8, 12))
+    assert fl["linear"] == counts["aten.addmm"] + counts["aten.convolution"]
+    assert fl["attention"] == counts["aten.bmm"]
+    # 72 video + 8 text tokens attend jointly in 4 blocks; 8 text tokens in the refiner block
+    assert fl["attention"] == 4 * 4 * 80 * 80 * 32 + 4 * 8 * 8 * 32
+
+
+def test_hunyuan_spec_is_the_published_13b_config():
+    """MODELS['hunyuanvideo'] is HunyuanVideoTransformer3DModel()'s defaults (the published 13B config)."""
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    from surf_accel.cost_model import HUNYUAN_FAMILY, HunyuanVideoSpec
+    from surf_accel.integrations.hunyuan_video import HUNYUAN_OPTIMAL_AREA
+
+    with torch.device("meta"):
+        model = HunyuanVideoTransformer3DModel()
+    spec = MODELS["hunyuanvideo"]
+    assert spec == HunyuanVideoSpec.from_config(model.config, name="hunyuanvideo")
+    assert (spec.num_layers, spec.num_single_layers, spec.dim, spec.num_heads) == (20, 40, 3072, 24)
+    blocks = sum(p.numel() for b in (*model.transformer_blocks, *model.single_transformer_blocks)
+                 for p in b.parameters())
+    assert spec.params == pytest.approx(blocks, rel=1e-3)  # weights (biases left out)
+    assert 12.5e9 < sum(p.numel() for p in model.parameters()) < 13.5e9
+    assert HUNYUAN_FAMILY.optimal_area == HUNYUAN_OPTIMAL_AREA
+
+
+def test_hunyuan_windows_keep_text_attention():
+    spec = MODELS["hunyuanvideo"]
+    dense = forward_flops(spec, (33, 90, 160))
+    win = forward_flops(spec, (33, 90, 160), window=(11, 1000, 1000))
+    L, Lt, d, blocks = 33 * 45 * 80, 256, 3072, 60
+    assert dense["tokens"] == L and win["linear"] == dense["linear"]
+    refiner = 2 * 4 * Lt * Lt * d
+    assert dense["attention"] == blocks * 4 * d * (L + Lt) ** 2 + refiner
+    assert win["attention"] == blocks * 4 * d * (L * (L // 3 + Lt) + Lt * (L + Lt)) + refiner
+
+
+def test_hunyuan_estimate_720p_and_540p():
+    e = estimate("hunyuanvideo", 720, 1280, 129)
+    assert e.plan.config.name == "hunyuan-paper" and e.baseline[0].passes_per_step == 1  # guidance-distilled
+    assert [(s.name, s.size) for s in e.surf] == [("preview", (704, 1280)), ("preview_low", (352, 640)),
+                                                  ("refine", (720, 1280))]
+    assert 2.0 < e.speedup < e.floor < 6.0
+    dense = estimate("hunyuanvideo", 720, 1280, 129, SurfConfig.preset("hunyuan-paper").replace(window=None))
+    assert dense.speedup < e.speedup
+    cfg = estimate("hunyuanvideo", 720, 1280, 129, guidance=True)
+    assert cfg.baseline[0].passes_per_step == 2 and cfg.baseline_total == pytest.approx(2 * e.baseline_total,
+                                                                                        rel=0.01)
+    # 540p: the family's optimal 720p preview is larger than the request; 540p itself is cheaper
+    e540 = estimate("hunyuanvideo", 544, 960, 129)
+    req = estimate("hunyuanvideo", 544, 960, 129, SurfConfig.preset("hunyuan-paper").replace(optimal_size="request"))
+    assert e540.surf[0].size == (736, 1280) and req.surf[0].size == (544, 960)
+    assert 1.0 < e540.speedup < req.speedup
+
+
+def test_measure_vae_reproduces_hunyuan_constants():
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    from surf_accel.cost_model import HUNYUAN_VAE
+
+    with torch.device("meta"):
+        vae = AutoencoderKLHunyuanVideo()
+    spec = measure_vae(vae, frames=(65, 129), size=(720, 1280))
+    for f in ("enc_a", "enc_b", "dec_a", "dec_b"):
+        assert getattr(spec, f) == pytest.approx(getattr(HUNYUAN_VAE, f), rel=0.01), f
+    assert (spec.spatial, spec.temporal) == (8, 4)
