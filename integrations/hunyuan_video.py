@@ -130,13 +130,6 @@ class HunyuanVideoAdapter(FamilyAdapter):
             cb_inputs = cb.tensor_inputs
         pipe.check_inputs(a["prompt"], a["prompt_2"], a["height"], a["width"], a["prompt_embeds"], cb_inputs,
                           a["prompt_template"])
-        for given, needed in (("prompt_embeds", ("prompt_attention_mask", "pooled_prompt_embeds")),
-                              ("negative_prompt_embeds", ("negative_prompt_attention_mask",))):
-            if a[given] is not None:
-                missing = [n for n in needed if a[n] is None]
-                if missing:
-                    raise ValueError(f"`{given}` needs {' and '.join(f'`{n}`' for n in missing)} too "
-                                     "(HunyuanVideo's transformer reads the text mask and the pooled CLIP text)")
         nvp = 1 if a["num_videos_per_prompt"] is None else a["num_videos_per_prompt"]
         if not isinstance(nvp, int) or nvp < 1:
             raise ValueError(f"num_videos_per_prompt must be an int >= 1, got {nvp!r}")
@@ -144,6 +137,15 @@ class HunyuanVideoAdapter(FamilyAdapter):
         has_neg = a["negative_prompt"] is not None or (a["negative_prompt_embeds"] is not None
                                                         and a["negative_pooled_prompt_embeds"] is not None)
         do_cfg = a["true_cfg_scale"] > 1 and has_neg
+        needs = [("prompt_embeds", ("prompt_attention_mask", "pooled_prompt_embeds"))]
+        if do_cfg:  # the pipeline ignores negative inputs otherwise
+            needs.append(("negative_prompt_embeds", ("negative_prompt_attention_mask",)))
+        for given, needed in needs:
+            if a[given] is not None:
+                missing = [n for n in needed if a[n] is None]
+                if missing:
+                    raise ValueError(f"`{given}` needs {' and '.join(f'`{n}`' for n in missing)} too "
+                                     "(HunyuanVideo's transformer reads the text mask and the pooled CLIP text)")
         pipe._guidance_scale = a["guidance_scale"]
         pipe._attention_kwargs = a["attention_kwargs"]
         pipe._current_timestep = None

@@ -66,6 +66,16 @@ def test_identity_latent_output_and_tuple(pipe):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
 
+def test_identity_survives_model_cpu_offload():
+    p = tiny_hunyuan_t2v()
+    ref = p(generator=gen(0), **HY_KW).frames
+    surf_accel.patch(p, SurfConfig.identity())
+    p.enable_model_cpu_offload(device="cpu")
+    out = p(generator=gen(0), **HY_KW).frames
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
+    surf_accel.unpatch(p)
+
+
 def test_unpatch_parity_bit_identical(pipe):
     ref = pipe(generator=gen(0), **BIG).frames
     surfed = run(pipe, SMALL, BIG)
@@ -311,8 +321,10 @@ def test_embeds_need_mask_and_pooled(pipe):
             with pytest.raises(ValueError, match=missing):
                 pipe(generator=gen(0), **{k: v for k, v in kw.items() if k != missing})
         cfg = embeds_kwargs(cfg=True)
+        no_mask = {k: v for k, v in cfg.items() if k != "negative_prompt_attention_mask"}
         with pytest.raises(ValueError, match="negative_prompt_attention_mask"):
-            pipe(generator=gen(0), **{k: v for k, v in cfg.items() if k != "negative_prompt_attention_mask"})
+            pipe(generator=gen(0), **no_mask)
+        pipe(generator=gen(0), **{**no_mask, "true_cfg_scale": 1.0})  # no true CFG: negatives unused, as unpatched
         with pytest.raises(ValueError, match="rows"):
             pipe(generator=gen(0), **{**kw, "pooled_prompt_embeds": torch.zeros(3, 8)})
 
