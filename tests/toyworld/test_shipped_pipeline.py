@@ -64,8 +64,6 @@ def test_generates_the_prompts_at_the_optimal_size(generated):
     assert s["colour_acc"] >= 0.75 and s["presence"] > 0.9, s
 
 
-@pytest.mark.xfail(reason="the shipped model (1368 DiT steps) does not yet render the prompted motion direction: "
-                          "~19% direction accuracy at 64 px, see benchmarks/results/toy_quality.md", strict=False)
 def test_motion_direction_follows_the_prompt(generated):
     s = metrics.evaluate(generated, list(DEMO_PROMPTS))["summary"]
     assert s["direction_acc"] >= 0.75, s
