@@ -7,7 +7,8 @@ def test_defaults_are_the_paper():
     c = SurfConfig()
     assert (c.preview_steps, c.switch_step, c.downsample, c.handoff, c.refine_steps) == (40, 10, 2, "pixel", 10)
     assert c.reshift == "consistent" and c.renoise == "fresh"
-    assert SurfConfig.preset("paper") == c
+    # The presets use the paper's reshift (measured on the toy world, benchmarks/results/signature.md).
+    assert SurfConfig.preset("paper") == c.replace(reshift="paper")
 
 
 def test_presets_exist_and_validate():
