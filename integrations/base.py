@@ -184,6 +184,18 @@ class FamilyAdapter:
         """Last touch on the output latents before decoding (identity for most families)."""
         return latents
 
+    def output(self, frames):
+        """The pipeline's own output dataclass around ``frames``."""
+        raise NotImplementedError
+
     def postprocess(self, pipe, latents: torch.Tensor, call: PreparedCall):
         """Decode (unless ``output_type == 'latent'``) and wrap the result like the pipeline does."""
-        raise NotImplementedError
+        if call.output_type == "latent":
+            video = latents
+        else:
+            video = self.decode(pipe, latents)
+            video = pipe.video_processor.postprocess_video(video, output_type=call.output_type)
+        pipe.maybe_free_model_hooks()
+        if not call.return_dict:
+            return (video,)
+        return self.output(video)

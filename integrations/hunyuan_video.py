@@ -239,20 +239,10 @@ class HunyuanVideoAdapter(FamilyAdapter):
         z = pipe.vae.encode(video).latent_dist.mode().to(torch.float32)
         return z * pipe.vae.config.scaling_factor
 
-    def postprocess(self, pipe, latents: torch.Tensor, call: PreparedCall):
-        from diffusers.pipelines.hunyuan_video.pipeline_output import (
-            HunyuanVideoPipelineOutput,
-        )
+    def output(self, frames):
+        from diffusers.pipelines.hunyuan_video.pipeline_output import HunyuanVideoPipelineOutput
 
-        if call.output_type == "latent":
-            video = latents
-        else:
-            video = self.decode(pipe, latents)
-            video = pipe.video_processor.postprocess_video(video, output_type=call.output_type)
-        pipe.maybe_free_model_hooks()
-        if not call.return_dict:
-            return (video,)
-        return HunyuanVideoPipelineOutput(frames=video)
+        return HunyuanVideoPipelineOutput(frames=frames)
 
 
 __all__ = ["HUNYUAN_OPTIMAL_AREA", "HunyuanVideoAdapter"]

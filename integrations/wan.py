@@ -245,15 +245,7 @@ class WanAdapter(FamilyAdapter):
         mean, inv_std = self._stats(pipe, z.device, z.dtype)
         return (z - mean) * inv_std
 
-    def postprocess(self, pipe, latents: torch.Tensor, call: PreparedCall):
+    def output(self, frames):
         from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 
-        if call.output_type == "latent":
-            video = latents
-        else:
-            video = self.decode(pipe, latents)
-            video = pipe.video_processor.postprocess_video(video, output_type=call.output_type)
-        pipe.maybe_free_model_hooks()
-        if not call.return_dict:
-            return (video,)
-        return WanPipelineOutput(frames=video)
+        return WanPipelineOutput(frames=frames)
