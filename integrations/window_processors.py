@@ -39,6 +39,10 @@ class WindowState:
     originals: dict = field(default_factory=dict)  # attention module -> its original processor
     hook: object = None
     processor: object = None
+    # Valid text tokens per batch item as host ints, and the encoder_attention_mask they came from:
+    # counted once per new mask (a pipeline passes one mask object for all its steps), never per layer.
+    text_source: object = None
+    text_lengths: tuple[int, ...] | None = None
 
     def shift(self, shifted: bool) -> tuple[int, int, int]:
         return tuple(w // 2 for w in self.window) if shifted else (0, 0, 0)
@@ -131,9 +135,10 @@ class HunyuanVideoWindowAttnProcessor:
             # (B, 1, 1, N + num_text) key mask: video keys are always valid.
             text_mask = attention_mask.reshape(attention_mask.shape[0], -1)[:, n_video:].contiguous()
         state = self.state
+        lengths = state.text_lengths if text_mask is not None else None
         out = window_attention(query, key, value, state.current_grid(), state.window,
                                state.shift(getattr(attn, SHIFT_ATTR, False)), num_text=num_text,
-                               text_mask=text_mask, backend=state.backend)
+                               text_mask=text_mask, text_lengths=lengths, backend=state.backend)
         out = out.flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is None:
             return out
@@ -187,6 +192,11 @@ def _grid_hook(state: WindowState, patch: tuple[int, int, int]):
             raise RuntimeError("window attention expects the transformer's hidden_states (B, C, T, H, W)")
         _, _, t, h, w = x.shape
         state.grid = (t // patch[0], h // patch[1], w // patch[2])
+        mask = kwargs.get("encoder_attention_mask")
+        if mask is not state.text_source:
+            # HunyuanVideo keeps the first mask.sum(1) text tokens of each item (a prefix mask).
+            state.text_source = mask
+            state.text_lengths = None if mask is None else tuple(int(x) for x in mask.sum(1).tolist())
     return hook
 
 

@@ -28,11 +28,14 @@ def devices() -> list[str]:
 
 
 def backend_table(device: str, dtype: torch.dtype = torch.float16) -> list[tuple[str, str, dict[str, str]]]:
-    """Rows (op, automatic choice, backend -> "yes" or "no: reason") for ``device`` and ``dtype``."""
+    """Rows (op, automatic choice, backend -> "yes" or "no: reason") for ``device`` and ``dtype``; an
+    op that ranks its own backends adds why to its choice."""
     rows = []
     for name, op in OPS.items():
         try:
             chosen = op.choose(torch.device(device), dtype)[0]
+            if op.preference is not None:
+                chosen += f" ({op.preference(torch.device(device), dtype)[1]})"
         except RuntimeError as exc:  # forced by SURF_ACCEL_BACKEND, or nothing usable: show why
             chosen = f"none ({exc})"
         cells = {}

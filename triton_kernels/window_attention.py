@@ -8,11 +8,21 @@ windows it touches, and inside it skips key blocks whose (t, h, w) windows meet 
 before loading them. Video queries then visit the valid text keys; text queries visit every video
 key and every valid text key. Online softmax with fp32 statistics and accumulator.
 
+``TEMPORAL`` (constexpr): windows cover whole H and W (the paper's windows). Every key block of the
+range then meets some row's window, so the block-wide "any allowed?" test (a reduction and a branch
+per iteration that would stall load pipelining) and the h/w window arithmetic are compiled out;
+only the temporal index comparison remains, for blocks that straddle two windows.
+
+Tiles: ``configs(head_dim, dtype)``; on a GPU ``@triton.autotune`` picks among them per head dim,
+token count and variant; under the interpreter (where multi-config autotune fails, SPEC 7) the first
+interpreter config runs, and tests pass any config explicitly.
+
 Launch geometry: grid ``(cdiv(N, BLOCK_M) + cdiv(num_text, BLOCK_M), B * heads)``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -65,7 +75,7 @@ def _window_attn_fwd_kernel(
     qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_TEXT_MASK: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    HAS_TEXT_MASK: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, TEMPORAL: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -121,16 +131,23 @@ def _window_attn_fwd_kernel(
     for start_n in range(k_lo, k_hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_ok = offs_n < k_hi
-        kt = offs_n // hw
-        kh = (offs_n // GW) % GH
-        kw = offs_n % GW
-        same = (qa[:, None] == ((kt + ST) // WT)[None, :]) \
-            & (qb[:, None] == ((kh + SH) // WH)[None, :]) \
-            & (qc[:, None] == ((kw + SW) // WW)[None, :])
-        allowed = (same | is_text) & col_ok[None, :] & row_ok[:, None]
-        if tl.max(allowed.to(tl.int32)) > 0:  # skip key blocks outside every row's window
+        kv_mask = col_ok[:, None] & d_ok[None, :]
+        if TEMPORAL:
+            same = qa[:, None] == ((offs_n // hw + ST) // WT)[None, :]
+            allowed = (same | is_text) & col_ok[None, :] & row_ok[:, None]
             acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, k_base, v_base, offs_n, offs_d, stride_ks, stride_vs,
-                                          col_ok[:, None] & d_ok[None, :], allowed, qk_scale, UPCAST, IEEE)
+                                          kv_mask, allowed, qk_scale, UPCAST, IEEE)
+        else:
+            kt = offs_n // hw
+            kh = (offs_n // GW) % GH
+            kw = offs_n % GW
+            same = (qa[:, None] == ((kt + ST) // WT)[None, :]) \
+                & (qb[:, None] == ((kh + SH) // WH)[None, :]) \
+                & (qc[:, None] == ((kw + SW) // WW)[None, :])
+            allowed = (same | is_text) & col_ok[None, :] & row_ok[:, None]
+            if tl.max(allowed.to(tl.int32)) > 0:  # skip key blocks outside every row's window
+                acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, k_base, v_base, offs_n, offs_d, stride_ks,
+                                              stride_vs, kv_mask, allowed, qk_scale, UPCAST, IEEE)
 
     # ---- text keys: every query sees the valid ones -------------------------------------------
     for start_n in range(N_VIDEO, N_VIDEO + NUM_TEXT, BLOCK_N):
@@ -148,17 +165,27 @@ def _window_attn_fwd_kernel(
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
-def _blocks(head_dim: int, dtype: torch.dtype, interpret: bool = INTERPRET) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages). One config, no autotune (the interpreter cannot
-    run multi-config autotuning; SPEC 7). fp32 tiles are twice the bytes and use IEEE dots: smaller
-    tiles keep shared memory within sm_80's 163 KB and the compile time reasonable."""
-    if interpret:
-        return 64, 64, 4, 1
+Config = tuple[int, int, int, int]  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
+INTERPRET_CONFIG: Config = (64, 64, 4, 1)
+
+
+def configs(head_dim: int, dtype: torch.dtype) -> list[Config]:
+    """Tile candidates, best guess first. fp32 tiles are twice the bytes and use IEEE dots: smaller
+    tiles keep shared memory within sm_80's 163 KB; head dims above 64 take fewer stages for the
+    same reason (every config is compiled by scripts/check_triton_aot.py)."""
     if dtype == torch.float32:
-        return 64, 32, 4, 2
+        return [(64, 32, 4, 2), (32, 32, 4, 2)]
     if head_dim <= 64:
-        return 128, 64, 4, 3
-    return 128, 64, 8, 2
+        return [(128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3)]
+    return [(128, 64, 8, 2), (128, 64, 4, 2), (64, 64, 4, 2)]
+
+
+@functools.cache
+def _autotuned(head_dim: int, dtype: torch.dtype):
+    tuned = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
+             for m, n, w, st in configs(head_dim, dtype)]
+    return triton.autotune(tuned, key=["HEAD_DIM", "N_VIDEO", "NUM_TEXT", "TEMPORAL", "HAS_TEXT_MASK"])(
+        _window_attn_fwd_kernel)
 
 
 def _effective(grid, window, shift):
@@ -172,9 +199,12 @@ def _effective(grid, window, shift):
 
 
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid, window, shift,
-                     num_text: int = 0, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+                     num_text: int = 0, text_mask: torch.Tensor | None = None,
+                     config: Config | None = None) -> torch.Tensor:
     """Launch the fused kernel. ``q, k, v``: ``(B, S, heads, D)`` (any strides with unit last stride;
-    others are made contiguous); returns a contiguous ``(B, S, heads, D)`` in the input dtype."""
+    others are made contiguous); returns a contiguous ``(B, S, heads, D)`` in the input dtype.
+    ``config``: fixed tiles (BLOCK_M, BLOCK_N, num_warps, num_stages); None autotunes among
+    ``configs()`` on a GPU and uses ``INTERPRET_CONFIG`` under the interpreter."""
     if q.stride(-1) != 1:
         q = q.contiguous()
     if k.stride(-1) != 1:
@@ -185,37 +215,43 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid, wi
     n_video = s - num_text
     (wt, wh, ww), (st, sh, sw) = _effective(grid, window, shift)
     out = torch.empty((b, s, heads, d), dtype=q.dtype, device=q.device)
-    block_m, block_n, num_warps, num_stages = _blocks(d, q.dtype)
     if text_mask is not None:
         tm = text_mask.to(torch.int8)
         stride_tb = tm.stride(0)
     else:
         tm, stride_tb = q, 0
-    launch = (triton.cdiv(n_video, block_m) + triton.cdiv(num_text, block_m), b * heads)
-    _window_attn_fwd_kernel[launch](
-        q, k, v, out, tm,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        stride_tb,
-        heads, n_video, num_text,
-        int(grid[0]), int(grid[1]), int(grid[2]),
-        wt, wh, ww, st, sh, sw,
-        (d ** -0.5) * LOG2E,
-        HEAD_DIM=d, BLOCK_D=triton.next_power_of_2(d),
-        BLOCK_M=block_m, BLOCK_N=block_n,
-        HAS_TEXT_MASK=text_mask is not None,
-        # The interpreter's bf16/fp16 arithmetic is wrong (SPEC 7): compute in fp32 there.
-        UPCAST=INTERPRET and q.dtype != torch.float32,
-        IEEE=q.dtype == torch.float32,
-        num_warps=num_warps, num_stages=num_stages,
-    )
+    args = (q, k, v, out, tm,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            stride_tb,
+            heads, n_video, num_text,
+            int(grid[0]), int(grid[1]), int(grid[2]),
+            wt, wh, ww, st, sh, sw,
+            (d ** -0.5) * LOG2E)
+    flags = dict(HEAD_DIM=d, BLOCK_D=triton.next_power_of_2(d), HAS_TEXT_MASK=text_mask is not None,
+                 # The interpreter's bf16/fp16 arithmetic is wrong (SPEC 7): compute in fp32 there.
+                 UPCAST=INTERPRET and q.dtype != torch.float32, IEEE=q.dtype == torch.float32,
+                 TEMPORAL=wh == int(grid[1]) and ww == int(grid[2]))
+
+    def launch(block_m: int) -> tuple[int, int]:
+        return triton.cdiv(n_video, block_m) + triton.cdiv(num_text, block_m), b * heads
+
+    if config is None and INTERPRET:
+        config = INTERPRET_CONFIG
+    if config is None:
+        _autotuned(d, q.dtype)[lambda meta: launch(meta["BLOCK_M"])](*args, **flags)
+    else:
+        block_m, block_n, num_warps, num_stages = config
+        _window_attn_fwd_kernel[launch(block_m)](*args, **flags, BLOCK_M=block_m, BLOCK_N=block_n,
+                                                 num_warps=num_warps, num_stages=num_stages)
     return out
 
 
 # ---- ahead-of-time compile specs (scripts/check_triton_aot.py) ----------------------------------
 def _aot_specs():
+    """Every config the autotuner may pick, both variants, each dtype, head dims 64 and 128."""
     specs = []
     types = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
     for dtype, name in types.items():
@@ -228,16 +264,18 @@ def _aot_specs():
                 "GT": "i32", "GH": "i32", "GW": "i32", "WT": "i32", "WH": "i32", "WW": "i32",
                 "ST": "i32", "SH": "i32", "SW": "i32", "qk_scale": "fp32",
             }
-            block_m, block_n, num_warps, num_stages = _blocks(head_dim, dtype, interpret=False)
-            constexprs = {
-                "HEAD_DIM": head_dim, "BLOCK_D": head_dim, "BLOCK_M": block_m, "BLOCK_N": block_n,
-                "HAS_TEXT_MASK": True, "UPCAST": False, "IEEE": dtype == torch.float32,
-            }
-            for key in constexprs:
-                signature[key] = "constexpr"
-            specs.append({"kernel": _window_attn_fwd_kernel, "signature": signature, "constexprs": constexprs,
-                          "num_warps": num_warps, "options": {"num_stages": num_stages},
-                          "label": f"D={head_dim}", "dtype": name})
+            for block_m, block_n, num_warps, num_stages in configs(head_dim, dtype):
+                for temporal in (False, True):
+                    constexprs = {
+                        "HEAD_DIM": head_dim, "BLOCK_D": head_dim, "BLOCK_M": block_m, "BLOCK_N": block_n,
+                        "HAS_TEXT_MASK": True, "UPCAST": False, "IEEE": dtype == torch.float32,
+                        "TEMPORAL": temporal,
+                    }
+                    sig = {**signature, **{key: "constexpr" for key in constexprs}}
+                    specs.append({"kernel": _window_attn_fwd_kernel, "signature": sig, "constexprs": constexprs,
+                                  "num_warps": num_warps, "options": {"num_stages": num_stages},
+                                  "label": f"D={head_dim} {block_m}x{block_n} w{num_warps} s{num_stages}"
+                                           f"{' temporal' if temporal else ''}", "dtype": name})
     return specs
 
 

@@ -1,4 +1,4 @@
-"""The four backends and what each can serve, independent of any one op."""
+"""The five backends and what each can serve, independent of any one op."""
 
 from __future__ import annotations
 
@@ -62,5 +62,19 @@ def _triton(device: torch.device, dtype: torch.dtype) -> str | None:
     return _dtype_reason(dtype)
 
 
-for _name, _cap in (("torch", _torch), ("cpp", _cpp), ("cuda", _cuda), ("triton", _triton)):
+@functools.cache
+def flex_reason() -> str | None:
+    """Why torch's ``flex_attention`` is missing from this torch build, or None."""
+    if importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
+        return f"torch {torch.__version__} has no torch.nn.attention.flex_attention (needs torch >= 2.5)"
+    return None
+
+
+def _flex(device: torch.device, dtype: torch.dtype) -> str | None:
+    if device.type not in ("cpu", "cuda"):
+        return f"flex_attention runs on CPU and CUDA tensors, not {device.type}"
+    return flex_reason() or _dtype_reason(dtype)
+
+
+for _name, _cap in (("torch", _torch), ("cpp", _cpp), ("cuda", _cuda), ("triton", _triton), ("flex", _flex)):
     register_backend(Backend(_name, _cap))

@@ -3,6 +3,9 @@ call and can say why it did not pick the others.
 
 Order of preference: on CUDA tensors ``cuda``, ``triton``, ``torch``; on CPU tensors ``cpp``,
 ``torch`` (interpreted Triton runs on CPU only when asked for: it is a test vehicle, not a speed-up).
+An op may rank its backends itself (``Op.preference``, e.g. window attention, whose best CUDA path
+depends on which attention libraries are installed); its choice is then logged once at INFO with
+the reason. ``flex`` (torch's ``flex_attention``) serves on request only.
 ``SURF_ACCEL_BACKEND`` or a per-call ``backend=`` forces one; a forced backend that cannot serve the
 call raises ``BackendUnavailableError`` with the reason. An automatic choice that skips the
 preferred backend logs one line per distinct reason.
@@ -19,12 +22,14 @@ import torch
 
 logger = logging.getLogger("surf_accel")
 
-BACKENDS = ("torch", "cpp", "cuda", "triton")
+BACKENDS = ("torch", "cpp", "cuda", "triton", "flex")
 PREFERENCE = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpp", "torch")}
 ENV_VAR = "SURF_ACCEL_BACKEND"
 
 # (device, dtype) -> reason the backend cannot serve it, or None.
 Capability = Callable[[torch.device, torch.dtype], "str | None"]
+# (device, dtype) -> (backends in order of preference, why that order), decided without the call's data.
+Preference = Callable[[torch.device, torch.dtype], "tuple[tuple[str, ...], str]"]
 
 
 class BackendUnavailableError(RuntimeError):
@@ -41,12 +46,14 @@ class Backend:
 class Op:
     """An op with one implementation per backend. ``requires`` holds per-backend checks that do not
     depend on the call (is this op's kernel built?); ``limits`` per-backend checks of the call's
-    arguments (shape limits), called with the op's arguments. Each returns a reason or None."""
+    arguments (shape limits), called with the op's arguments. Each returns a reason or None.
+    ``preference`` replaces the global ``PREFERENCE`` order for this op."""
 
     name: str
     impls: dict[str, Callable] = field(default_factory=dict)
     requires: dict[str, Callable[[], "str | None"]] = field(default_factory=dict)
     limits: dict[str, Callable[..., "str | None"]] = field(default_factory=dict)
+    preference: "Preference | None" = None
 
     def __post_init__(self) -> None:
         _OPS[self.name] = self
@@ -78,7 +85,7 @@ class Op:
                 raise BackendUnavailableError(f"{self.name}: {source} cannot run on {device.type}/{dtype}: {reason}")
             return forced, []
         skipped = []
-        for name in PREFERENCE.get(device.type, ("torch",)):
+        for name in _order(self.name, device, dtype)[0]:
             reason = self.reason_unusable(name, device, dtype, args, kwargs)
             if reason is None:
                 return name, skipped
@@ -89,6 +96,8 @@ class Op:
         chosen, skipped = self.choose(device, dtype, backend, args, kwargs)
         if skipped:
             _log_fallback_once(self.name, chosen, tuple(skipped))
+        elif self.preference is not None and backend is None and _forced_by_env() is None:
+            _log_choice_once(self.name, device.type, str(dtype), chosen, _order(self.name, device, dtype)[1])
         return chosen
 
     def __call__(self, *args, device: torch.device, dtype: torch.dtype, backend: str | None = None, **kwargs):
@@ -120,6 +129,14 @@ def _static_reason(op_name: str, backend: str, device: torch.device, dtype: torc
 
 
 @torch.compiler.assume_constant_result
+def _order(op_name: str, device: torch.device, dtype: torch.dtype) -> tuple[tuple[str, ...], str]:
+    op = _OPS[op_name]
+    if op.preference is not None:
+        return op.preference(device, dtype)
+    return PREFERENCE.get(device.type, ("torch",)), "default order"
+
+
+@torch.compiler.assume_constant_result
 def _forced_by_env() -> str | None:
     return os.environ.get(ENV_VAR) or None
 
@@ -131,3 +148,11 @@ def _log_fallback_once(op: str, chosen: str, skipped: tuple) -> None:
         _LOGGED.add(key)
         why = "; ".join(f"{n}: {r}" for n, r in skipped)
         logger.warning("surf_accel.%s uses the %s backend (%s)", op, chosen, why)
+
+
+@torch.compiler.assume_constant_result
+def _log_choice_once(op: str, device: str, dtype: str, chosen: str, why: str) -> None:
+    key = (op, device, dtype, chosen)
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        logger.info("surf_accel.%s on %s/%s uses the %s backend: %s", op, device, dtype, chosen, why)

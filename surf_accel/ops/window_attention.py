@@ -13,15 +13,28 @@ Backends:
   tokens followed by its batch's valid text tokens (gathered once per call: the text K/V are
   duplicated per window, ``nWin * valid_text`` extra rows), so one varlen call serves video queries
   exactly; text queries attend densely (SDPA with a key mask) to all valid keys.
+  Temporal-only windows (whole H and W) without text are already contiguous slabs of the t-major
+  token order, and so is each part of a shifted block's split edge window (SPEC 3.2's partial edge
+  windows are Swin's wrapped window and its mask): no pack/unpack, the varlen call reads q, k, v in
+  place through cu_seqlens offsets (SDPA on strided per-slab views without a varlen library).
+  With text, the valid text lengths are host ints (``text_lengths``, or one ``tolist`` per call):
+  every index table is cached on the device per shape, so a layer never waits for the host.
 * ``xformers`` is not a backend name of the dispatch layer; inside the partition path, when
   flash-attn is missing and xformers is importable, its ``memory_efficient_attention`` with a
   block-diagonal mask serves the packed windows instead of SDPA.
+* ``flex``: ``torch.nn.attention.flex_attention`` with a block mask built from the window ids
+  (compiled on CUDA, eager on CPU): torch-native, a second oracle, never chosen automatically.
+
+Automatic choice (``_preference``): on CUDA the partition path only when a varlen library serves
+the dtype (flash-attn, else xformers; fp16/bf16), else the fused Triton kernel, whose only
+alternative would be padded SDPA over gathered windows; logged once with the reason.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 from collections.abc import Sequence
 from typing import Optional
 
@@ -82,6 +95,18 @@ def _validate(q, k, v, grid, window, shift, num_text, text_mask):
     return grid, window, shift
 
 
+def _check_text_lengths(text_lengths, b: int, num_text: int, text_mask) -> tuple[int, ...] | None:
+    if text_lengths is None:
+        return None
+    if text_mask is None:
+        raise ValueError("text_lengths was given without text_mask")
+    if isinstance(text_lengths, torch.Tensor) or not isinstance(text_lengths, Sequence) or len(text_lengths) != b \
+            or any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= num_text for x in text_lengths):
+        raise ValueError(f"text_lengths must be {b} host ints in [0, num_text={num_text}] (text_mask.sum(1)), "
+                         f"got {text_lengths!r}")
+    return tuple(int(x) for x in text_lengths)
+
+
 # ----------------------------------------------------------------------------------------------
 # triton backend, wrapped as a custom op so torch.compile sees an opaque node
 @torch.library.custom_op("surf_accel_triton::window_attention", mutates_args=())
@@ -97,7 +122,7 @@ def _(q, k, v, grid, window, shift, num_text, text_mask):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
-def _triton_impl(q, k, v, grid, window, shift, num_text, text_mask):
+def _triton_impl(q, k, v, grid, window, shift, num_text, text_mask, text_lengths):
     return _triton_window_attention(q, k, v, list(grid), list(window), list(shift), num_text, text_mask)
 
 
@@ -138,24 +163,43 @@ def window_seqlens(grid: tuple[int, int, int], window: tuple[int, int, int],
     return tuple((te - ts) * (he - hs) * (we - ws) for ts, te in segs[0] for hs, he in segs[1] for ws, we in segs[2])
 
 
-@functools.lru_cache(maxsize=64)
-def _cu_seqlens(grid, window, shift, batch: int, device: torch.device) -> tuple[torch.Tensor, int]:
-    lens = torch.tensor(window_seqlens(grid, window, shift) * batch, dtype=torch.int32)
-    cu = torch.zeros(lens.numel() + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(lens, 0)
-    return cu.to(device), int(lens.max())
+@functools.lru_cache(maxsize=128)
+def _cu_seqlens(lens: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, int]:
+    """int32 offsets of consecutive sequences of lengths ``lens`` (on ``device``, built once per
+    shape: no host-to-device copy per layer) and the longest length."""
+    cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(lens, dtype=torch.int32), 0)
+    return cu.to(device), max(lens)
 
 
+@functools.cache
 def flash_attn_reason() -> str | None:
     if importlib.util.find_spec("flash_attn") is None:
         return "flash-attn is not installed (pip install flash-attn)"
     return None
 
 
+@functools.cache
 def xformers_reason() -> str | None:
     if importlib.util.find_spec("xformers") is None:
-        return "xformers is not installed"
+        return "xformers is not installed (pip install xformers)"
     return None
+
+
+def varlen_library(dtype: torch.dtype) -> str | None:
+    """The varlen attention library the partition path uses for ``dtype`` on CUDA, or None (SDPA)."""
+    if dtype not in (torch.float16, torch.bfloat16):
+        return None
+    if flash_attn_reason() is None:
+        return "flash-attn"
+    if xformers_reason() is None:
+        return "xformers"
+    return None
+
+
+def temporal_only(grid: Sequence[int], window: Sequence[int]) -> bool:
+    """Windows cover whole H and W: each window is a contiguous range of whole frames."""
+    return window[1] >= grid[1] and window[2] >= grid[2]
 
 
 def _varlen_sdpa(qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
@@ -176,55 +220,99 @@ def _varlen_sdpa(qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, cu_q: tor
 
 
 def _packed_attention(qp, kp, vp, cu_q, cu_k, max_q, max_k, seqlens_q, seqlens_k):
-    if qp.is_cuda and qp.dtype in (torch.float16, torch.bfloat16):
-        if flash_attn_reason() is None:
-            from flash_attn import flash_attn_varlen_func
-            return flash_attn_varlen_func(qp, kp, vp, cu_q, cu_k, max_q, max_k)
-        if xformers_reason() is None:
-            from xformers.ops import fmha
-            bias = fmha.attn_bias.BlockDiagonalMask.from_seqlens(seqlens_q, seqlens_k)
-            return fmha.memory_efficient_attention(qp[None], kp[None], vp[None], attn_bias=bias)[0]
+    lib = varlen_library(qp.dtype) if qp.is_cuda else None
+    if lib == "flash-attn":
+        from flash_attn import flash_attn_varlen_func
+        return flash_attn_varlen_func(qp, kp, vp, cu_q, cu_k, max_q, max_k)
+    if lib == "xformers":
+        from xformers.ops import fmha
+        bias = fmha.attn_bias.BlockDiagonalMask.from_seqlens(list(seqlens_q), list(seqlens_k))
+        return fmha.memory_efficient_attention(qp[None], kp[None], vp[None], attn_bias=bias)[0]
     return _varlen_sdpa(qp, kp, vp, cu_q, cu_k, max_q, max_k)
 
 
-def _with_text(kp, vp, k, v, n, num_text, text_mask, seqlens):
-    """Append each batch's valid text keys/values to every one of its windows: returns packed K, V
-    and their per-window lengths, ``len(window) + valid text of its batch``."""
-    b = k.shape[0]
-    tm = (torch.ones(b, num_text, dtype=torch.bool, device=k.device) if text_mask is None else text_mask)
-    n_valid = tm.sum(1).tolist()  # host sync: the packed length depends on it
-    k_all = torch.cat([kp, k[:, n:][tm]], 0)  # video rows (B*N), then the valid text rows batch by batch
-    v_all = torch.cat([vp, v[:, n:][tm]], 0)
-    n_win = len(seqlens)
-    win_len = torch.tensor(seqlens, device=k.device)
+def _slab_attention(q, k, v, grid, window, shift):
+    """Temporal-only windows, no text: window ``a`` is the contiguous token range of its frames, so
+    q, k, v are read in place. With a varlen library: one call over the ``(B*N, heads, D)`` views
+    with cu_seqlens offsets, its output viewed back (no copy at all). Else SDPA on strided views,
+    one per batch item and run of equal-length windows (at most three runs: a shifted block's first
+    part, the whole windows, the tail), writing into one output."""
+    b, n, heads, d = q.shape
+    seqlens = window_seqlens(grid, window, shift)
+    if q.is_cuda and varlen_library(q.dtype) is not None:
+        cu, longest = _cu_seqlens(seqlens * b, q.device)
+        flat = [x.flatten(0, 1) for x in (q, k, v)]  # views for (B, S)-contiguous strides
+        return _packed_attention(*flat, cu, cu, longest, longest, seqlens * b, seqlens * b).view(b, n, heads, d)
+    out = torch.empty(b, n, heads, d, dtype=q.dtype, device=q.device)
+    start = 0
+    for length, run in itertools.groupby(seqlens):
+        count = len(list(run))
+        stop = start + count * length
+        for i in range(b):
+            views = [x[i, start:stop].unflatten(0, (count, length)).transpose(1, 2) for x in (q, k, v)]
+            res = F.scaled_dot_product_attention(*views)  # (count, heads, length, D)
+            out[i, start:stop].view(count, length, heads, d).copy_(res.transpose(1, 2))
+        start = stop
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _text_tables(seqlens: tuple[int, ...], n: int, text_lengths: tuple[int, ...], device: torch.device):
+    """Index tables of the packed keys of windows with text, from host ints only (built once per
+    shape and text lengths, then cached on ``device``). Keys of window ``w`` of batch ``i``: its
+    video rows, then batch ``i``'s valid text rows. Rows index ``cat([packed video (B*N), valid text
+    rows batch by batch])``. Returns (rows, cu_seqlens_k, longest, per-window key lengths)."""
+    b, n_win = len(text_lengths), len(seqlens)
+    win_len = torch.tensor(seqlens)
     win_start = torch.cumsum(win_len, 0) - win_len
-    nv = torch.tensor(n_valid, device=k.device)
+    nv = torch.tensor(text_lengths)
     text_start = b * n + torch.cumsum(nv, 0) - nv
     seg_len = (win_len[None, :] + nv[:, None]).reshape(-1)  # (B * nWin)
-    total = n * b + n_win * sum(n_valid)
-    seg = torch.repeat_interleave(torch.arange(b * n_win, device=k.device), seg_len, output_size=total)
-    j = torch.arange(total, device=k.device) - (torch.cumsum(seg_len, 0) - seg_len)[seg]
+    seg = torch.repeat_interleave(torch.arange(b * n_win), seg_len)
+    j = torch.arange(seg.numel()) - (torch.cumsum(seg_len, 0) - seg_len)[seg]
     bi, wi = seg // n_win, seg % n_win
     rows = torch.where(j < win_len[wi], bi * n + win_start[wi] + j, text_start[bi] + j - win_len[wi])
-    lens_k = [w + nvb for nvb in n_valid for w in seqlens]
-    return k_all[rows], v_all[rows], lens_k, tm
+    lens_k = tuple(seg_len.tolist())
+    cu_k, longest = _cu_seqlens(lens_k, device)
+    return rows.to(device), cu_k, longest, lens_k
 
 
-def _partition_impl(q, k, v, grid, window, shift, num_text, text_mask):
+def _with_text(kp, vp, k, v, n, tm, seqlens, text_lengths):
+    """Append each batch's valid text keys/values to every one of its windows: packed K, V, their
+    cu_seqlens, the longest and the per-window lengths ``len(window) + valid text of its batch``."""
+    # Flat indices of the valid text tokens, batch by batch: their count is known on the host, so a
+    # stable sort (valid first) replaces boolean indexing, which would wait for the device.
+    valid = torch.argsort((~tm).flatten().to(torch.int8), stable=True)[:sum(text_lengths)]
+    k_all = torch.cat([kp, k[:, n:].flatten(0, 1)[valid]], 0)
+    v_all = torch.cat([vp, v[:, n:].flatten(0, 1)[valid]], 0)
+    rows, cu_k, longest, lens_k = _text_tables(tuple(seqlens), n, tuple(text_lengths), k.device)
+    return k_all[rows], v_all[rows], cu_k, longest, lens_k
+
+
+def _pack(x, grid, window, shift):
+    return torch.ops.surf_accel.window_pack(x, grid, window, shift)
+
+
+def _partition_impl(q, k, v, grid, window, shift, num_text, text_mask, text_lengths):
     b, s = q.shape[0], q.shape[1]
     n = s - num_text
+    if not num_text and temporal_only(grid, window):
+        return _slab_attention(q, k, v, tuple(grid), tuple(window), tuple(shift))
     g, w, sh = list(grid), list(window), list(shift)
-    pack = torch.ops.surf_accel.window_pack
-    qp, kp, vp = pack(q, g, w, sh), pack(k, g, w, sh), pack(v, g, w, sh)
-    seqlens = list(window_seqlens(tuple(grid), tuple(window), tuple(shift)))
-    cu_q, max_q = _cu_seqlens(tuple(grid), tuple(window), tuple(shift), b, q.device)
+    qp, kp, vp = _pack(q, g, w, sh), _pack(k, g, w, sh), _pack(v, g, w, sh)
+    seqlens = window_seqlens(tuple(grid), tuple(window), tuple(shift))
+    cu_q, max_q = _cu_seqlens(seqlens * b, q.device)
     if not num_text:
         out = _packed_attention(qp, kp, vp, cu_q, cu_q, max_q, max_q, seqlens * b, seqlens * b)
         return torch.ops.surf_accel.window_unpack(out.contiguous(), g, w, sh, b)
-    kp, vp, lens_k, tm = _with_text(kp, vp, k, v, n, num_text, text_mask, seqlens)
-    cu_k = torch.zeros(len(lens_k) + 1, dtype=torch.int32)
-    cu_k[1:] = torch.cumsum(torch.tensor(lens_k, dtype=torch.int32), 0)
-    out = _packed_attention(qp, kp, vp, cu_q, cu_k.to(q.device), max_q, max(lens_k), seqlens * b, lens_k)
+    if text_mask is None:
+        tm, text_lengths = torch.ones(b, num_text, dtype=torch.bool, device=q.device), (num_text,) * b
+    else:
+        tm = text_mask
+        if text_lengths is None:  # the one host sync of this path: callers pass text_lengths to avoid it
+            text_lengths = tuple(tm.sum(1).tolist())
+    kp, vp, cu_k, max_k, lens_k = _with_text(kp, vp, k, v, n, tm, seqlens, text_lengths)
+    out = _packed_attention(qp, kp, vp, cu_q, cu_k, max_q, max_k, seqlens * b, lens_k)
     out_video = torch.ops.surf_accel.window_unpack(out.contiguous(), g, w, sh, b)
     # Text queries: every video key and every valid text key (padded ones zeroed and masked).
     key_ok = torch.cat([torch.ones(b, n, dtype=torch.bool, device=q.device), tm], 1)
@@ -233,6 +321,88 @@ def _partition_impl(q, k, v, grid, window, shift, num_text, text_mask):
     out_text = F.scaled_dot_product_attention(q[:, n:].transpose(1, 2), k_all.transpose(1, 2), v_all.transpose(1, 2),
                                               attn_mask=key_ok[:, None, None, :]).transpose(1, 2)
     return torch.cat([out_video, out_text], 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# flex backend: torch's flex_attention with a block mask from the window ids
+FLEX_BLOCK = 128
+
+
+@functools.lru_cache(maxsize=32)
+def _flex_tables(grid: tuple[int, int, int], window: tuple[int, int, int], shift: tuple[int, int, int],
+                 num_text: int, key_mask: bool, device: torch.device):
+    """Token ids and block structure of the allowed pairs, batch-independent (text keys of a masked
+    call stay partial blocks: their validity is per batch item). ``ids (S_pad,)`` int32: window id
+    of video tokens, -1 text, -2 padding to whole blocks (flex may evaluate the mask there). Returns
+    (ids, kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices) shaped (1, 1, nb[, nb])."""
+    vid = window_reference.window_ids(grid, window, shift)
+    n = vid.numel()
+    s = n + num_text
+    nb = -(-s // FLEX_BLOCK)
+    ids = torch.full((nb * FLEX_BLOCK,), -2, dtype=torch.int64)
+    ids[:n] = vid
+    ids[n:s] = -1
+    n_win = int(vid.max()) + 1
+    block = torch.arange(s) // FLEX_BLOCK
+    occ = torch.zeros(nb, n_win + 1)  # tokens per (block, window); last column: text tokens
+    occ.index_put_((block, torch.where(ids[:s] >= 0, ids[:s], n_win)), torch.ones(s), accumulate=True)
+    video_occ = occ[:, :n_win] > 0
+    has_text = occ[:, n_win] > 0
+    complete = occ.sum(1) == FLEX_BLOCK
+    all_text = occ[:, n_win] == FLEX_BLOCK
+    some = ((video_occ.float() @ video_occ.float().T) > 0) | has_text[:, None] | has_text[None, :]
+    single = complete & ~has_text & (video_occ.sum(1) == 1)
+    win = video_occ.float().argmax(1)
+    full = single[:, None] & single[None, :] & (win[:, None] == win[None, :])
+    # Text queries see every valid key; without a key mask every key is valid.
+    full |= all_text[:, None] & complete[None, :] & (~has_text[None, :] if key_mask else True)
+    if not key_mask:
+        full |= complete[:, None] & all_text[None, :]
+    partial = some & ~full
+
+    def blocks(m: torch.Tensor):
+        order = torch.argsort((~m).to(torch.int8), dim=1, stable=True).to(torch.int32)  # allowed blocks first
+        return m.sum(1).to(torch.int32)[None, None].to(device), order[None, None].to(device)
+
+    return (ids.to(torch.int32).to(device), *blocks(partial), *blocks(full))
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_window_attention(q, k, v, grid, window, shift, num_text=0, text_mask=None, *, compiled: bool | None = None):
+    """``flex_attention`` over ``(B, S, heads, D)`` with the window block mask; ``compiled`` (default:
+    on CUDA) runs torch.compile's fused kernel, else flex's eager implementation."""
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    b, s, _, _ = q.shape
+    n = s - num_text
+    ids, kv_num, kv_idx, full_num, full_idx = _flex_tables(tuple(grid), tuple(window), tuple(shift), num_text,
+                                                           text_mask is not None, q.device)
+
+    def allowed(qi, ki):
+        qid, kid = ids[qi], ids[ki]
+        return (qid == kid) | (qid == -1) | (kid == -1)
+
+    if text_mask is None:
+        def mask_mod(bi, hi, qi, ki):
+            return allowed(qi, ki)
+    else:
+        key_ok = torch.zeros(b, ids.numel(), dtype=torch.bool, device=q.device)
+        key_ok[:, :n] = True
+        key_ok[:, n:s] = text_mask
+
+        def mask_mod(bi, hi, qi, ki):
+            return allowed(qi, ki) & key_ok[bi, ki]
+
+    bm = BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod,
+                                  seq_lengths=(s, s))
+    fn = _compiled_flex() if (q.is_cuda if compiled is None else compiled) else flex_attention
+    out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=bm)
+    return out.transpose(1, 2).contiguous()
 
 
 def _kernels_reason(key: str) -> str | None:
@@ -267,36 +437,61 @@ def _partition_limits(key: str):
 @torch.library.custom_op("surf_accel_window::torch_window_attention", mutates_args=())
 def _torch_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: list[int],
                             window: list[int], shift: list[int], num_text: int,
-                            text_mask: Optional[torch.Tensor]) -> torch.Tensor:
+                            text_mask: Optional[torch.Tensor], text_lengths: Optional[list[int]]) -> torch.Tensor:
     return window_reference.window_attention_partitioned(q, k, v, grid, window, shift, num_text, text_mask).contiguous()
 
 
 @torch.library.custom_op("surf_accel_window::partition_window_attention", mutates_args=())
 def _partition_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: list[int],
                                 window: list[int], shift: list[int], num_text: int,
-                                text_mask: Optional[torch.Tensor]) -> torch.Tensor:
-    return _partition_impl(q, k, v, tuple(grid), tuple(window), tuple(shift), num_text, text_mask)
+                                text_mask: Optional[torch.Tensor], text_lengths: Optional[list[int]]) -> torch.Tensor:
+    return _partition_impl(q, k, v, tuple(grid), tuple(window), tuple(shift), num_text, text_mask,
+                           None if text_lengths is None else tuple(text_lengths))
 
 
-for _op in (_torch_window_attention, _partition_window_attention):
-    _op.register_fake(lambda q, k, v, grid, window, shift, num_text, text_mask:
+@torch.library.custom_op("surf_accel_window::flex_window_attention", mutates_args=())
+def _flex_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: list[int],
+                           window: list[int], shift: list[int], num_text: int,
+                           text_mask: Optional[torch.Tensor], text_lengths: Optional[list[int]]) -> torch.Tensor:
+    return flex_window_attention(q, k, v, grid, window, shift, num_text, text_mask)
+
+
+for _op in (_torch_window_attention, _partition_window_attention, _flex_window_attention):
+    _op.register_fake(lambda q, k, v, grid, window, shift, num_text, text_mask, text_lengths:
                       torch.empty_like(q, memory_format=torch.contiguous_format))
 
 
 def _opaque(op):
-    def call(q, k, v, grid, window, shift, num_text, text_mask):
-        return op(q, k, v, list(grid), list(window), list(shift), num_text, text_mask)
+    def call(q, k, v, grid, window, shift, num_text, text_mask, text_lengths):
+        return op(q, k, v, list(grid), list(window), list(shift), num_text, text_mask,
+                  None if text_lengths is None else list(text_lengths))
     return call
+
+
+def _preference(device: torch.device, dtype: torch.dtype) -> tuple[tuple[str, ...], str]:
+    """Backends in order for ``device``/``dtype`` and why: the partition path pays on CUDA only with
+    a varlen library (else it pads gathered windows for SDPA, several times the fused kernel's
+    traffic); the fused Triton kernel needs no pack copies and skips blocks outside the windows."""
+    if device.type == "cuda":
+        lib = varlen_library(dtype)
+        if lib is not None:
+            return ("cuda", "triton", "torch"), f"{lib} varlen attention serves the windows (temporal ones in place)"
+        missing = ("fp16/bf16 only" if dtype not in (torch.float16, torch.bfloat16)
+                   else f"{flash_attn_reason()}; {xformers_reason()}")
+        return ("triton", "cuda", "torch"), (f"fused Triton kernel; no varlen attention library for {dtype} "
+                                             f"({missing}), so the partition path would fall back to padded SDPA")
+    return ("cpp", "torch"), "C++ pack/unpack + SDPA (temporal windows: SDPA on the in-place frame slabs)"
 
 
 WINDOW_ATTENTION = Op(
     "window_attention",
     impls={"torch": _opaque(_torch_window_attention), "cpp": _opaque(_partition_window_attention),
-           "cuda": _opaque(_partition_window_attention), "triton": _triton_impl},
+           "cuda": _opaque(_partition_window_attention), "triton": _triton_impl,
+           "flex": _opaque(_flex_window_attention)},
+    requires={"cpp": _partition_kernels("CPU"), "cuda": _partition_kernels("CUDA")},
     limits={"cpp": _partition_limits("CPU"), "cuda": _partition_limits("CUDA"), "triton": _triton_limits},
+    preference=_preference,
 )
-if hasattr(WINDOW_ATTENTION, "requires"):  # call-independent checks, reported by explain()
-    WINDOW_ATTENTION.requires.update(cpp=_partition_kernels("CPU"), cuda=_partition_kernels("CUDA"))
 assert _backends  # the import registers the backends
 
 
@@ -310,6 +505,7 @@ def window_attention(
     *,
     num_text: int = 0,
     text_mask: torch.Tensor | None = None,
+    text_lengths: Sequence[int] | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Shifted-window attention over a ``(T, H, W)`` token grid (SPEC 3.2).
@@ -318,9 +514,13 @@ def window_attention(
     text tokens). Along each axis a token's window index is ``(i + shift) // window`` (edge windows
     are partial; a window >= the axis covers it); ``0 <= shift < window``. Video queries attend to
     their window plus all valid text keys; text queries attend to every valid key; ``text_mask``
-    ``(B, num_text)`` bool marks valid text tokens (None: all valid). Softmax scale ``D ** -0.5``.
+    ``(B, num_text)`` bool marks valid text tokens (None: all valid). ``text_lengths``: the number
+    of valid text tokens per batch item as host ints (``text_mask.sum(1)``, the caller's promise, not
+    checked): the partition backends need them on the host and would otherwise sync with the device
+    once per call; compute them once per stage. Softmax scale ``D ** -0.5``.
     Returns ``(B, S, heads, D)`` in the input dtype.
     """
     grid, window, shift = _validate(q, k, v, grid, window, shift, num_text, text_mask)
-    return WINDOW_ATTENTION(q, k, v, grid, window, shift, num_text, text_mask,
+    text_lengths = _check_text_lengths(text_lengths, q.shape[0], num_text, text_mask)
+    return WINDOW_ATTENTION(q, k, v, grid, window, shift, num_text, text_mask, text_lengths,
                             device=q.device, dtype=q.dtype, backend=backend)

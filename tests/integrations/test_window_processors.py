@@ -160,3 +160,26 @@ def test_regional_compile_no_per_block_recompiles():
     assert counters["stats"]["unique_graphs"] == graphs
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     torch._dynamo.reset()
+
+
+def test_hunyuan_text_lengths_counted_once_per_mask(monkeypatch):
+    """The joint-attention processor hands every layer the valid text counts as host ints, counted
+    once from the call's encoder_attention_mask (not once per layer), so no layer syncs."""
+    model, inputs = tiny_hunyuan()
+    calls = []
+    real = wp.window_attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("text_lengths"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(wp, "window_attention", spy)
+    with windowed_attention(model, (2, 3, 4)):
+        state = getattr(model, wp.STATE_ATTR)
+        first = run(model, inputs)
+        counted = state.text_lengths
+        run(model, inputs)
+        assert state.text_lengths is counted  # same mask object: not counted again
+    assert calls and all(c == (4, 6) for c in calls)
+    with windowed_attention(model, (2, 3, 4), backend="torch"):  # the mask-only path agrees
+        torch.testing.assert_close(run(model, inputs), first, rtol=1e-5, atol=1e-6)

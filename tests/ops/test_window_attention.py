@@ -196,4 +196,4 @@ def test_bad_text_mask():
 def test_explain_names_every_backend():
     explained = WINDOW_ATTENTION.explain("cpu")
     assert explained["torch"] is None
-    assert set(explained) == {"torch", "cpp", "cuda", "triton"}
+    assert set(explained) == {"torch", "cpp", "cuda", "triton", "flex"}
