@@ -112,7 +112,7 @@ def run(args) -> list[str]:
                     continue
                 for backend in args.backends:
                     reason = WINDOW_ATTENTION.reason_unusable(backend, device, dtype,
-                                                              (q, k, v, grid, window, shift, 0, None))
+                                                              (q, k, v, grid, window, shift, 0, None, None))
                     if reason is not None:
                         lines.append("| " + " | ".join(row + [backend, f"n/a: {reason}"] + [""] * 5) + " |")
                         continue
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
-    parser.add_argument("--backends", nargs="+", default=["triton", "cuda", "torch"])
+    parser.add_argument("--backends", nargs="+", default=["triton", "cuda", "flex", "torch"])
     parser.add_argument("--out", default=None, help="results file (default benchmarks/results/window_attention_<device>.md)")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
