@@ -1,23 +1,33 @@
-"""Signature table of SPEC section 6 on the shipped toy WanPipeline (issue 5): speed and signature of
-the base model, the usual shortcuts and SURF variants, all producing 128 px (the toy's target) video.
+"""Signature table of SPEC section 6 on the shipped toy WanPipeline: speed and signature of the base
+model, the usual shortcuts and SURF variants, all producing 128 px (the toy's target) video, over the
+fixed set of 32 prompts x several seeds, with 95% bootstrap intervals.
 
 Rows: the base model at the target size (speed reference) and at its optimal size (the signature
-SURF aims to keep); naive low resolution (32 px from the start, frames upsampled); 50% and 30% of the
-steps; SURF in the toy setting (``surf_accel.toyworld.surf_config()``) and one change at a time:
-paper reshifting, predicted re-noise, pixel handoff, temporal windows in the refiner, other refine
-start levels and switch steps. Every run of one seed draws its first noise from the same generator,
-so a SURF run starts from exactly the optimal-size base run's noise (its first ``switch_step`` steps
-are that run's) and a fewer-steps run from the target-size base run's: the "layout distance" column
-is the mean distance (frame fractions) between the object tracks of a run and of that same-noise
-base run. Times are per video, measured in this one process; speedup is against the first row.
+SURF aims to keep); naive low resolution (32 px from the start, frames upsampled); 30% of the steps
+with UniPC and with Euler; SURF in the toy setting (``surf_accel.toyworld.surf_config()``) and one
+change at a time: every reshift mode, predicted re-noise, pixel handoff, temporal refine windows,
+refine start, switch step, no refine, refine without guidance. Every run of one seed draws its first
+noise from the same generator, so a SURF run starts from exactly the optimal-size base run's noise
+(its first ``switch_step`` steps are that run's) and a fewer-steps run from the target-size base
+run's: the "layout distance" column is the mean distance (frame fractions) between the object tracks
+of a run and of that same-noise base run.
 
-    python benchmarks/signature.py [--seeds 0] [--prompt-stride 1] [--threads 2]
+Speed is process CPU time on one intra-op thread (``time.process_time``), so that a shard running
+beside another process on a 2-core machine still measures its own work; wall time and the load
+average are recorded too. Each seed runs in its own process (``--seeds S --json PART``), and
+``--combine PART...`` writes the table: accuracies and distances pooled over every video with
+bootstrap intervals over videos, speedups as the mean of the per-seed ratios with their range.
+
+    python benchmarks/signature.py --seeds 0 --json /tmp/sig0.json   # one per seed, in parallel
+    python benchmarks/signature.py --combine /tmp/sig0.json /tmp/sig1.json /tmp/sig2.json
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,28 +54,33 @@ class Run:
     steps: int
     config: Optional[SurfConfig] = None
     reference: Optional[str] = None  # same-noise base run for the layout distance
+    solver: str = "unipc"            # the pipeline's scheduler for this run
 
 
 def runs(steps: int) -> list[Run]:
     base, opt = f"base {TARGET_SIZE} px", f"base {OPTIMAL_SIZE} px (optimal)"
     toy = surf_config()
-    half, third = max(1, round(steps * 0.5)), max(1, round(steps * 0.3))
+    third = max(1, round(steps * 0.3))
+    surf = [("SURF toy setting", toy)]
+    surf += [(f"SURF, reshift {m}", toy.replace(reshift=m)) for m in ("consistent", "paper", "additive_low")
+             if m != toy.reshift]
+    surf += [
+        ("SURF, predicted re-noise", toy.replace(renoise="predicted")),
+        ("SURF, pixel handoff", toy.replace(handoff="pixel")),
+        (f"SURF, refine windows {TEMPORAL_WINDOW}", toy.replace(window=TEMPORAL_WINDOW)),
+        ("SURF, refine_start 0.5", toy.replace(refine_start=0.5)),
+        ("SURF, refine_guidance 1 (no CFG in the refine)", toy.replace(refine_guidance=1.0)),
+        ("SURF, switch_step 3", toy.replace(switch_step=3)),
+        ("SURF, switch_step 10", toy.replace(switch_step=10)),
+        ("SURF, no refine (32 px preview, upsampled)", toy.replace(refine_steps=0, window=None)),
+    ]
     return [
         Run(base, TARGET_SIZE, steps),
         Run(opt, OPTIMAL_SIZE, steps),
         Run(f"naive {PREVIEW_SIZE} px from the start, upsampled", PREVIEW_SIZE, steps),
-        Run(f"50% steps ({half})", TARGET_SIZE, half, reference=base),
-        Run(f"30% steps ({third})", TARGET_SIZE, third, reference=base),
-        Run("SURF toy setting", TARGET_SIZE, steps, toy, opt),
-        Run("SURF, paper reshift", TARGET_SIZE, steps, toy.replace(reshift="paper"), opt),
-        Run("SURF, predicted re-noise", TARGET_SIZE, steps, toy.replace(renoise="predicted"), opt),
-        Run("SURF, pixel handoff", TARGET_SIZE, steps, toy.replace(handoff="pixel"), opt),
-        Run(f"SURF, refiner with windows {TEMPORAL_WINDOW}", TARGET_SIZE, steps, toy.replace(window=TEMPORAL_WINDOW), opt),
-        Run("SURF, refine_start 0.3", TARGET_SIZE, steps, toy.replace(refine_start=0.3), opt),
-        Run("SURF, refine_start 0.7", TARGET_SIZE, steps, toy.replace(refine_start=0.7), opt),
-        Run("SURF, switch_step 3", TARGET_SIZE, steps, toy.replace(switch_step=3), opt),
-        Run("SURF, switch_step 10", TARGET_SIZE, steps, toy.replace(switch_step=10), opt),
-        Run("SURF, no refine (32 px preview, upsampled)", TARGET_SIZE, steps, toy.replace(refine_steps=0), opt),
+        Run(f"30% steps ({third}), UniPC", TARGET_SIZE, third, reference=base),
+        Run(f"30% steps ({third}), Euler", TARGET_SIZE, third, reference=base, solver="euler"),
+        *(Run(name, TARGET_SIZE, steps, cfg, opt) for name, cfg in surf),
     ]
 
 
@@ -79,24 +94,102 @@ def upsample(frames: np.ndarray, size: int) -> np.ndarray:
     return y.permute(0, 2, 3, 1).reshape(b, t, size, size, c).clamp(0, 1).numpy()
 
 
-def generate(pipe, run: Run, prompts, seed: int, guidance: float):
-    """(B, T, H, W, 3) frames in [0, 1] and seconds for one batch of prompts."""
-    from diffusers import UniPCMultistepScheduler
+def generate(pipe, unipc_config, run: Run, prompts, seed: int, guidance: float):
+    """(B, T, H, W, 3) frames in [0, 1], CPU seconds and wall seconds for one batch of prompts;
+    ``unipc_config``: the shipped pipeline's scheduler config."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
     # Plain runs use the shift the model was trained with at their size; SURF runs set their own shifts.
-    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config,
-                                                         flow_shift=FLOW_SHIFT[run.size])
-    t0 = time.perf_counter()
+    shift = FLOW_SHIFT[run.size]
+    if run.solver == "euler":
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    else:
+        pipe.scheduler = UniPCMultistepScheduler.from_config(unipc_config, flow_shift=shift)
+    c0, t0 = time.process_time(), time.perf_counter()
     with surf_accel.patched(pipe, run.config) if run.config is not None else contextlib.nullcontext():
         frames = pipe(prompt=list(prompts), height=run.size, width=run.size, num_frames=NUM_FRAMES,
                       num_inference_steps=run.steps, guidance_scale=guidance, output_type="np",
                       generator=torch.Generator().manual_seed(seed)).frames
-    return frames, time.perf_counter() - t0
+    return frames, time.process_time() - c0, time.perf_counter() - t0
 
 
-HEADER = ("| run | s/video | speedup | colour % | shape % | direction % | all three % | presence | jitter | "
-          "layout distance (same-noise base) | direction agrees with it % |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+def measure(a) -> dict:
+    """Every row for ``a.seeds``: per-video labels and distances, CPU and wall seconds per row."""
+    torch.set_num_threads(a.threads)
+    prompts = list(EVAL_PROMPTS[:: a.prompt_stride])
+    pipe = load_pipeline(torch.float32, path=a.pipeline)
+    pipe.set_progress_bar_config(disable=True)
+    unipc_config = pipe.scheduler.config
+    generate(pipe, unipc_config, Run("warm-up", PREVIEW_SIZE, 2), prompts[:1], 0, a.guidance)
+    all_runs = runs(a.steps)
+    if a.only:
+        keep = {r.name for r in all_runs if any(r.name.startswith(o) for o in a.only)} | {all_runs[0].name}
+        keep |= {r.reference for r in all_runs if r.name in keep and r.reference}
+        all_runs = [r for r in all_runs if r.name in keep]
+    videos: dict[str, list[np.ndarray]] = {}
+    rows = {}
+    load_before = os.getloadavg()
+    for run in all_runs:
+        vids, cpu, wall = [], 0.0, 0.0
+        for seed in a.seeds:
+            for i in range(0, len(prompts), a.batch):
+                out, c, w = generate(pipe, unipc_config, run, prompts[i:i + a.batch], seed, a.guidance)
+                vids.extend(list(upsample(out, TARGET_SIZE) if run.size == PREVIEW_SIZE else out))
+                cpu, wall = cpu + c, wall + w
+        videos[run.name] = vids
+        ev = metrics.evaluate(vids, prompts * len(a.seeds))["videos"]
+        row = {k: [bool(r[f"{k}_ok"]) for r in ev] for k in ("colour", "shape", "direction", "all")}
+        row.update(cpu=cpu, wall=wall, n=len(vids), reference=run.reference, config=str(run.config or ""))
+        if run.reference is not None:
+            lay = metrics.compare_layout(videos[run.reference], vids)
+            row["distance"] = lay["track_distances"]
+        rows[run.name] = row
+        print(f"{run.name}: {cpu / len(vids):.2f} CPU s/video, colour {np.mean(row['colour']):.3f}, direction "
+              f"{np.mean(row['direction']):.3f}, load {os.getloadavg()[0]:.2f}", flush=True)
+    return {"seeds": list(a.seeds), "rows": rows, "order": [r.name for r in all_runs], "prompts": len(prompts),
+            "load": [load_before, os.getloadavg()], "provenance": _record.provenance(None, " (CPU)"),
+            "steps": a.steps, "guidance": a.guidance, "batch": a.batch, "toy": str(surf_config())}
+
+
+def _fmt(mean, lo, hi, scale=100.0, digits=1) -> str:
+    return f"{scale * mean:.{digits}f} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+
+
+def combine(parts: list[dict], out: Path, argv) -> None:
+    order = parts[0]["order"]
+    base = order[0]
+    lines = []
+    for name in order:
+        rows = [p["rows"][name] for p in parts]
+        pooled = {k: sum((r[k] for r in rows), []) for k in ("colour", "shape", "direction", "all")}
+        ratios = [p["rows"][base]["cpu"] / p["rows"][base]["n"] / (r["cpu"] / r["n"]) for p, r in zip(parts, rows)]
+        cpu = sum(r["cpu"] for r in rows) / sum(r["n"] for r in rows)
+        dist = "-"
+        if rows[0]["reference"] is not None:
+            d = metrics.bootstrap_ci(sum((r["distance"] for r in rows), []))
+            dist = f"{_fmt(*d, scale=1.0, digits=3)} ({rows[0]['reference']})"
+        lines.append(f"| {name} | {cpu:.2f} | {np.mean(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
+                     + " | ".join(_fmt(*metrics.bootstrap_ci(pooled[k])) for k in ("colour", "shape", "direction",
+                                                                                  "all"))
+                     + f" | {dist} |")
+    p0 = parts[0]
+    seeds = sorted(s for p in parts for s in p["seeds"])
+    loads = ", ".join(f"seed(s) {p['seeds']}: {p['load'][0][0]:.2f} -> {p['load'][1][0]:.2f}" for p in parts)
+    _record.write(out, "Signature table on the toy world (SPEC section 6)", [
+        *_record.provenance(argv, " (CPU)"),
+        f"- shards (one process per seed, 1 torch thread each): {'; '.join(p['provenance'][2] for p in parts)}",
+        f"- 1-minute load average at the start -> end of each shard: {loads}",
+        f"- model: the shipped toy WanPipeline; {p0['prompts']} prompts (every colour x shape x direction) x seeds "
+        f"{seeds} = {p0['prompts'] * len(seeds)} videos per row, {NUM_FRAMES} frames, {p0['steps']} steps (UniPC "
+        f"unless the row says Euler), guidance {p0['guidance']}, {p0['batch']} prompts per call",
+        f"- SURF toy setting: `{p0['toy']}`; each SURF row changes one field",
+        "- accuracies: % of videos whose label read from the frames matches the prompt, with a 95% percentile "
+        "bootstrap interval over the videos; layout distance: mean centroid distance (frame fractions) to the run "
+        "from the same noise (SURF's first steps are the optimal-size base run's), same interval",
+        "- speed: process CPU seconds per video on one thread; speedup vs the first row = mean of the per-seed "
+        "ratios (range over seeds)",
+        "", "| run | CPU s/video | speedup | colour % | shape % | direction % | all three % | layout distance |",
+        "|---|---|---|---|---|---|---|---|", *lines])
 
 
 def main(argv=None) -> int:
@@ -108,53 +201,19 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8, help="prompts per pipeline call")
     p.add_argument("--only", nargs="*", default=None, help="run only rows whose name starts with one of these")
     p.add_argument("--pipeline", type=Path, default=None, help="pipeline folder (default: the shipped one)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=Path, default=None, help="write this shard's raw results here (no table)")
+    p.add_argument("--combine", type=Path, nargs="+", default=None, help="shards' JSON files -> the table")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    prompts = list(EVAL_PROMPTS[:: a.prompt_stride])
-    pipe = load_pipeline(torch.float32, path=a.pipeline)
-    pipe.set_progress_bar_config(disable=True)
-    generate(pipe, Run("warm-up", PREVIEW_SIZE, 2), prompts[:1], 0, a.guidance)
-
-    all_runs = runs(a.steps)
-    base_name = all_runs[0].name
-    if a.only:
-        # The speed reference and each kept row's same-noise reference always run.
-        keep = {r.name for r in all_runs if any(r.name.startswith(o) for o in a.only)} | {base_name}
-        keep |= {r.reference for r in all_runs if r.name in keep and r.reference}
-        all_runs = [r for r in all_runs if r.name in keep]
-    videos: dict[str, list[np.ndarray]] = {}
-    seconds: dict[str, float] = {}
-    lines = []
-    for run in all_runs:
-        vids, secs = [], 0.0
-        for seed in a.seeds:
-            for i in range(0, len(prompts), a.batch):
-                out, dt = generate(pipe, run, prompts[i:i + a.batch], seed, a.guidance)
-                vids.extend(list(upsample(out, TARGET_SIZE) if run.size == PREVIEW_SIZE else out))
-                secs += dt
-        videos[run.name], seconds[run.name] = vids, secs / len(vids)
-        ps = prompts * len(a.seeds)
-        s = metrics.evaluate(vids, ps)["summary"]
-        dist = agree = "-"
-        if run.reference is not None:
-            lay = metrics.compare_layout(videos[run.reference], vids)
-            dist, agree = f"{lay['track_distance']:.3f} ({run.reference})", f"{100 * lay['direction_agreement']:.1f}"
-        lines.append(f"| {run.name} | {seconds[run.name]:.2f} | {seconds[base_name] / seconds[run.name]:.2f}x | "
-                     f"{100 * s['colour_acc']:.1f} | {100 * s['shape_acc']:.1f} | {100 * s['direction_acc']:.1f} | "
-                     f"{100 * s['all_acc']:.1f} | {s['presence']:.2f} | {s['jitter']:.4f} | {dist} | {agree} |")
-        print(lines[-1], flush=True)
-    _record.write(a.out, "Signature table on the toy world (issue 5, SPEC section 6)", [
-        *_record.provenance(argv, " (CPU)"),
-        f"- model: {a.pipeline or 'the shipped toy WanPipeline'}; {len(prompts)} prompts (every {a.prompt_stride}. of "
-        f"the fixed set of 32) x seeds {a.seeds}, {NUM_FRAMES} frames, {a.steps} UniPC steps, guidance {a.guidance}, "
-        f"{a.batch} prompts per call",
-        f"- SURF toy setting: `{surf_config()}`",
-        "- layout distance: mean centroid distance (frame fractions) to the run that starts from the same noise; "
-        "SURF's first steps are the optimal-size base run's, so its distance to that run is the signature kept",
-        "", HEADER, *lines])
+    if a.combine:
+        combine([json.loads(f.read_text()) for f in a.combine], a.out, argv)
+        return 0
+    part = measure(a)
+    if a.json:
+        a.json.write_text(json.dumps(part))
+    else:
+        combine([part], a.out, argv)
     return 0
 
 

@@ -156,6 +156,11 @@ class FamilyAdapter:
     def family_spec(self, pipe) -> FamilySpec:
         raise NotImplementedError
 
+    def cost_spec(self, transformer, text_len: int):
+        """The cost model's view (``surf_accel.cost_model``) of a transformer of this family, reading
+        ``text_len`` text tokens."""
+        raise NotImplementedError
+
     def prepare_call(self, pipe, original_call, args, kwargs) -> PreparedCall:
         """Validate and encode one call (prompts once, images once)."""
         raise NotImplementedError

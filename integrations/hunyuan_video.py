@@ -110,6 +110,11 @@ class HunyuanVideoAdapter(FamilyAdapter):
         return FamilySpec(self.family, int(pipe.vae_scale_factor_spatial), int(pipe.vae_scale_factor_temporal),
                           (int(cfg.patch_size_t), p, p), self.optimal_area)
 
+    def cost_spec(self, transformer, text_len: int):
+        from surf_accel.cost_model import HunyuanVideoSpec
+
+        return HunyuanVideoSpec.from_config(transformer.config, type(transformer).__name__, text_len)
+
     # ------------------------------------------------------------------ call preparation
     def prepare_call(self, pipe, original_call, args, kwargs) -> PreparedCall:
         try:

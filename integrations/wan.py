@@ -97,6 +97,11 @@ class WanAdapter(FamilyAdapter):
                           tuple(int(p) for p in cfg.patch_size), self.optimal_area,
                           rope_max_seq_len=int(cfg.rope_max_seq_len))
 
+    def cost_spec(self, transformer, text_len: int):
+        from surf_accel.cost_model import TransformerSpec
+
+        return TransformerSpec.from_config(transformer.config, type(transformer).__name__, text_len)
+
     # ------------------------------------------------------------------ call preparation
     def prepare_call(self, pipe, original_call, args, kwargs) -> PreparedCall:
         try:

@@ -13,6 +13,8 @@ untouched diffusers code, so its outputs are bit-identical to a never-patched pi
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -60,9 +62,12 @@ def _adapter_for(pipe):
 def _surf_subclass(cls: type) -> type:
     sub = _SUBCLASSES.get(cls)
     if sub is None:
+        @functools.wraps(cls.__call__)
         def __call__(self, *args, **kwargs):
             return _surf_call(self, *args, **kwargs)
 
+        # the original's signature, so that tools introspecting the call see the pipeline's arguments
+        __call__.__signature__ = inspect.signature(cls.__call__)
         __call__.__doc__ = (f"SURF-accelerated {cls.__name__}.__call__ (same arguments); "
                             "see surf_accel.patch. Original docs:\n" + (cls.__call__.__doc__ or ""))
         sub = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
@@ -146,32 +151,52 @@ def patched(pipe, config: Optional[SurfConfig] = None, *, refiner=None):
 def plan_for(pipe, *, height: int, width: int, num_frames: int, num_inference_steps: int,
              config: Optional[SurfConfig] = None, refiner=None):
     """The stage plan a call would run (no model evaluation)."""
-    from surf_accel.planner import Request, plan_stages
-    from surf_accel.refiner import Refiner
+    from surf_accel.planner import Request
 
     state = getattr(pipe, "__dict__", {}).get(_STATE_ATTR)
     adapter = state.adapter if state is not None else _adapter_for(pipe)
     cfg = config or (state.config if state is not None else SurfConfig.preset(adapter.default_preset))
     ref = refiner if refiner is not None else (state.refiner if state is not None else None)
-    return plan_stages(Request(height, width, num_frames, num_inference_steps), adapter.family_spec(pipe),
-                       adapter.scheduler_spec(pipe), cfg, trained_refiner=isinstance(ref, Refiner),
-                       refiner_transformer=ref is not None and not isinstance(ref, Refiner))
+    return _plan(Request(height, width, num_frames, num_inference_steps), adapter, pipe, cfg, ref)
+
+
+def _plan(request, adapter, pipe, config: SurfConfig, refiner):
+    from surf_accel.planner import plan_stages
+    from surf_accel.refiner import Refiner
+
+    trained = isinstance(refiner, Refiner)
+    return plan_stages(request, adapter.family_spec(pipe), adapter.scheduler_spec(pipe), config,
+                       trained_refiner=trained, refiner_transformer=refiner is not None and not trained,
+                       trained_refiner_steps=refiner.num_steps if trained else None)
+
+
+def _cost_warnings(adapter, pipe, plan, call, refiner) -> tuple[str, ...]:
+    """The cost model's word on this call's plan with the pipeline's own transformer shapes: one
+    warning if SURF counts more FLOPs than the unpatched call would."""
+    from surf_accel.cost_model import FAMILIES, estimate_plan
+    from surf_accel.refiner import Refiner
+
+    text_len = int(call.prompt_embeds.shape[1])
+    ref = refiner.transformer if isinstance(refiner, Refiner) else refiner
+    est = estimate_plan(plan, adapter.cost_spec(pipe.transformer, text_len), passes=2 if call.do_cfg else 1,
+                        vae=FAMILIES[adapter.family].vae,
+                        refiner=None if ref is None else adapter.cost_spec(ref, text_len),
+                        decode_output=call.output_type != "latent")
+    return (est.cost_warning,) if est.cost_warning else ()
 
 
 @torch.no_grad()
 def _surf_call(pipe, *args, **kwargs):
-    from surf_accel.planner import plan_stages
-    from surf_accel.refiner import Refiner
     from surf_accel.runner import run_plan
 
     state: _SurfState = pipe.__dict__[_STATE_ATTR]
     adapter = state.adapter
     call = adapter.prepare_call(pipe, state.original_class.__call__, args, kwargs)
     ref = state.refiner
-    plan = plan_stages(call.request, adapter.family_spec(pipe), adapter.scheduler_spec(pipe), state.config,
-                       trained_refiner=isinstance(ref, Refiner),
-                       refiner_transformer=ref is not None and not isinstance(ref, Refiner))
+    plan = _plan(call.request, adapter, pipe, state.config, ref)
     for m in plan.messages:
         logger.info("surf_accel: %s", m)
+    for w in plan.warnings + _cost_warnings(adapter, pipe, plan, call, ref):
+        logger.warning("surf_accel: %s", w)
     pipe.__dict__["_surf_last_plan"] = plan
     return run_plan(pipe, adapter, plan, call, refiner=ref)

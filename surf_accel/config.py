@@ -1,17 +1,21 @@
 """`SurfConfig`: what SURF does to one generation call (SPEC 1.2, 1.3), frozen and validated.
 
-Every default traces to the paper (SURF, CVPR 2026) or to a measurement recorded in the repo:
+Step counts follow the call: the preview runs ``preview_fraction`` of the call's
+``num_inference_steps``, switches to the low resolution after ``switch_fraction`` of the preview's
+steps and refines for ``refine_fraction`` of the call's steps; ``preview_steps``, ``switch_step`` and
+``refine_steps`` fix a count instead. Every default traces to the paper (SURF, CVPR 2026) or to a
+measurement recorded in the repo:
 
-- ``switch_step=10`` of ``preview_steps=40``: the paper's preview (layout settles by step 10;
-  k = 5 breaks layout, k = 30 is slow).
+- ``switch_fraction=0.25``: the paper switches after 10 of 40 preview steps (layout settles by
+  step 10; k = 5 breaks layout, k = 30 is slow).
+- ``refine_fraction=0.25``: the paper's refiner takes 10 steps after a 40-step preview (8 costs a
+  little quality). A trained ``Refiner`` takes its own ``num_steps`` unless ``refine_steps`` is set.
 - ``downsample=2``: the paper's factor per spatial axis (4x fewer tokens, frames unchanged).
 - ``handoff="pixel"``: the paper's mapping (VAE decode, resize, VAE encode).
-- ``refine_steps=10``: the paper's trained refiner takes 10 Euler steps (8 costs a little quality).
 - ``reshift="consistent"``: SPEC 1.2 (the paper's literal form mis-states the SNR; kept as
   ``"paper"``).
-- ``refine_start=0.7``: the training-free refiner is beyond the paper; on the toy world (same 5
-  refine steps) 0.7 kept colour 100% and direction 84.4% where 0.5 gave 100% / 75.0% and 0.3
-  90.6% / 75.0%, at the same layout distance (benchmarks/results/signature.md).
+- ``refine_start=0.7``: the training-free refiner is beyond the paper; chosen on the toy world
+  (benchmarks/results/signature.md).
 """
 
 from __future__ import annotations
@@ -21,15 +25,23 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-RESHIFT_MODES = ("consistent", "paper")
+# "consistent": (1 - s_low) down(x0) + s_low eps (SPEC 1.2); "paper": down(x0) + s_k eps with the
+# preview schedule's s_k (the paper as written); "additive_low": down(x0) + s_low eps (neither: the
+# paper's form at the low schedule's level, what an earlier "paper" mode computed).
+RESHIFT_MODES = ("consistent", "paper", "additive_low")
 RENOISE_MODES = ("fresh", "predicted")
 HANDOFF_MODES = ("pixel", "latent")
 LATENT_RESIZE_MODES = ("nearest", "bilinear")
 SHIFT_RULES = ("sqrt_tokens", "constant")
+STEP_PRECISIONS = ("pipeline", "float32")
 
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass(frozen=True)
@@ -37,23 +49,31 @@ class SurfConfig:
     """How a patched pipeline generates: preview (optimal resolution, then low resolution after
     noise reshifting) and refine (handoff to the request's size, then a refiner).
 
-    Fields
-    ------
-    optimal_size: ``(height, width)`` in pixels of the preview's first ``switch_step`` steps;
-        ``None`` = the model family's optimal (training) resolution with the request's aspect ratio;
-        ``"request"`` = the request's own size.
-    preview_steps: steps of the preview schedule; ``None`` = the call's ``num_inference_steps``.
-    switch_step: steps run at ``optimal_size`` before reshifting to the low resolution;
-        ``switch_step == preview_steps`` means no switch; ``None`` = ``preview_steps`` (no switch).
+    Step counts (``N`` = the call's ``num_inference_steps``)
+    ---------------------------------------------------------
+    preview_steps: steps of the preview schedule; ``None`` = ``round(preview_fraction * N)``.
+    preview_fraction: see ``preview_steps``; 1.0 = the call's own steps.
+    switch_step: steps run at ``optimal_size`` before reshifting to the low resolution; ``None`` =
+        ``round(switch_fraction * preview steps)`` (at least 1). Equal to the preview's steps (or
+        ``switch_fraction=1``) means no switch.
+    switch_fraction: see ``switch_step``; the paper's 10 of 40 is 0.25.
+    refine_steps: refiner steps at the request's size; 0 = no refine (the preview, decoded at its
+        own size, is the output); ``None`` = a trained ``Refiner``'s ``num_steps``, else
+        ``round(refine_fraction * N)`` (at least 1 unless the fraction is 0).
+    refine_fraction: see ``refine_steps``; the paper's 10 refine steps after 40 is 0.25.
+
+    Other fields
+    ------------
+    optimal_size: ``(height, width)`` in pixels of the preview's first steps; ``None`` = the model
+        family's optimal (training) resolution with the request's aspect ratio, or the request's own
+        size where that would be larger than the request; ``"request"`` = the request's size.
     downsample: spatial factor (per axis, latent space) of the low-resolution part; 1 = no
         low-resolution part (no switch whatever ``switch_step`` says).
-    reshift: ``"consistent"`` (default) or ``"paper"`` (drops the ``(1 - s)`` factor).
+    reshift: ``"consistent"``, ``"paper"`` or ``"additive_low"`` (see ``RESHIFT_MODES``).
     renoise: ``"fresh"`` Gaussian noise at the switch, or ``"predicted"`` (the model's own noise
         estimate, area-pooled and rescaled to unit variance).
     handoff: ``"pixel"`` (decode, resize frames, encode) or ``"latent"`` (resize the latent).
     latent_resize: interpolation of the ``"latent"`` handoff.
-    refine_steps: refiner steps at the request's size; 0 = no refine: the preview, decoded at its
-        own size, is the output.
     refine_start: noise level ``s*`` the training-free refiner starts from (``(1-s*) z_lr + s* eps``).
         A trained refiner ignores it (it starts at ``s = 1`` from ``z_lr`` itself).
     refine_guidance: classifier-free guidance of the training-free refiner; ``None`` = the call's.
@@ -61,25 +81,35 @@ class SurfConfig:
     shift_rule: how the flow shift follows resolution. ``"sqrt_tokens"``: the pipeline's scheduler
         shift holds at the request's token count and scales with ``sqrt(tokens / request_tokens)``
         (the resolution-dependent shift of SD3; on Wan2.1 it maps 5.0 at 720p to 3.3 at 480p,
-        diffusers' example uses 5.0 and 3.0). ``"constant"``: the scheduler's shift everywhere.
-    shifts: explicit flow shifts ``(preview, preview_low, refine)`` overriding ``shift_rule`` where
-        not ``None`` (e.g. the shifts a model was trained with at those sizes).
+        diffusers' example uses 5.0 and 3.0), floored at 1 (a shift below 1 would put the schedule
+        below the linear one). ``"constant"``: the scheduler's shift everywhere.
+    shifts: explicit flow shifts ``(preview, preview_low, refine)`` (>= 1) overriding ``shift_rule``
+        where not ``None`` (e.g. the shifts a model was trained with at those sizes).
+    step_precision: ``"pipeline"``: every scheduler step as the unpatched pipeline computes it (CFG
+        in the transformer's dtype, the pipeline scheduler's own ``step``, latents in the dtype it
+        returns), so a stage at the request's size reproduces the pipeline bit for bit;
+        ``"float32"``: latents stay float32 between steps and CFG + Euler run fused in float32
+        (``ops.guided_step``). Reshift and handoff always compute in float32.
     """
 
     optimal_size: Union[None, str, tuple[int, int]] = None
-    preview_steps: Optional[int] = 40
-    switch_step: Optional[int] = 10
+    preview_steps: Optional[int] = None
+    preview_fraction: float = 1.0
+    switch_step: Optional[int] = None
+    switch_fraction: float = 0.25
     downsample: int = 2
     reshift: str = "consistent"
     renoise: str = "fresh"
     handoff: str = "pixel"
     latent_resize: str = "bilinear"
-    refine_steps: int = 10
+    refine_steps: Optional[int] = None
+    refine_fraction: float = 0.25
     refine_start: float = 0.7
     refine_guidance: Optional[float] = None
     window: Optional[tuple[int, int, int]] = None
     shift_rule: str = "sqrt_tokens"
     shifts: Optional[tuple[Optional[float], Optional[float], Optional[float]]] = None
+    step_precision: str = "pipeline"
     name: Optional[str] = field(default=None, compare=False)
 
     def __post_init__(self):
@@ -98,24 +128,28 @@ class SurfConfig:
             if self.preview_steps is not None and self.switch_step > self.preview_steps:
                 raise ValueError(f"switch_step ({self.switch_step}) must be <= preview_steps ({self.preview_steps}); "
                                  "switch_step == preview_steps means no switch")
+        if self.refine_steps is not None and not (_is_int(self.refine_steps) and self.refine_steps >= 0):
+            raise ValueError(f"refine_steps must be None or an int >= 0 (0 = no refine), got {self.refine_steps!r}")
+        for name, lo, lo_open in (("preview_fraction", 0.0, True), ("switch_fraction", 0.0, True),
+                                  ("refine_fraction", 0.0, False)):
+            v = getattr(self, name)
+            if not (_is_real(v) and (v > lo if lo_open else v >= lo) and v <= 1.0):
+                raise ValueError(f"{name} must be a number in {'(' if lo_open else '['}0, 1], got {v!r}")
+            object.__setattr__(self, name, float(v))
         if not (_is_int(self.downsample) and self.downsample >= 1):
             raise ValueError(f"downsample must be an int >= 1, got {self.downsample!r}")
         for name, value, allowed in (("reshift", self.reshift, RESHIFT_MODES),
                                      ("renoise", self.renoise, RENOISE_MODES),
                                      ("handoff", self.handoff, HANDOFF_MODES),
                                      ("latent_resize", self.latent_resize, LATENT_RESIZE_MODES),
-                                     ("shift_rule", self.shift_rule, SHIFT_RULES)):
+                                     ("shift_rule", self.shift_rule, SHIFT_RULES),
+                                     ("step_precision", self.step_precision, STEP_PRECISIONS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if not (_is_int(self.refine_steps) and self.refine_steps >= 0):
-            raise ValueError(f"refine_steps must be an int >= 0 (0 = no refine), got {self.refine_steps!r}")
-        if not (isinstance(self.refine_start, (int, float)) and not isinstance(self.refine_start, bool)
-                and math.isfinite(self.refine_start) and 0.0 < self.refine_start <= 1.0):
+        if not (_is_real(self.refine_start) and 0.0 < self.refine_start <= 1.0):
             raise ValueError(f"refine_start must be a noise level in (0, 1], got {self.refine_start!r}")
         object.__setattr__(self, "refine_start", float(self.refine_start))
-        if self.refine_guidance is not None and not (
-                isinstance(self.refine_guidance, (int, float)) and not isinstance(self.refine_guidance, bool)
-                and math.isfinite(self.refine_guidance)):
+        if self.refine_guidance is not None and not _is_real(self.refine_guidance):
             raise ValueError(f"refine_guidance must be None or a finite number, got {self.refine_guidance!r}")
         if self.window is not None:
             w = self.window
@@ -125,13 +159,38 @@ class SurfConfig:
         if self.shifts is not None:
             sh = self.shifts
             if not (isinstance(sh, (tuple, list)) and len(sh) == 3 and all(
-                    v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                                  and v > 0) for v in sh)):
-                raise ValueError(f"shifts must be None or (preview, preview_low, refine) of positive numbers or "
-                                 f"None, got {sh!r}")
+                    v is None or (_is_real(v) and v >= 1.0) for v in sh)):
+                raise ValueError(f"shifts must be None or (preview, preview_low, refine) of numbers >= 1 or None "
+                                 f"(a flow shift below 1 inverts the schedule's emphasis), got {sh!r}")
             object.__setattr__(self, "shifts", tuple(None if v is None else float(v) for v in sh))
-        if self.window is not None and self.refine_steps == 0:
-            raise ValueError("window applies to the refine stage, but refine_steps=0 disables it")
+        if self.window is not None and (self.refine_steps == 0 or (self.refine_steps is None
+                                                                   and self.refine_fraction == 0.0)):
+            raise ValueError("window applies to the refine stage, but refine_steps=0 / refine_fraction=0 disables it")
+
+    # ------------------------------------------------------------------ step counts
+    def step_counts(self, num_inference_steps: int, trained_refiner_steps: Optional[int] = None
+                    ) -> tuple[int, int, int]:
+        """``(preview steps, switch step, refine steps)`` for a call of ``num_inference_steps``.
+
+        ``trained_refiner_steps``: a trained ``Refiner``'s ``num_steps``, used when ``refine_steps``
+        is ``None``. Raises ``ValueError`` where an explicit count does not fit the call.
+        """
+        n = self.preview_steps if self.preview_steps is not None else max(
+            1, round(self.preview_fraction * num_inference_steps))
+        if self.switch_step is not None:
+            k = self.switch_step
+            if k > n:
+                raise ValueError(f"switch_step ({k}) must be <= the preview's steps ({n} for a call of "
+                                 f"{num_inference_steps} steps); set preview_steps or call with more steps")
+        else:
+            k = min(n, max(1, round(self.switch_fraction * n)))
+        if self.refine_steps is not None:
+            m = self.refine_steps
+        elif trained_refiner_steps is not None:
+            m = trained_refiner_steps
+        else:
+            m = 0 if self.refine_fraction == 0.0 else max(1, round(self.refine_fraction * num_inference_steps))
+        return n, k, m
 
     # ------------------------------------------------------------------ helpers
     def replace(self, **changes) -> "SurfConfig":
@@ -141,9 +200,10 @@ class SurfConfig:
 
     @classmethod
     def identity(cls) -> "SurfConfig":
-        """Request's size for every step, no switch, no refine: reproduces the unpatched pipeline."""
-        return cls(optimal_size="request", preview_steps=None, switch_step=None, downsample=1, refine_steps=0,
-                   shift_rule="constant", name="identity")
+        """Request's size and steps, no switch, no refine, the pipeline's arithmetic: reproduces the
+        unpatched pipeline bit for bit."""
+        return cls(optimal_size="request", switch_fraction=1.0, downsample=1, refine_steps=0,
+                   shift_rule="constant", step_precision="pipeline", name="identity")
 
     @classmethod
     def preset(cls, name: str) -> "SurfConfig":
@@ -158,27 +218,26 @@ class SurfConfig:
         return {k: v[1] for k, v in PRESETS.items()}
 
 
-# Every SURF preset uses the paper's literal reshift (``x0 + s eps``): on the toy world it kept the
-# optimal-size run's layout far better than the consistent form (benchmarks/results/signature.md:
-# mean track distance 0.058 vs 0.216, direction 96.9% vs 75.0%), although the consistent form is the
-# field's default (SPEC 1.2). Only measured on the toy Wan; re-measure on real models.
+# The SURF presets' reshift is "additive_low": the form the toy-world signature benchmark measured
+# best (benchmarks/results/signature.md; it ran under the name "paper" before the modes were made
+# exact). Fractions are the paper's 10 of 40 (switch) and 10 refine steps after 40.
 PRESETS: dict[str, tuple[SurfConfig, str]] = {
     "paper": (
-        SurfConfig(reshift="paper", name="paper"),
-        "the paper's setting: 10 of 40 preview steps at the optimal resolution, factor 2, the paper's "
-        "reshift, pixel handoff, 10 refine steps",
+        SurfConfig(reshift="additive_low", name="paper"),
+        "the paper's schedule: the call's steps as the preview, switching after the first 25% (the paper's 10 of "
+        "40), factor 2, pixel handoff, refine for 25% of the call's steps (10 after 40)",
     ),
     "fast": (
-        SurfConfig(preview_steps=30, switch_step=8, downsample=2, reshift="paper", handoff="latent", refine_steps=8,
-                   name="fast"),
-        "fewer steps: 30 preview steps (switch at 8, the same ~25% as the paper's 10/40), latent handoff "
-        "(no VAE round trip), 8 refine steps (the paper: 8 costs a little quality)",
+        SurfConfig(preview_fraction=0.75, reshift="additive_low", handoff="latent", refine_fraction=0.2, name="fast"),
+        "fewer steps: 75% of the call's steps as the preview (30 of 40), switching after 25% of them, latent "
+        "handoff (no VAE round trip), refine for 20% of the call's steps (8 after 40; the paper: 8 costs a little "
+        "quality)",
     ),
     "quality": (
-        SurfConfig(preview_steps=50, switch_step=15, downsample=2, reshift="paper", handoff="pixel", refine_steps=12,
-                   renoise="predicted", name="quality"),
-        "more steps: 50 preview steps (Wan2.1's default count) switching at 15 (30%, later than the paper's "
-        "25%; k = 30 of 40 was slow in the paper), predicted re-noise, 12 refine steps",
+        SurfConfig(switch_fraction=0.3, reshift="additive_low", renoise="predicted", refine_fraction=0.3,
+                   name="quality"),
+        "later switch: the call's steps as the preview switching after 30% (later than the paper's 25%; k = 30 of "
+        "40 was slow in the paper), predicted re-noise, refine for 30% of the call's steps",
     ),
     "identity": (SurfConfig.identity(), "no acceleration: reproduces the unpatched pipeline (for checks)"),
     # HunyuanVideo 720p, 129 frames (33 latent frames): the paper's schedule plus its temporal-only
@@ -186,9 +245,9 @@ PRESETS: dict[str, tuple[SurfConfig, str]] = {
     # blocks: 6 + 11 + 11 + 5); the paper gives no W_t for HunyuanVideo and the window's effect on the
     # training-free refiner's quality is not measured yet. 1000 tokens = the whole H and W axes.
     "hunyuan-paper": (
-        SurfConfig(reshift="paper", window=(11, 1000, 1000), name="hunyuan-paper"),
-        "the paper's setting for HunyuanVideo 720p/129 frames (HunyuanVideoPipeline's default preset): 10 of 40 "
-        "preview steps at the optimal resolution, factor 2, pixel handoff, 10 refine steps with temporal "
-        "windows of 11 latent frames (whole H and W)",
+        SurfConfig(reshift="additive_low", window=(11, 1000, 1000), name="hunyuan-paper"),
+        "the paper's schedule for HunyuanVideo 720p/129 frames (HunyuanVideoPipeline's default preset): switch "
+        "after 25% of the call's steps, factor 2, pixel handoff, refine for 25% of them with temporal windows of "
+        "11 latent frames (whole H and W)",
     ),
 }

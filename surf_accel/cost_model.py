@@ -270,6 +270,30 @@ class Estimate:
     plan: Optional[Plan] = None
 
     @property
+    def cost_warning(self) -> Optional[str]:
+        """Why SURF counts more FLOPs than the unpatched call, or ``None`` where it counts fewer."""
+        if self.surf_total <= self.baseline_total:
+            return None
+        t_base = sum(s.total for s in self.baseline)
+        t_surf = sum(s.total for s in self.surf)
+        vae_extra = sum(self.surf_vae.values()) - sum(self.baseline_vae.values())
+        head = (f"SURF counts more FLOPs than the unpatched call ({self.surf_total / 1e12:.4g} vs "
+                f"{self.baseline_total / 1e12:.4g} TFLOP): ")
+        if t_surf <= t_base:
+            return head + (f"the pixel handoff's VAE round trip ({vae_extra / 1e12:.4g} TFLOP) costs more than the "
+                           f"{(t_base - t_surf) / 1e12:.4g} TFLOP of transformer work it saves; use handoff='latent' "
+                           "or call with more steps")
+        return head + ("at this size and step count the extra stages' per-step costs (text attention and embeddings, "
+                       "which do not shrink with the resolution) outweigh their smaller token counts; call with more "
+                       "steps or at a larger size, lower the step fractions, or use SurfConfig.identity()")
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """The plan's warnings, then the cost warning if any."""
+        w = self.cost_warning
+        return tuple(self.plan.warnings if self.plan is not None else ()) + ((w,) if w else ())
+
+    @property
     def baseline_total(self) -> float:
         return sum(s.total for s in self.baseline) + sum(self.baseline_vae.values())
 
@@ -338,28 +362,42 @@ def estimate(model: str | TransformerSpec | HunyuanVideoSpec, height: int, width
             raise ValueError(f"unknown refiner model {refiner!r}; known: {sorted(MODELS)}")
         ref_spec = MODELS[refiner] if isinstance(refiner, str) else refiner
     defaults = FAMILIES[spec.family]
-    vae = vae or defaults.vae
     family = family or defaults.family
     scheduler = scheduler or defaults.scheduler
     config = config or SurfConfig.preset(defaults.preset)
     passes = 2 if (defaults.cfg if guidance is None else guidance) else 1
-    req = Request(height, width, frames, steps)
-    base_plan = plan_stages(req, family, scheduler, SurfConfig.identity())
-    plan = plan_stages(req, family, scheduler, config, trained_refiner=ref_spec is not None)
-    est = Estimate(spec.name, height, width, frames, plan=plan)
+    plan = plan_stages(Request(height, width, frames, steps), family, scheduler, config,
+                       trained_refiner=ref_spec is not None)
+    return estimate_plan(plan, spec, passes=passes, vae=vae or defaults.vae, refiner=ref_spec,
+                         decode_output=decode_output)
+
+
+def estimate_plan(plan: Plan, spec: TransformerSpec | HunyuanVideoSpec, *, passes: int, vae: VaeSpec,
+                  refiner: Optional[TransformerSpec | HunyuanVideoSpec] = None,
+                  refiner_passes: Optional[int] = None, decode_output: bool = True) -> Estimate:
+    """Costs of a planned call: the baseline (the request's steps at its size with ``spec``) and the
+    plan. ``passes``: transformer passes per step of the call (2 with classifier-free guidance);
+    ``refiner``: the spec of the model a ``"trained_refiner"`` or ``"refiner_transformer"`` stage runs
+    (``refiner_passes`` per step for the latter; a trained refiner always takes one)."""
+    req, config = plan.request, plan.config
+    base_plan = plan_stages(req, plan.family, plan.scheduler, SurfConfig.identity())
+    est = Estimate(spec.name, req.height, req.width, req.num_frames, plan=plan)
     est.baseline = [_stage_cost(spec, s, passes, spec.name) for s in base_plan.stages]
     for s in plan.stages:
         if s.model == "trained_refiner":
-            est.surf.append(_stage_cost(ref_spec, s, 1, ref_spec.name))
+            est.surf.append(_stage_cost(refiner, s, 1, refiner.name))
+            continue
+        g = config.refine_guidance if (s.name == "refine" and config.refine_guidance is not None) else None
+        p = passes if g is None else (2 if g > 1 else 1)
+        if s.model == "refiner_transformer":
+            est.surf.append(_stage_cost(refiner, s, p if refiner_passes is None else refiner_passes, refiner.name))
         else:
-            g = config.refine_guidance if (s.name == "refine" and config.refine_guidance is not None) else None
-            p = passes if g is None else (2 if g > 1 else 1)
             est.surf.append(_stage_cost(spec, s, p, spec.name))
-    f = frames
-    est.baseline_vae = {"vae decode": vae.decode_flops(f, height, width)} if decode_output else {}
+    f = req.num_frames
+    est.baseline_vae = {"vae decode": vae.decode_flops(f, req.height, req.width)} if decode_output else {}
     out = plan.stages[-1]
     surf_vae = {}
-    if config.refine_steps > 0 and config.handoff == "pixel":
+    if out.start == "handoff" and config.handoff == "pixel":
         prev = plan.stages[-2]
         surf_vae["vae decode lr"] = vae.decode_flops(f, prev.height, prev.width)
         surf_vae["vae encode"] = vae.encode_flops(f, out.height, out.width)

@@ -72,6 +72,18 @@ class SchedulerSpec:
             return np.linspace(self.sigma_max * T, self.sigma_min * T, n) / T
         return np.linspace(1.0, 1.0 / T, n + 1)[:-1]
 
+    def shifted(self, t, shift: float) -> np.ndarray:
+        """The noise levels of times ``t`` under ``shift``, rounded as the pipeline rounds them.
+
+        A scheduler building its own grid shifts in float64 (then stores float32); a pipeline handing
+        its scheduler explicit sigmas (``grid="uniform"``) has them cast to float32 first and shifted in
+        float32. Returns float64 holding exactly the values the pipeline's scheduler would hold.
+        """
+        if self.grid == "uniform":
+            t32 = np.asarray(t, dtype=np.float32)
+            return (shift * t32 / (1 + (shift - 1) * t32)).astype(np.float32).astype(np.float64)
+        return shift_sigmas(t, shift).astype(np.float32).astype(np.float64)
+
 
 @dataclass(frozen=True)
 class Request:
@@ -115,6 +127,9 @@ class Stage:
     window: Optional[tuple[int, int, int]] = None
     guidance: Optional[float] = None  # None = the call's guidance scale
     use_scheduler: bool = True  # False: plain Euler on the straight refiner path
+    # start == "reshift": the noise coefficient of the re-noised latent (``SurfConfig.reshift``):
+    # s_low(t_k) = sigmas[0] for "consistent"/"additive_low", the preview schedule's s_k for "paper"
+    reshift_noise: Optional[float] = None
 
     @property
     def steps(self) -> int:
@@ -128,7 +143,8 @@ class Plan:
     family: FamilySpec
     scheduler: SchedulerSpec
     config: SurfConfig
-    messages: tuple[str, ...] = field(default=())
+    messages: tuple[str, ...] = field(default=())  # what the plan chose (logged at INFO)
+    warnings: tuple[str, ...] = field(default=())  # what a user would not expect (logged at WARNING)
 
     @property
     def output_stage(self) -> Stage:
@@ -149,7 +165,7 @@ class Plan:
             lines.append(f"{s.name:12s} {s.height}x{s.width} px, latent {s.latent_size}, {s.steps} steps, "
                          f"shift {s.shift:.3g}, sigma {s.sigmas[0]:.4f} -> {s.sigmas[-1]:.4f}, model {s.model}"
                          + (f", window {s.window}" if s.window else ""))
-        return "\n".join(lines + list(self.messages))
+        return "\n".join(lines + list(self.messages) + [f"warning: {w}" for w in self.warnings])
 
 
 def latent_frames(num_frames: int, family: FamilySpec) -> int:
@@ -171,9 +187,15 @@ def _check_on_grid(what: str, h: int, w: int, g: int):
 
 
 def plan_stages(request: Request, family: FamilySpec, scheduler: SchedulerSpec, config: SurfConfig,
-                *, trained_refiner: bool = False, refiner_transformer: bool = False) -> Plan:
-    """Plan one call. Raises ``ValueError`` naming the problem for anything that cannot be run."""
+                *, trained_refiner: bool = False, refiner_transformer: bool = False,
+                trained_refiner_steps: Optional[int] = None) -> Plan:
+    """Plan one call. Raises ``ValueError`` naming the problem for anything that cannot be run.
+
+    ``trained_refiner_steps``: the trained ``Refiner``'s ``num_steps`` (used when the config's
+    ``refine_steps`` is ``None``).
+    """
     messages: list[str] = []
+    warnings: list[str] = []
     g = family.pixel_grid
     if not (isinstance(request.height, int) and isinstance(request.width, int)
             and request.height > 0 and request.width > 0):
@@ -184,11 +206,7 @@ def plan_stages(request: Request, family: FamilySpec, scheduler: SchedulerSpec, 
     if not (isinstance(request.num_inference_steps, int) and request.num_inference_steps >= 1):
         raise ValueError(f"num_inference_steps must be an int >= 1, got {request.num_inference_steps!r}")
 
-    n = config.preview_steps if config.preview_steps is not None else request.num_inference_steps
-    k = config.switch_step if config.switch_step is not None else n
-    if k > n:
-        raise ValueError(f"switch_step ({k}) must be <= the preview's steps ({n}"
-                         f"{'' if config.preview_steps is not None else ', the call num_inference_steps'})")
+    n, k, m = config.step_counts(request.num_inference_steps, trained_refiner_steps if trained_refiner else None)
     switch = k < n and config.downsample > 1
     if k < n and config.downsample == 1:
         messages.append(f"downsample=1: no low-resolution part, all {n} preview steps at the optimal size")
@@ -205,50 +223,69 @@ def plan_stages(request: Request, family: FamilySpec, scheduler: SchedulerSpec, 
         h0 = math.sqrt(family.optimal_area / aspect)
         w0 = h0 * aspect
         oh, ow = _round_to(h0, g_opt), _round_to(w0, g_opt)
-        messages.append(f"optimal size for {family.name} at the request's aspect ratio: {oh}x{ow} px "
-                        f"(area {family.optimal_area} px snapped to the {g_opt}-pixel grid from "
-                        f"{h0:.0f}x{w0:.0f})")
+        if oh > request.height or ow > request.width:
+            # never plan more work than the call: preview at the request's size (on the plan's grid)
+            nh, nw = request.height // g_opt * g_opt, request.width // g_opt * g_opt
+            if min(nh, nw) == 0:  # too small for the switch's grid: no low-resolution part
+                nh, nw, switch, d = request.height, request.width, False, 1
+            warnings.append(f"the {family.name} optimal size at this aspect ratio, {oh}x{ow} px, is not below the "
+                            f"request {request.height}x{request.width}: the preview runs at {nh}x{nw} px (the "
+                            f"request on the {g_opt}-pixel grid{'' if switch else ', too small for a switch'}) "
+                            "instead; pass optimal_size=(h, w) to choose")
+            oh, ow = nh, nw
+        else:
+            messages.append(f"optimal size for {family.name} at the request's aspect ratio: {oh}x{ow} px "
+                            f"(area {family.optimal_area} px snapped to the {g_opt}-pixel grid from "
+                            f"{h0:.0f}x{w0:.0f})")
     else:
         oh, ow = config.optimal_size
         _check_on_grid("optimal_size", oh, ow, g_opt)
-    if oh * ow > request.height * request.width:
-        messages.append(f"note: the optimal size {oh}x{ow} is larger than the request {request.height}x"
-                        f"{request.width}; the refine stage goes down in resolution")
+        if oh > request.height or ow > request.width:
+            warnings.append(f"optimal_size {oh}x{ow} is larger than the request {request.height}x{request.width}: "
+                            "the preview runs above the request's size and the refine stage goes down in resolution")
 
     lt = latent_frames(request.num_frames, family)
     vs = family.vae_scale_spatial
     req_latent = (lt, request.height // vs, request.width // vs)
     req_tokens = req_latent[1] * req_latent[2]
 
-    def stage_shift(latent_hw: tuple[int, int], which: int) -> float:
+    def stage_shift(latent_hw: tuple[int, int], which: int, what: str) -> float:
         if config.shifts is not None and config.shifts[which] is not None:
             return float(config.shifts[which])
         if config.shift_rule == "constant":
             return float(scheduler.shift)
-        return float(scheduler.shift * math.sqrt(latent_hw[0] * latent_hw[1] / req_tokens))
+        shift = float(scheduler.shift * math.sqrt(latent_hw[0] * latent_hw[1] / req_tokens))
+        if shift < 1.0 <= scheduler.shift:
+            warnings.append(f"the sqrt_tokens rule gives the {what} stage a flow shift of {shift:.3g} (scheduler "
+                            f"shift {scheduler.shift:g} at the request's size); floored at 1: below 1 the schedule "
+                            "would spend its steps at low noise. Set SurfConfig.shifts to choose each stage's shift")
+            shift = 1.0
+        return shift
 
     t_grid = scheduler.time_grid(n)
     stages: list[Stage] = []
     opt_latent = (lt, oh // vs, ow // vs)
-    shift_opt = stage_shift(opt_latent[1:], 0)
+    shift_opt = stage_shift(opt_latent[1:], 0, "preview")
     if switch:
         low_latent = (lt, opt_latent[1] // d, opt_latent[2] // d)
-        shift_low = stage_shift(low_latent[1:], 1)
-        low_sigmas = shift_sigmas(t_grid[k:], shift_low)
-        hi_sigmas = np.concatenate([shift_sigmas(t_grid[:k], shift_opt), low_sigmas[:1]])
+        shift_low = stage_shift(low_latent[1:], 1, "preview_low")
+        low_sigmas = scheduler.shifted(t_grid[k:], shift_low)
+        hi_sigmas = np.concatenate([scheduler.shifted(t_grid[:k], shift_opt), low_sigmas[:1]])
+        # the paper's reshift noise: the preview schedule's own level at step k
+        noise_k = float(scheduler.shifted(t_grid[k:k + 1], shift_opt)[0]) if config.reshift == "paper" \
+            else float(low_sigmas[0])
         stages.append(Stage("preview", oh, ow, opt_latent, tuple(float(x) for x in hi_sigmas), shift_opt,
                             "base", "noise", 0))
         stages.append(Stage("preview_low", oh // d, ow // d, low_latent,
                             tuple(float(x) for x in np.concatenate([low_sigmas, [0.0]])), shift_low,
-                            "base", "reshift", k))
+                            "base", "reshift", k, reshift_noise=noise_k))
     else:
-        sig = np.concatenate([shift_sigmas(t_grid, shift_opt), [0.0]])
+        sig = np.concatenate([scheduler.shifted(t_grid, shift_opt), [0.0]])
         stages.append(Stage("preview", oh, ow, opt_latent, tuple(float(x) for x in sig), shift_opt,
                             "base", "noise", 0))
 
-    if config.refine_steps > 0:
-        m = config.refine_steps
-        shift_ref = stage_shift(req_latent[1:], 2)
+    if m > 0:
+        shift_ref = stage_shift(req_latent[1:], 2, "refine")
         if trained_refiner:
             sig = np.linspace(1.0, 0.0, m + 1)  # the straight z_lr -> z_hr path (SPEC 1.3)
             model, use_sched, shift_ref = "trained_refiner", False, 1.0
@@ -261,10 +298,10 @@ def plan_stages(request: Request, family: FamilySpec, scheduler: SchedulerSpec, 
                             shift_ref, model, "handoff", prev.step_offset + prev.steps, window=config.window,
                             guidance=config.refine_guidance, use_scheduler=use_sched))
     elif (stages[-1].height, stages[-1].width) != (request.height, request.width):
-        messages.append(f"refine_steps=0: the output is the preview at {stages[-1].height}x{stages[-1].width}, "
+        warnings.append(f"refine_steps=0: the output is the preview at {stages[-1].height}x{stages[-1].width}, "
                         f"not the requested {request.height}x{request.width}")
 
-    plan = Plan(tuple(stages), request, family, scheduler, config, tuple(messages))
+    plan = Plan(tuple(stages), request, family, scheduler, config, tuple(messages), tuple(warnings))
     if family.rope_max_seq_len is not None:
         pt, ph, pw = family.patch_size
         for s in plan.stages:

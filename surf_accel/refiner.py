@@ -86,8 +86,10 @@ def handoff(pipe, adapter, preview: torch.Tensor, stage, config, noise: Optional
 class Refiner:
     """A trained refiner: a Wan-family DiT predicting the velocity ``z_lr - z_hr`` (SPEC 1.3).
 
-    ``Refiner(transformer)`` wraps a ``WanTransformer3DModel``; ``num_steps`` is the default number
-    of Euler steps (paper: 10). Save and load with ``save_pretrained``/``from_pretrained``.
+    ``Refiner(transformer)`` wraps a ``WanTransformer3DModel``; ``num_steps`` is its number of Euler
+    steps (paper: 10), used unless ``SurfConfig.refine_steps`` is set (an explicit count wins; the
+    call's ``num_inference_steps`` does not change it: a trained refiner's steps are its own).
+    Save and load with ``save_pretrained``/``from_pretrained``.
     """
 
     def __init__(self, transformer, num_steps: int = 10, metadata: Optional[dict] = None):

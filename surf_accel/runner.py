@@ -5,14 +5,19 @@ Per call: prompts (and the I2V image) are encoded once by the adapter; then for 
 1. its start latent: the caller's noise (first stage), noise reshifting from the previous stage's
    last model output (``ops.reshift_downsample``), or the refine handoff (``refiner.handoff``);
 2. its conditioning rebuilt at its resolution (I2V);
-3. its steps: classifier-free guidance and the Euler update in one ``ops.guided_step``, or, for a
-   multistep scheduler (UniPC), the guidance combine in torch (the pipeline's formula) and the
-   step by a *fresh* scheduler configured with this stage's sigmas: ``guided_step`` fuses CFG with
-   an Euler update, which is not what a multistep solver does, so it is not used there.
+3. its steps. With ``SurfConfig.step_precision="pipeline"`` each step is the unpatched pipeline's
+   arithmetic: classifier-free guidance in the transformer's dtype, then the ``step`` of a *fresh*
+   scheduler of the pipeline's class configured with this stage's sigmas (so a multistep history
+   never crosses a switch, and a stage at the request's size reproduces the pipeline bit for bit).
+   With ``"float32"`` latents stay float32: Euler stages fuse guidance and the update in one
+   ``ops.guided_step``; a multistep solver (UniPC) gets the float32 guidance combine and steps on
+   float32 latents. The trained refiner's plain Euler on its straight path is ``ops.guided_step``.
 
 Every random draw comes from the caller's generator, in a fixed order (first-stage noise, reshift
 noise, refine noise), so a seed gives one video. Diffusers caches get ``cache_context`` per branch
-(in the adapter) and a reset at every stage.
+(in the adapter) and a reset at every stage. An interrupted call (``pipe._interrupt``) stops
+denoising and returns what there is at the request's size: latents of a smaller stage go through
+the handoff (without noise) first.
 """
 
 from __future__ import annotations
@@ -62,6 +67,15 @@ def _progress(pipe, stage: Stage):
     return tqdm(total=stage.steps, **cfg)
 
 
+def _guide(v_c, v_u, guidance: float, dtype):
+    """Classifier-free guidance as the pipelines write it, ``v_u + g (v_c - v_u)``, in ``dtype``
+    (``None``: the model output's own dtype, the pipeline's arithmetic)."""
+    if dtype is not None:
+        v_c = v_c.to(dtype)
+        v_u = None if v_u is None else v_u.to(dtype)
+    return v_c if v_u is None else v_u + guidance * (v_c - v_u)
+
+
 def _predicted_noise(latents, v, sigma, factor):
     """The model's noise estimate ``x + (1 - s) v``, area-pooled, rescaled to unit variance per sample."""
     eps = latents.to(torch.float32) + (1.0 - sigma) * v.to(torch.float32)
@@ -100,6 +114,7 @@ class StageRunner:
             switch_to = nxt if nxt is not None and nxt.start == "reshift" else None
             latents = self._run_stage(stage, latents, ctx, switch_to)
             if pipe.interrupt:  # as the pipeline does: stop denoising, decode what there is
+                latents = self._to_request_size(latents)
                 break
         pipe._current_timestep = None
         latents = self.adapter.finalize(pipe, latents, call, ctx)
@@ -107,6 +122,8 @@ class StageRunner:
 
     # ------------------------------------------------------------------ transitions
     def _reshift(self, latents, v, sigma, nxt: Stage):
+        """``nxt``'s start: ``a * down(x0_hat) + nxt.reshift_noise * eps`` with ``a = 1 - reshift_noise``
+        for the consistent reshift and ``a = 1`` for the paper's and the additive_low form."""
         cfg = self.plan.config
         b, c = latents.shape[:2]
         factor = latents.shape[-1] // nxt.latent_size[2]
@@ -114,8 +131,16 @@ class StageRunner:
             noise = _randn((b, c) + tuple(nxt.latent_size), self.call)
         else:
             noise = _predicted_noise(latents, v, sigma, factor)
+        op_mode = "consistent" if cfg.reshift == "consistent" else "paper"  # the op's "paper": no (1 - s) factor
         return ops.reshift_downsample(latents.to(torch.float32).contiguous(), v.to(torch.float32).contiguous(), noise,
-                                      float(sigma), float(nxt.sigmas[0]), factor, cfg.reshift)
+                                      float(sigma), float(nxt.reshift_noise), factor, op_mode)
+
+    def _to_request_size(self, latents):
+        """An interrupted call's latents at the request's size: through the handoff, without noise."""
+        out = self.plan.output_stage
+        if tuple(latents.shape[2:]) == tuple(out.latent_size) or out.start != "handoff":
+            return latents
+        return refiner_mod.handoff(self.pipe, self.adapter, latents, out, self.plan.config, None, 1.0)
 
     def _handoff(self, preview, stage: Stage):
         b, c = preview.shape[:2]
@@ -132,11 +157,11 @@ class StageRunner:
         sigmas = stage.sigmas
         n = stage.steps
         T = self.plan.scheduler.num_train_timesteps
-        multistep = stage.use_scheduler and self.plan.scheduler.kind == "unipc"
-        if multistep:
+        pipeline_steps = stage.use_scheduler and self.plan.config.step_precision == "pipeline"
+        if stage.use_scheduler and (pipeline_steps or self.plan.scheduler.kind == "unipc"):
             from surf_accel.integrations.base import stage_scheduler
 
-            # a stage ending in a switch keeps its last level (the reshift target) so that the
+            # a stage ending in a switch keeps its last level (the reshift target) so that a multistep
             # solver does not treat its last evaluation as the end of sampling
             sched = stage_scheduler(pipe.scheduler, sigmas if switch_to is not None else sigmas[:-1], call.device)
             timesteps = sched.timesteps
@@ -166,13 +191,12 @@ class StageRunner:
                 if do_cfg:
                     v_u = adapter.predict(pipe, model, latents, t, call, ctx, negative=True,
                                           step_index=stage.step_offset + i, sigma=sigma)
-                last = i == n - 1
-                if last and switch_to is not None:
-                    v = v_c if v_u is None else v_u + guidance * (v_c - v_u)
-                    latents = self._reshift(latents, v, sigma, switch_to)
-                elif multistep:
-                    v = v_c if v_u is None else v_u + guidance * (v_c - v_u)
-                    latents = sched.step(v, t, latents, return_dict=False)[0]
+                if i == n - 1 and switch_to is not None:
+                    latents = self._reshift(latents, _guide(v_c, v_u, guidance, torch.float32), sigma, switch_to)
+                elif sched is not None:
+                    dtype = None if pipeline_steps else torch.float32
+                    x = latents if pipeline_steps else latents.to(torch.float32)
+                    latents = sched.step(_guide(v_c, v_u, guidance, dtype), t, x, return_dict=False)[0]
                 else:
                     latents = ops.guided_step(latents.to(torch.float32).contiguous(), v_c.to(torch.float32).contiguous(),
                                               None if v_u is None else v_u.to(torch.float32).contiguous(),

@@ -5,10 +5,42 @@ from surf_accel.config import PRESETS, SurfConfig
 
 def test_defaults_are_the_paper():
     c = SurfConfig()
-    assert (c.preview_steps, c.switch_step, c.downsample, c.handoff, c.refine_steps) == (40, 10, 2, "pixel", 10)
-    assert c.reshift == "consistent" and c.renoise == "fresh"
-    # The presets use the paper's reshift (measured on the toy world, benchmarks/results/signature.md).
-    assert SurfConfig.preset("paper") == c.replace(reshift="paper")
+    assert (c.downsample, c.handoff, c.reshift, c.renoise, c.step_precision) == (2, "pixel", "consistent", "fresh",
+                                                                                 "pipeline")
+    # the paper's 10 of 40 at the optimal size, then 30 low, then 10 refine steps
+    assert c.step_counts(40) == (40, 10, 10)
+    assert SurfConfig.preset("paper").step_counts(40) == (40, 10, 10)
+
+
+@pytest.mark.parametrize("steps, want", [(40, (40, 10, 10)), (50, (50, 12, 12)), (20, (20, 5, 5)), (8, (8, 2, 2)),
+                                         (2, (2, 1, 1)), (1, (1, 1, 1))])
+def test_steps_follow_the_call(steps, want):
+    assert SurfConfig().step_counts(steps) == want
+
+
+def test_fast_and_quality_follow_the_call():
+    assert SurfConfig.preset("fast").step_counts(40) == (30, 8, 8)
+    assert SurfConfig.preset("fast").step_counts(20) == (15, 4, 4)
+    assert SurfConfig.preset("quality").step_counts(40) == (40, 12, 12)
+
+
+def test_explicit_counts_override_the_fractions():
+    c = SurfConfig(preview_steps=30, switch_step=7, refine_steps=3)
+    assert c.step_counts(50) == (30, 7, 3)
+    assert SurfConfig(switch_step=5).step_counts(12) == (12, 5, 3)
+    with pytest.raises(ValueError, match="switch_step .12. must be <= the preview's steps .10"):
+        SurfConfig(switch_step=12).step_counts(10)
+
+
+def test_trained_refiner_steps_unless_refine_steps_is_set():
+    assert SurfConfig().step_counts(40, trained_refiner_steps=7) == (40, 10, 7)
+    assert SurfConfig(refine_steps=4).step_counts(40, trained_refiner_steps=7) == (40, 10, 4)
+    assert SurfConfig(refine_steps=0).step_counts(40, trained_refiner_steps=7)[2] == 0
+
+
+def test_identity_counts():
+    assert SurfConfig.identity().step_counts(13) == (13, 13, 0)
+    assert SurfConfig(refine_fraction=0.0).step_counts(40)[2] == 0
 
 
 def test_presets_exist_and_validate():
@@ -46,6 +78,14 @@ def test_replace_revalidates():
     (dict(handoff="vae"), "handoff"),
     (dict(latent_resize="cubic"), "latent_resize"),
     (dict(refine_steps=-1), "refine_steps"),
+    (dict(switch_fraction=0.0), "switch_fraction"),
+    (dict(switch_fraction=1.5), "switch_fraction"),
+    (dict(preview_fraction=0.0), "preview_fraction"),
+    (dict(refine_fraction=-0.1), "refine_fraction"),
+    (dict(refine_fraction=float("nan")), "refine_fraction"),
+    (dict(reshift="paper_low"), "reshift"),
+    (dict(step_precision="bf16"), "step_precision"),
+    (dict(shifts=(0.9, None, None)), "shifts"),
     (dict(refine_start=0.0), "refine_start"),
     (dict(refine_start=1.5), "refine_start"),
     (dict(refine_start=float("nan")), "refine_start"),
@@ -53,6 +93,7 @@ def test_replace_revalidates():
     (dict(window=(1, 2)), "window"),
     (dict(window=(0, 2, 2)), "window"),
     (dict(window=(1, 2, 2), refine_steps=0), "window"),
+    (dict(window=(1, 2, 2), refine_fraction=0.0), "window"),
     (dict(shift_rule="linear"), "shift_rule"),
 ])
 def test_bad_configs(kwargs, match):
@@ -68,3 +109,4 @@ def test_unknown_preset():
 def test_identity():
     c = SurfConfig.identity()
     assert c.optimal_size == "request" and c.refine_steps == 0 and c.preview_steps is None
+    assert c.step_precision == "pipeline" and c.switch_fraction == 1.0 and c.downsample == 1

@@ -9,11 +9,11 @@ video (T, H, W, 3).
 - :mod:`.similarity`: PSNR / SSIM against a reference video.
 """
 
-from .aggregate import compare_layout, evaluate, layout_statistics
+from .aggregate import bootstrap_ci, compare_layout, evaluate, layout_statistics
 from .detect import VideoSignature, classify_colour, detect_batch, detect_video, object_weights
 from .similarity import psnr, similarity, ssim
 
 __all__ = [
-    "VideoSignature", "classify_colour", "compare_layout", "detect_batch", "detect_video", "evaluate",
+    "VideoSignature", "bootstrap_ci", "classify_colour", "compare_layout", "detect_batch", "detect_video", "evaluate",
     "layout_statistics", "object_weights", "psnr", "similarity", "ssim",
 ]

@@ -90,10 +90,23 @@ def compare_layout(reference, other) -> dict:
             raise ValueError("videos must have the same number of frames")
         ok = np.isfinite(a.track[:, 0]) & np.isfinite(b.track[:, 0])
         both.append(ok.mean())
-        if ok.any():
-            dists.append(float(np.linalg.norm(a.track[ok] - b.track[ok], axis=1).mean()))
+        dists.append(float(np.linalg.norm(a.track[ok] - b.track[ok], axis=1).mean()) if ok.any() else float("nan"))
         for k in agree:
             agree[k] += getattr(a, k) == getattr(b, k)
     n = len(ra)
     return {"track_distance": _nanmean(dists), "both_present": _nanmean(both),
+            "track_distances": dists,  # per video pair, nan where no frame has both objects
             **{f"{k}_agreement": v / n for k, v in agree.items()}}
+
+
+def bootstrap_ci(values, *, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean of ``values`` (non-finite ones dropped) and its percentile
+    bootstrap interval (``resamples`` draws with replacement, fixed ``seed`` so a table is reproducible)."""
+    a = np.asarray(list(values), dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if len(a) == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = a[rng.integers(0, len(a), size=(resamples, len(a)))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(a.mean()), float(lo), float(hi)
