@@ -118,6 +118,9 @@ def patch(pipe, config: Optional[SurfConfig] = None, *, refiner=None):
             raise NotImplementedError(
                 "SurfConfig.window needs shifted-window attention (surf_accel.integrations.window_processors), "
                 f"which is not available in this build: {e}") from e
+    from surf_accel.cost_model import vae_spec
+
+    vae_spec(pipe.vae)  # measured once per VAE architecture here, so that no call pays for it
     cls = type(pipe)
     pipe.__dict__[_STATE_ATTR] = _SurfState(config, refiner, adapter, cls)
     pipe.__class__ = _surf_subclass(cls)
@@ -173,13 +176,13 @@ def _plan(request, adapter, pipe, config: SurfConfig, refiner):
 def _cost_warnings(adapter, pipe, plan, call, refiner) -> tuple[str, ...]:
     """The cost model's word on this call's plan with the pipeline's own transformer shapes: one
     warning if SURF counts more FLOPs than the unpatched call would."""
-    from surf_accel.cost_model import FAMILIES, estimate_plan
+    from surf_accel.cost_model import estimate_plan, vae_spec
     from surf_accel.refiner import Refiner
 
     text_len = int(call.prompt_embeds.shape[1])
     ref = refiner.transformer if isinstance(refiner, Refiner) else refiner
     est = estimate_plan(plan, adapter.cost_spec(pipe.transformer, text_len), passes=2 if call.do_cfg else 1,
-                        vae=FAMILIES[adapter.family].vae,
+                        vae=vae_spec(pipe.vae),
                         refiner=None if ref is None else adapter.cost_spec(ref, text_len),
                         decode_output=call.output_type != "latent")
     return (est.cost_warning,) if est.cost_warning else ()

@@ -174,6 +174,24 @@ FAMILIES = {
 }
 
 
+_MEASURED_VAES: dict[str, VaeSpec] = {}
+
+
+def vae_spec(vae) -> VaeSpec:
+    """``measure_vae`` of a meta-device copy of ``vae``'s architecture, once per VAE config (its
+    weights and device are never touched)."""
+    import json
+
+    import torch
+
+    key = type(vae).__name__ + json.dumps(dict(vae.config), sort_keys=True, default=str)
+    if key not in _MEASURED_VAES:
+        with torch.device("meta"):
+            meta = type(vae).from_config(vae.config)
+        _MEASURED_VAES[key] = measure_vae(meta)
+    return _MEASURED_VAES[key]
+
+
 def measure_vae(vae, frames=(5, 9), size=(64, 64), device="meta") -> VaeSpec:
     """Per-pixel VAE FLOPs of ``vae`` (AutoencoderKLWan or AutoencoderKLHunyuanVideo) with
     ``torch.utils.flop_counter``, fitted as ``a + b * (frames - 1)`` through two frame counts."""

@@ -111,18 +111,107 @@ def test_wan22_refused():
         surf_accel.patch(p)
 
 
-def test_survives_model_cpu_offload():
+def test_signature_is_the_pipelines(pipe):
+    import inspect
+
+    from diffusers import WanPipeline
+
+    with surf_accel.patched(pipe, SMALL):
+        sig = inspect.signature(pipe.__call__)
+        assert sig == inspect.signature(WanPipeline.__call__.__get__(pipe))
+        assert "num_inference_steps" in sig.parameters and "generator" in sig.parameters
+        assert "SURF" in pipe.__call__.__doc__
+
+
+def offload_recorder(monkeypatch, pipe, names):
+    """The component whose model-offload hook ran, per call of accelerate's ``CpuOffload.pre_forward``
+    (on the CPU the hook moves nothing, but it still runs: diffusers calls it for forward and for the
+    VAE's ``encode``/``decode``)."""
+    from accelerate.hooks import CpuOffload
+
+    seen = []
+    original = CpuOffload.pre_forward
+
+    def pre_forward(self, module, *args, **kwargs):
+        seen.extend(n for n in names if getattr(pipe, n) is module)
+        return original(self, module, *args, **kwargs)
+
+    monkeypatch.setattr(CpuOffload, "pre_forward", pre_forward)
+    return seen
+
+
+@pytest.mark.parametrize("handoff, expected", [
+    # text, transformer (4 preview steps x 2 branches), VAE decode of the preview, VAE encode, transformer
+    # (2 refine steps x 2), final VAE decode: every component SURF calls goes through its offload hook
+    ("pixel", ["text_encoder"] * 2 + ["transformer"] * 8 + ["vae"] * 2 + ["transformer"] * 4 + ["vae"]),
+    ("latent", ["text_encoder"] * 2 + ["transformer"] * 12 + ["vae"]),
+])
+def test_model_cpu_offload_hooks_run_for_every_component_in_order(monkeypatch, handoff, expected):
+    p = tiny_wan_t2v("euler")
+    cfg = SMALL.replace(handoff=handoff, refine_steps=2)
+    with surf_accel.patched(p, cfg):
+        ref = p(generator=gen(0), **T2V_KW).frames
+    p.enable_model_cpu_offload(device="cpu")
+    seen = offload_recorder(monkeypatch, p, ("text_encoder", "transformer", "vae"))
+    with surf_accel.patched(p, cfg):
+        out = p(generator=gen(0), **T2V_KW).frames
+        assert seen == expected
+        seen.clear()
+        again = p(generator=gen(0), **T2V_KW).frames  # hooks re-armed by maybe_free_model_hooks
+        assert seen == expected
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(again, ref)
+
+
+def test_identity_survives_model_cpu_offload(monkeypatch):
     p = tiny_wan_t2v("euler")
     kw = {**T2V_KW, "height": 32, "width": 32}
     ref = p(generator=gen(0), **kw).frames
     surf_accel.patch(p, SurfConfig.identity())
     p.enable_model_cpu_offload(device="cpu")
     assert surf_accel.is_patched(p)
+    seen = offload_recorder(monkeypatch, p, ("text_encoder", "transformer", "vae"))
     out = p(generator=gen(0), **kw).frames
-    np.testing.assert_allclose(out, ref, atol=1e-5)
-    out2 = p(generator=gen(0), **kw).frames  # hooks re-armed by maybe_free_model_hooks
-    np.testing.assert_array_equal(out, out2)
+    assert seen == ["text_encoder"] * 2 + ["transformer"] * 8 + ["vae"]
+    np.testing.assert_array_equal(out, ref)
     surf_accel.unpatch(p)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("handoff", ["pixel", "latent"])
+def test_model_cpu_offload_on_gpu(handoff):
+    """On a GPU the hooks move each component to the device when SURF calls it (the VAE at the handoff
+    too) and back after the call; the output equals SURF without offload."""
+    import torch
+
+    cfg = SMALL.replace(handoff=handoff, refine_steps=2)
+    p = tiny_wan_t2v("euler").to("cuda")
+    with surf_accel.patched(p, cfg):
+        ref = p(generator=torch.Generator("cuda").manual_seed(0), **T2V_KW).frames
+    p = tiny_wan_t2v("euler")
+    p.enable_model_cpu_offload()
+    with surf_accel.patched(p, cfg):
+        out = p(generator=torch.Generator("cuda").manual_seed(0), **T2V_KW).frames
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    assert all(next(getattr(p, n).parameters()).device.type == "cpu" for n in ("text_encoder", "transformer", "vae"))
+
+
+def test_cost_warning_when_surf_would_cost_more(caplog):
+    """A 2-step call at 32 px cannot pay for its extra stages: SURF runs what was
+    asked but says so at WARNING; a latent handoff from 64 to 128 px over 12 steps saves work and says
+    nothing (the tiny model's FLOPs, with its VAE measured)."""
+    import logging
+
+    p = tiny_wan_t2v("euler")
+    follow = dict(preview_steps=None, switch_step=None, refine_steps=None)
+    with caplog.at_level(logging.WARNING, logger="surf_accel"):
+        with surf_accel.patched(p, SMALL.replace(**follow, optimal_size=(32, 32))):
+            p(generator=gen(0), **{**T2V_KW, "num_inference_steps": 2, "height": 32, "width": 32})
+        assert any("counts more FLOPs" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+        caplog.clear()
+        with surf_accel.patched(p, SMALL.replace(**follow, optimal_size=(64, 64), handoff="latent")):
+            p(generator=gen(0), **{**T2V_KW, "num_inference_steps": 12, "height": 128, "width": 128})
+        assert not any("counts more FLOPs" in r.getMessage() for r in caplog.records)
 
 
 def test_window_refine_uses_and_removes_window_attention(pipe):

@@ -79,6 +79,23 @@ def test_trained_refiner_runs_from_s1(tmp_path):
     assert seen == pytest.approx([1000.0, 500.0])  # s = 1, 0.5: the straight path, no noise
 
 
+def test_trained_refiner_takes_its_own_num_steps(tmp_path):
+    """With refine_steps unset the refiner's saved num_steps decides the refine (the call's steps do not);
+    an explicit refine_steps wins (test above)."""
+    Refiner.random(CFG, num_steps=3).save_pretrained(tmp_path)
+    r = Refiner.from_pretrained(tmp_path)
+    p = tiny_wan_t2v("euler")
+    seen = []
+    hook = r.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(float(kw["timestep"][0])),
+                                                   with_kwargs=True)
+    for steps in (4, 8):
+        seen.clear()
+        with surf_accel.patched(p, SMALL.replace(refine_steps=None, preview_steps=None), refiner=r):
+            p(generator=gen(0), **{**T2V_KW, "num_inference_steps": steps})
+        assert seen == pytest.approx([1000.0, 2000 / 3, 1000 / 3], rel=1e-6)
+    hook.remove()
+
+
 def test_incompatible_refiner_refused():
     p = tiny_wan_t2v("euler")
     bad = Refiner.random({**CFG, "text_dim": 24})

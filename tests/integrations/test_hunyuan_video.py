@@ -66,14 +66,30 @@ def test_identity_latent_output_and_tuple(pipe):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
 
-def test_identity_survives_model_cpu_offload():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cfg", [False, True])
+def test_identity_is_bit_exact_in_the_pipelines_dtype(dtype, cfg):
+    """The pipeline's float32-then-shift sigmas, CFG in the model dtype and the bf16 timestep after the
+    first Euler step: identical latents."""
+    p = tiny_hunyuan_t2v().to(dtype)
+    kw = {**HY_KW, **(CFG if cfg else {}), "output_type": "latent"}
+    ref = p(generator=gen(0), **kw).frames
+    out = run(p, SurfConfig.identity(), kw)
+    assert out.dtype == ref.dtype and torch.equal(out, ref)
+
+
+def test_model_cpu_offload_hooks_run_for_every_component(monkeypatch):
+    from tests.test_api import offload_recorder
+
     p = tiny_hunyuan_t2v()
-    ref = p(generator=gen(0), **HY_KW).frames
-    surf_accel.patch(p, SurfConfig.identity())
+    with surf_accel.patched(p, SMALL):
+        ref = p(generator=gen(0), **BIG).frames
     p.enable_model_cpu_offload(device="cpu")
-    out = p(generator=gen(0), **HY_KW).frames
-    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
-    surf_accel.unpatch(p)
+    seen = offload_recorder(monkeypatch, p, ("text_encoder", "text_encoder_2", "transformer", "vae"))
+    with surf_accel.patched(p, SMALL):
+        out = p(generator=gen(0), **BIG).frames
+    assert seen == ["text_encoder", "text_encoder_2"] + ["transformer"] * 4 + ["vae"] * 2 + ["transformer"] * 2 + ["vae"]
+    np.testing.assert_array_equal(out, ref)
 
 
 def test_unpatch_parity_bit_identical(pipe):
