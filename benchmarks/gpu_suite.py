@@ -13,7 +13,7 @@ Sections, each written to ``DIR/gpu_suite.md`` (plus PNG plots when matplotlib i
    embedding, text embedding and head are then counted once per measured block group: they are
    < 1% of a block at these sizes). Peak memory is that of the reduced model.
 2. VAE encode/decode at the pixel handoff's sizes, measured at two frame counts and extrapolated
-   linearly in frames to the request (a causal 3D VAE costs ``a + b * (F - 1)``, SPEC 6).
+   linearly in frames to the request (a causal 3D VAE costs ``a + b * (F - 1)``, docs/design.md 6).
 3. Fused latent ops against a measured device-to-device copy (``benchmarks/ops.py``'s cases).
 4. Window attention TFLOP/s on attended pairs against dense SDPA / flash-attn
    (``benchmarks/window_attention.py``).
@@ -48,7 +48,7 @@ from surf_accel import cost_model  # noqa: E402
 from surf_accel.config import SurfConfig  # noqa: E402
 from surf_accel.ops.window_attention import WINDOW_ATTENTION  # noqa: E402
 
-PAPER = {"wan2.1-14b 720p": (3497.0, 278.0)}  # SPEC 1.4: seconds, baseline and SURF (12.58x)
+PAPER = {"wan2.1-14b 720p": (3497.0, 278.0)}  # docs/design.md 1: seconds, baseline and SURF (12.58x)
 PAPER_SPEEDUP = {"hunyuanvideo 720p": 8.7}
 WAN_WINDOW = (4, 1000, 1000)  # temporal refine windows of 4 latent frames (README estimate)
 WINDOW_BACKENDS = ("triton", "cuda", "cpp", "flex", "torch")

@@ -1,4 +1,4 @@
-"""Signature table of SPEC section 6 on the shipped toy WanPipeline: speed and signature of the base
+"""Signature table of docs/design.md 6 on the shipped toy WanPipeline: speed and signature of the base
 model, the usual shortcuts and SURF variants, all producing 128 px (the toy's target) video, over the
 fixed set of 32 prompts x several seeds, with 95% bootstrap intervals.
 
@@ -175,7 +175,7 @@ def combine(parts: list[dict], out: Path, argv) -> None:
     p0 = parts[0]
     seeds = sorted(s for p in parts for s in p["seeds"])
     loads = ", ".join(f"seed(s) {p['seeds']}: {p['load'][0][0]:.2f} -> {p['load'][1][0]:.2f}" for p in parts)
-    _record.write(out, "Signature table on the toy world (SPEC section 6)", [
+    _record.write(out, "Signature table on the toy world (docs/design.md 6)", [
         *_record.provenance(argv, " (CPU)"),
         f"- shards (one process per seed, 1 torch thread each): {'; '.join(p['provenance'][2] for p in parts)}",
         f"- 1-minute load average at the start -> end of each shard: {loads}",

@@ -1,4 +1,4 @@
-"""Shifted-window attention against dense attention at real refiner shapes (SPEC 6, issue 4).
+"""Shifted-window attention against dense attention at real refiner shapes (docs/design.md 6, issue 4).
 
 Shapes: Wan2.1-14B self-attention (40 heads x 128) on the 720p token grid 21 x 45 x 80 (81 frames,
 1280 x 720, VAE 4x8x8, patch 1x2x2) and the 1080p grid 21 x 68 x 120 (1920 x 1088). Windows, in

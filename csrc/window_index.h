@@ -1,4 +1,4 @@
-// Index arithmetic of shifted-window attention (SPEC 3.2), shared by the CPU and CUDA pack/unpack
+// Index arithmetic of shifted-window attention (docs/design.md 3.2), shared by the CPU and CUDA pack/unpack
 // kernels (csrc/cpu/window_partition.cpp, csrc/cuda/window_partition.cu).
 //
 // Video tokens sit on a (T, H, W) grid flattened t-major. Along an axis of length L with window w and

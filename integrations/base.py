@@ -1,7 +1,7 @@
 """What a model family's adapter provides to the SURF stage runner, and the scheduler handling
 shared by every flow-matching family.
 
-An adapter hides what differs between families (SPEC 4): the transformer's call signature, VAE
+An adapter hides what differs between families (docs/design.md 4): the transformer's call signature, VAE
 scale factors and latent normalisation, latent preparation at a given resolution, image
 conditioning rebuilt per stage, RoPE limits. The runner (``surf_accel.runner``) only talks to this
 interface, so HunyuanVideo adds one adapter and no runner changes.

@@ -1,4 +1,4 @@
-"""Shifted-window attention processors for diffusers video transformers (SPEC 3.2, 4).
+"""Shifted-window attention processors for diffusers video transformers (docs/design.md 3.2, 4).
 
 ``apply_window_attention(transformer, window)`` swaps the self-attention processors of a
 ``WanTransformer3DModel`` (each block's ``attn1``) or the joint video+text attention of a

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI check of the CMake build (SPEC 3.3): configure and build CMakeLists.txt for CPU against the
+# CI check of the CMake build (docs/design.md 8): configure and build CMakeLists.txt for CPU against the
 # installed torch into build/cmake, then, in a fresh Python process (so surf_accel's own
 # extension is not loaded too), load the library with torch.ops.load_library, check that it
 # registers CPU kernels for the compiled ops, and run them against the PyTorch references.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Compile-only check of every CUDA source under csrc/ (SPEC 7: the CI check for CUDA code).
+"""Compile-only check of every CUDA source under csrc/ (docs/design.md 8: the CI check for CUDA code).
 
 There is no GPU and no CUDA build of torch on the developer and CI machines, so the CUDA kernels
 cannot be built into the extension there; this compiles each ``csrc/**/*.cu`` with nvcc against

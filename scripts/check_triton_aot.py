@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Compile every Triton kernel of ``surf_accel.triton_kernels`` ahead of time for real GPUs,
-without a GPU (SPEC 7): a CI check that each kernel builds for sm_80 and sm_90 in every dtype and
+without a GPU (docs/design.md 8): a CI check that each kernel builds for sm_80 and sm_90 in every dtype and
 constexpr variant its launchers use, and a report of what each one costs on chip.
 
 Kernel modules declare their compile variants in a module-level ``AOT_SPECS``: a list (or a

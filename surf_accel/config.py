@@ -1,4 +1,4 @@
-"""`SurfConfig`: what SURF does to one generation call (SPEC 1.2, 1.3), frozen and validated.
+"""`SurfConfig`: what SURF does to one generation call (docs/design.md 1.2, 1.3), frozen and validated.
 
 Step counts follow the call: the preview runs ``preview_fraction`` of the call's
 ``num_inference_steps``, switches to the low resolution after ``switch_fraction`` of the preview's
@@ -12,7 +12,7 @@ measurement recorded in the repo:
   little quality). A trained ``Refiner`` takes its own ``num_steps`` unless ``refine_steps`` is set.
 - ``downsample=2``: the paper's factor per spatial axis (4x fewer tokens, frames unchanged).
 - ``handoff="pixel"``: the paper's mapping (VAE decode, resize, VAE encode).
-- ``reshift="consistent"``: SPEC 1.2 (the paper's literal form mis-states the SNR; kept as
+- ``reshift="consistent"``: docs/design.md 1.2 (the paper's literal form mis-states the SNR; kept as
   ``"paper"``).
 - ``refine_start=0.7``: the training-free refiner is beyond the paper; chosen on the toy world
   (benchmarks/results/signature.md).
@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-# "consistent": (1 - s_low) down(x0) + s_low eps (SPEC 1.2); "paper": down(x0) + s_k eps with the
+# "consistent": (1 - s_low) down(x0) + s_low eps (docs/design.md 1.2); "paper": down(x0) + s_k eps with the
 # preview schedule's s_k (the paper as written); "additive_low": down(x0) + s_low eps (neither: the
 # paper's form at the low schedule's level, what an earlier "paper" mode computed).
 RESHIFT_MODES = ("consistent", "paper", "additive_low")
@@ -241,7 +241,7 @@ PRESETS: dict[str, tuple[SurfConfig, str]] = {
     ),
     "identity": (SurfConfig.identity(), "no acceleration: reproduces the unpatched pipeline (for checks)"),
     # HunyuanVideo 720p, 129 frames (33 latent frames): the paper's schedule plus its temporal-only
-    # refine windows (SPEC 1.3). W_t = 11 tiles the 33 latent frames into 3 whole windows (shifted
+    # refine windows (docs/design.md 1.3). W_t = 11 tiles the 33 latent frames into 3 whole windows (shifted
     # blocks: 6 + 11 + 11 + 5); the paper gives no W_t for HunyuanVideo and the window's effect on the
     # training-free refiner's quality is not measured yet. 1000 tokens = the whole H and W axes.
     "hunyuan-paper": (

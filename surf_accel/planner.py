@@ -4,11 +4,11 @@ No pipeline, no tensors: everything here is numbers, so it is unit-tested on its
 the cost model as well as by the runner.
 
 Sigma schedules. A flow-matching schedule is a time grid ``t`` in (0, 1] mapped through the time
-shift ``s = shift * t / (1 + (shift - 1) * t)`` (SPEC 1.1). The grid is the pipeline scheduler's own
+shift ``s = shift * t / (1 + (shift - 1) * t)`` (docs/design.md 1.1). The grid is the pipeline scheduler's own
 (diffusers' FlowMatchEulerDiscreteScheduler and UniPCMultistepScheduler build different ones), so
 a stage at the request's size with the scheduler's shift reproduces the unpatched schedule exactly.
 Each resolution gets its own shift (``SurfConfig.shift_rule``); the resolution switch keeps the
-time ``t_k`` and changes the noise level to the low-resolution schedule's ``s_low(t_k)`` (SPEC 1.2).
+time ``t_k`` and changes the noise level to the low-resolution schedule's ``s_low(t_k)`` (docs/design.md 1.2).
 """
 
 from __future__ import annotations
@@ -287,7 +287,7 @@ def plan_stages(request: Request, family: FamilySpec, scheduler: SchedulerSpec, 
     if m > 0:
         shift_ref = stage_shift(req_latent[1:], 2, "refine")
         if trained_refiner:
-            sig = np.linspace(1.0, 0.0, m + 1)  # the straight z_lr -> z_hr path (SPEC 1.3)
+            sig = np.linspace(1.0, 0.0, m + 1)  # the straight z_lr -> z_hr path (docs/design.md 1.3)
             model, use_sched, shift_ref = "trained_refiner", False, 1.0
         else:
             t_star = unshift_sigma(config.refine_start, shift_ref)

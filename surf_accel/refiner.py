@@ -1,4 +1,4 @@
-"""The refine stage (SPEC 1.3): handoff of the preview to the target size, the training-free
+"""The refine stage (docs/design.md 1.3): handoff of the preview to the target size, the training-free
 refiner's start, and the trained-refiner slot.
 
 Handoff builds ``z_lr``, the preview at the target latent size:
@@ -84,7 +84,7 @@ def handoff(pipe, adapter, preview: torch.Tensor, stage, config, noise: Optional
 
 # ---------------------------------------------------------------------------- trained refiner
 class Refiner:
-    """A trained refiner: a Wan-family DiT predicting the velocity ``z_lr - z_hr`` (SPEC 1.3).
+    """A trained refiner: a Wan-family DiT predicting the velocity ``z_lr - z_hr`` (docs/design.md 1.3).
 
     ``Refiner(transformer)`` wraps a ``WanTransformer3DModel``; ``num_steps`` is its number of Euler
     steps (paper: 10), used unless ``SurfConfig.refine_steps`` is set (an explicit count wins; the

@@ -1,4 +1,4 @@
-"""A hand replay of SURF (SPEC 1.2, 1.3) from diffusers' own schedulers and plain torch: the oracle
+"""A hand replay of SURF (docs/design.md 1.2, 1.3) from diffusers' own schedulers and plain torch: the oracle
 the patched pipelines are compared with (tests/test_surf_replay.py).
 
 Nothing here imports surf_accel's planner, runner, refiner or ops: step counts follow the documented

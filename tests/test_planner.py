@@ -173,7 +173,7 @@ def test_uniform_time_grid():
 
 def test_reshift_noise_per_mode():
     """consistent and additive_low re-noise at the low schedule's s_low(t_k); paper at the preview
-    schedule's own s_k (SPEC 1.2), here taken from a diffusers scheduler at the preview's shift."""
+    schedule's own s_k (docs/design.md 1.2), here taken from a diffusers scheduler at the preview's shift."""
     from diffusers import UniPCMultistepScheduler
 
     plans = {m: plan_stages(REQ40, WAN, UNIPC, SurfConfig(reshift=m)) for m in ("consistent", "paper", "additive_low")}

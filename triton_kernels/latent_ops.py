@@ -1,4 +1,4 @@
-"""Triton kernels and launchers for the fused latent ops of SPEC 3.1.
+"""Triton kernels and launchers for the fused latent ops of docs/design.md 3.1.
 
 Latents are ``(B, C, T, H, W)`` and may be non-contiguous: every kernel takes each input's five
 strides and computes addresses itself, so no input is copied. Each input element is loaded once

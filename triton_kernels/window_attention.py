@@ -1,4 +1,4 @@
-"""Fused shifted-window attention (SPEC 3.2) for Triton: one flash-style kernel.
+"""Fused shifted-window attention (docs/design.md 3.2) for Triton: one flash-style kernel.
 
 Each program owns ``BLOCK_M`` consecutive query tokens of one (batch, head) and reads ``q, k, v``
 ``(B, S, heads, D)`` in place through their strides (no permute copies). Window membership comes
@@ -14,7 +14,7 @@ per iteration that would stall load pipelining) and the h/w window arithmetic ar
 only the temporal index comparison remains, for blocks that straddle two windows.
 
 Tiles: ``configs(head_dim, dtype)``; on a GPU ``@triton.autotune`` picks among them per head dim,
-token count and variant; under the interpreter (where multi-config autotune fails, SPEC 7) the first
+token count and variant; under the interpreter (where multi-config autotune fails, docs/design.md 8) the first
 interpreter config runs, and tests pass any config explicitly.
 
 Launch geometry: grid ``(cdiv(N, BLOCK_M) + cdiv(num_text, BLOCK_M), B * heads)``.
@@ -232,7 +232,7 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid, wi
             wt, wh, ww, st, sh, sw,
             (d ** -0.5) * LOG2E)
     flags = dict(HEAD_DIM=d, BLOCK_D=triton.next_power_of_2(d), HAS_TEXT_MASK=text_mask is not None,
-                 # The interpreter's bf16/fp16 arithmetic is wrong (SPEC 7): compute in fp32 there.
+                 # The interpreter's bf16/fp16 arithmetic is wrong (docs/design.md 8): compute in fp32 there.
                  UPCAST=INTERPRET and q.dtype != torch.float32, IEEE=q.dtype == torch.float32,
                  TEMPORAL=wh == int(grid[1]) and ww == int(grid[2]))
 

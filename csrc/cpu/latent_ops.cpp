@@ -1,4 +1,4 @@
-// CPU kernels of the fused latent ops (SPEC 3.1): reshift_downsample, upsample_mix, guided_step.
+// CPU kernels of the fused latent ops (docs/design.md 3.1): reshift_downsample, upsample_mix, guided_step.
 //
 // One pass over memory: every input element is read once (reshift, guided) or from cache
 // (upsample re-reads each input row for the f output rows it feeds), the output is written once.

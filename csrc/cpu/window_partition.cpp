@@ -1,4 +1,4 @@
-// Shifted-window partition for the varlen attention path (SPEC 3.2): window_pack gathers the video
+// Shifted-window partition for the varlen attention path (docs/design.md 3.2): window_pack gathers the video
 // tokens of q/k/v (B, S, heads, D) into window-contiguous order (B*N, heads, D) (N = T*H*W; text
 // tokens after the grid are ignored), window_unpack scatters a packed attention output back to
 // (B, N, heads, D). CPU twin of csrc/cuda/window_partition.cu; the index arithmetic is shared in

@@ -1,4 +1,4 @@
-// CUDA kernels of the fused latent ops (SPEC 3.1): reshift_downsample, upsample_mix, guided_step.
+// CUDA kernels of the fused latent ops (docs/design.md 3.1): reshift_downsample, upsample_mix, guided_step.
 //
 // Memory-bound: each kernel reads every input element once and writes each output element once.
 // One thread per output element. The grid is 2-D: y walks the (B*C*T) planes, x the elements of

@@ -1,4 +1,4 @@
-// CUDA pack/unpack of shifted windows for flash-attn's varlen API (SPEC 3.2); CPU twin in
+// CUDA pack/unpack of shifted windows for flash-attn's varlen API (docs/design.md 3.2); CPU twin in
 // csrc/cpu/window_partition.cpp, which also defines the schemas. One thread block per packed row
 // (one token): it maps the row to its token with the O(1) arithmetic of csrc/window_index.h (no
 // permutation table), then its threads copy the heads * D elements with the widest vector type

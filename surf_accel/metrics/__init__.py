@@ -1,4 +1,4 @@
-"""Signature metrics for the toy world (SPEC section 6).
+"""Signature metrics for the toy world (docs/design.md 6).
 
 Video layout: WanPipeline's ``output_type="np"`` frames, (B, T, H, W, 3) floats in [0, 1], or one
 video (T, H, W, 3).

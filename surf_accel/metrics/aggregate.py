@@ -1,4 +1,4 @@
-"""Prompt-set signature metrics (a mini-VBench for the toy world, SPEC section 6).
+"""Prompt-set signature metrics (a mini-VBench for the toy world, docs/design.md 6).
 
 ``evaluate(frames, prompts)``: frames as WanPipeline returns them with ``output_type="np"``
 ((B, T, H, W, 3) in [0, 1]) or a list of single videos (T, H, W, 3); prompts in the world's words

@@ -1,4 +1,4 @@
-"""The fused latent ops of SPEC 3.1: public entry points, validation and one implementation per
+"""The fused latent ops of docs/design.md 3.1: public entry points, validation and one implementation per
 backend. Latents are ``(B, C, T, H, W)``; math is fp32, outputs keep the input dtype, and noise
 is always passed in (drawn from the caller's generator) so every backend agrees for a seed.
 """
@@ -114,7 +114,7 @@ def reshift_downsample(
     *,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Noise reshifting in one pass (SPEC 1.2).
+    """Noise reshifting in one pass (docs/design.md 1.2).
 
     ``latents``, ``model_output``: ``(B, C, T, H, W)``; ``noise``: ``(B, C, T, H/factor, W/factor)``.
     Returns ``(1 - sigma_new) * avgpool_HW(latents - sigma * model_output, factor) + sigma_new * noise``

@@ -19,7 +19,7 @@ def reshift_downsample(
     factor: int,
     mode: str = "consistent",
 ) -> torch.Tensor:
-    """Noise reshifting (SPEC 1.2): ``x0_hat = latents - sigma * model_output`` area-pooled by
+    """Noise reshifting (docs/design.md 1.2): ``x0_hat = latents - sigma * model_output`` area-pooled by
     ``factor`` over H and W, then re-noised to ``sigma_new`` with ``noise`` of the pooled shape.
 
     ``mode="consistent"``: ``(1 - sigma_new) * pool(x0_hat) + sigma_new * noise``.

@@ -1,4 +1,4 @@
-"""Shifted-window attention (SPEC 3.2): public entry point, validation and one implementation per
+"""Shifted-window attention (docs/design.md 3.2): public entry point, validation and one implementation per
 backend.
 
 Backends:
@@ -14,7 +14,7 @@ Backends:
   duplicated per window, ``nWin * valid_text`` extra rows), so one varlen call serves video queries
   exactly; text queries attend densely (SDPA with a key mask) to all valid keys.
   Temporal-only windows (whole H and W) without text are already contiguous slabs of the t-major
-  token order, and so is each part of a shifted block's split edge window (SPEC 3.2's partial edge
+  token order, and so is each part of a shifted block's split edge window (docs/design.md 3.2's partial edge
   windows are Swin's wrapped window and its mask): no pack/unpack, the varlen call reads q, k, v in
   place through cu_seqlens offsets (SDPA on strided per-slab views without a varlen library).
   With text, the valid text lengths are host ints (``text_lengths``, or one ``tolist`` per call):
@@ -508,7 +508,7 @@ def window_attention(
     text_lengths: Sequence[int] | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Shifted-window attention over a ``(T, H, W)`` token grid (SPEC 3.2).
+    """Shifted-window attention over a ``(T, H, W)`` token grid (docs/design.md 3.2).
 
     ``q, k, v``: ``(B, S, heads, D)`` with ``S = T*H*W + num_text`` (video tokens t-major, then
     text tokens). Along each axis a token's window index is ``(i + shift) // window`` (edge windows

@@ -1,4 +1,4 @@
-"""Pure-PyTorch shifted-window attention (SPEC 3.2): the explicit-mask oracle and the partitioned
+"""Pure-PyTorch shifted-window attention (docs/design.md 3.2): the explicit-mask oracle and the partitioned
 ``torch`` backend.
 
 Video tokens sit on a grid ``(T, H, W)`` flattened t-major (token ``n = (t * H + h) * W + w``), then

@@ -2,7 +2,7 @@
 
 The tokenizer is a word-level `tokenizers` model over the world's vocabulary, wrapped in
 `PreTrainedTokenizerFast` so that `AutoTokenizer.from_pretrained` (what WanPipeline uses) loads it
-from disk offline. The text encoder is a tiny `UMT5EncoderModel` with frozen random weights (SPEC 5):
+from disk offline. The text encoder is a tiny `UMT5EncoderModel` with frozen random weights (docs/design.md 5):
 the DiT learns to read its embeddings, so nothing needs training here.
 """
 

@@ -47,7 +47,7 @@ DIT_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_di
                   qk_norm="rms_norm_across_heads", rope_max_seq_len=256)
 SCHEDULER_CONFIG = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
                         num_train_timesteps=1000, solver_order=2, sample_max_value=1.0)
-# Flow shift per training resolution (SPEC 1.1: larger resolutions use a larger shift).
+# Flow shift per training resolution (docs/design.md 1.1: larger resolutions use a larger shift).
 SHIFT_FOR_SIZE = {32: 2.0, 64: 3.0, 128: 5.0}
 MAX_SEQUENCE_LENGTH = 512  # WanPipeline.__call__'s default: the DiT sees 512 padded text tokens
 

@@ -136,7 +136,7 @@ def test_partition_kernels_pack_window_contiguously(device, grid, window, shift)
 
 
 def test_mask_matches_definition():
-    """The oracle's mask against a literal reading of SPEC 3.2, pair by pair."""
+    """The oracle's mask against a literal reading of docs/design.md 3.2, pair by pair."""
     grid, window, shift = (3, 5, 4), (2, 2, 8), (1, 1, 3)
     T, H, W = grid
     mask = window_mask(grid, window, shift)

@@ -1,0 +1,169 @@
+"""Mutation check of SURF's core modules: seed one plausible fault at a time into a copy of the tree
+and run the tests that should catch it; a mutant the suite lets through is a hole in the tests.
+
+Each mutant replaces one exact snippet (which must occur exactly once) in one file. The copy is the
+git-tracked tree plus the built extension, with ``surf_accel/integrations`` and
+``surf_accel/triton_kernels`` linked as setuptools' ``package_dir`` maps them, so the tests import the
+mutated copy and never the working tree. Results go to ``benchmarks/results/mutation.md``.
+
+    python scripts/mutation_check.py [--only NAME ...] [--tests tests/... ...] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Fast, discriminating tests first: pytest -x stops at the first failure, so killed mutants die early.
+TESTS = ["tests/test_surf_replay.py", "tests/test_runner.py", "tests/test_planner.py", "tests/test_config.py",
+         "tests/test_refiner.py", "tests/test_api.py", "tests/integrations/test_wan.py",
+         "tests/integrations/test_hunyuan_video.py", "tests/test_cost_model.py"]
+
+# (name, file, original snippet, mutated snippet)
+MUTANTS = [
+    ("pixel handoff discards the preview", "surf_accel/refiner.py",
+     "video = adapter.decode(pipe, preview).to(torch.float32)",
+     "video = adapter.decode(pipe, torch.zeros_like(preview)).to(torch.float32)"),
+    ("latent handoff discards the preview", "surf_accel/refiner.py",
+     "z_lr = resize_latent(preview.to(torch.float32), dst, config.latent_resize)",
+     "z_lr = resize_latent(torch.zeros_like(preview, dtype=torch.float32), dst, config.latent_resize)"),
+    ("trained refiner starts from noise", "surf_accel/refiner.py",
+     "    if noise is None:\n        return z_lr",
+     "    if noise is None:\n        return torch.randn_like(z_lr)"),
+    ("reshift mode ignored (always consistent)", "surf_accel/runner.py",
+     'op_mode = "consistent" if cfg.reshift == "consistent" else "paper"', 'op_mode = "consistent"'),
+    ("paper reshift at the low schedule's level", "surf_accel/planner.py",
+     'if config.reshift == "paper" \\', 'if False \\'),
+    ("reshift x0 sign flipped", "surf_accel/runner.py",
+     "float(sigma), float(nxt.reshift_noise), factor, op_mode)",
+     "-float(sigma), float(nxt.reshift_noise), factor, op_mode)"),
+    ("conditional velocity alone (no CFG)", "surf_accel/runner.py",
+     "return v_c if v_u is None else v_u + guidance * (v_c - v_u)", "return v_c"),
+    ("CFG direction flipped", "surf_accel/runner.py",
+     "return v_c if v_u is None else v_u + guidance * (v_c - v_u)",
+     "return v_c if v_u is None else v_c + guidance * (v_u - v_c)"),
+    ("predicted re-noise not rescaled", "surf_accel/runner.py",
+     "return (pooled / std).contiguous()", "return pooled.contiguous()"),
+    ("refine noise at the wrong level", "surf_accel/runner.py",
+     "self.call), float(stage.sigmas[0])", "self.call), float(stage.sigmas[1])"),
+    ("low stage on the preview's shift", "surf_accel/planner.py",
+     "low_sigmas = scheduler.shifted(t_grid[k:], shift_low)", "low_sigmas = scheduler.shifted(t_grid[k:], shift_opt)"),
+    ("refine start not unshifted", "surf_accel/planner.py",
+     "t_star = unshift_sigma(config.refine_start, shift_ref)", "t_star = config.refine_start"),
+    ("trained refiner with CFG", "surf_accel/runner.py",
+     '        if stage.model == "trained_refiner":\n            guidance = 1.0\n', ""),
+    ("trained refiner Euler step reversed", "surf_accel/runner.py",
+     "float(guidance), sigma, float(sigmas[i + 1]))", "float(guidance), float(sigmas[i + 1]), sigma)"),
+    ("window attention never applied", "surf_accel/runner.py",
+     "window_context(model, stage.window)", "window_context(model, None)"),
+    ("refine_guidance ignored", "surf_accel/planner.py",
+     "guidance=config.refine_guidance, use_scheduler=use_sched", "guidance=None, use_scheduler=use_sched"),
+    ("interrupt keeps the preview size", "surf_accel/runner.py",
+     "                latents = self._to_request_size(latents)\n", ""),
+    ("switch one step late", "surf_accel/config.py",
+     "k = min(n, max(1, round(self.switch_fraction * n)))", "k = min(n, max(1, round(self.switch_fraction * n) + 1))"),
+    ("call's steps ignored", "surf_accel/config.py",
+     "max(\n            1, round(self.preview_fraction * num_inference_steps))", "40"),
+    ("trained refiner's num_steps ignored", "surf_accel/config.py",
+     "elif trained_refiner_steps is not None:", "elif False:"),
+    ("identity in float32 arithmetic", "surf_accel/config.py",
+     'shift_rule="constant", step_precision="pipeline", name="identity"',
+     'shift_rule="constant", step_precision="float32", name="identity"'),
+    ("optimal size above the request kept", "surf_accel/planner.py",
+     "        if oh > request.height or ow > request.width:\n            # never plan more work",
+     "        if False:\n            # never plan more work"),
+    ("flow shift below 1 kept", "surf_accel/planner.py", "if shift < 1.0 <= scheduler.shift:", "if False:"),
+    ("I2V condition dropped", "integrations/wan.py",
+     "else torch.cat([latents, ctx], dim=1)", "else torch.cat([latents, torch.zeros_like(ctx)], dim=1)"),
+    ("Wan uncond branch gets the prompt", "integrations/wan.py",
+     "encoder_hidden_states=call.negative_prompt_embeds if negative else call.prompt_embeds,",
+     "encoder_hidden_states=call.prompt_embeds,"),
+    ("Wan VAE encode not normalised", "integrations/wan.py", "return (z - mean) * inv_std", "return z"),
+    ("HunyuanVideo text mask dropped", "integrations/hunyuan_video.py",
+     'encoder_attention_mask=e["negative_mask"] if negative else e["mask"],',
+     'encoder_attention_mask=torch.ones_like(e["mask"]),'),
+    ("HunyuanVideo uncond branch gets the prompt", "integrations/hunyuan_video.py",
+     "encoder_hidden_states=call.negative_prompt_embeds if negative else call.prompt_embeds,",
+     "encoder_hidden_states=call.prompt_embeds,"),
+    ("HunyuanVideo embedded guidance not x1000", "integrations/hunyuan_video.py",
+     'dtype=tdtype, device=device) * 1000.0', 'dtype=tdtype, device=device) * 1.0'),
+    ("HunyuanVideo latents not scaled on encode", "integrations/hunyuan_video.py",
+     "return z * pipe.vae.config.scaling_factor", "return z"),
+]
+
+
+def make_copy(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for f in files + [os.path.relpath(p, ROOT) for p in glob.glob(str(ROOT / "surf_accel" / "_C*.so"))]:
+        src, dst = ROOT / f, dest / f
+        if src.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    for pkg in ("integrations", "triton_kernels"):
+        os.symlink(dest / pkg, dest / "surf_accel" / pkg)
+
+
+def run_mutant(copy: Path, mutant, tests: list[str]) -> tuple[str, float, str]:
+    name, rel, old, new = mutant
+    path = copy / rel
+    text = path.read_text()
+    if text.count(old) != 1:
+        return "stale (snippet not found exactly once)", 0.0, ""
+    path.write_text(text.replace(old, new))
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                           cwd=copy, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(copy)})
+    finally:
+        path.write_text(text)
+    failed = [ln.split(" - ")[0].removeprefix("FAILED ") for ln in r.stdout.splitlines() if ln.startswith("FAILED")]
+    return ("killed" if r.returncode != 0 else "SURVIVED"), time.perf_counter() - t0, (failed[:1] or [""])[0]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", nargs="*", default=None, help="mutant names containing one of these")
+    p.add_argument("--tests", nargs="*", default=TESTS)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation.md")
+    a = p.parse_args(argv)
+    mutants = [m for m in MUTANTS if not a.only or any(o in m[0] for o in a.only)]
+    started = datetime.datetime.now(datetime.timezone.utc)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="surf_mutants_") as tmp:
+        copy = Path(tmp) / "tree"
+        make_copy(copy)
+        baseline = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *a.tests],
+                                  cwd=copy, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(copy)})
+        if baseline.returncode != 0:
+            print(baseline.stdout[-3000:])
+            raise SystemExit("the unmutated copy fails its tests: fix them before checking mutants")
+        for m in mutants:
+            verdict, secs, test = run_mutant(copy, m, a.tests)
+            rows.append((m[0], m[1], verdict, secs, test))
+            print(f"{verdict:9s} {secs:6.1f} s  {m[0]} ({m[1]})  {test}", flush=True)
+    killed = sum(r[2] == "killed" for r in rows)
+    lines = [f"# Mutation check of the SURF core ({killed}/{len(rows)} killed)", "",
+             f"- date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, {os.cpu_count()} cores, "
+             f"{platform.platform()}",
+             f"- command: `python scripts/{Path(__file__).name} {' '.join(argv or sys.argv[1:])}`".rstrip(),
+             f"- tests run per mutant (stopping at the first failure): {' '.join(a.tests)}", "",
+             "| mutant | file | verdict | seconds | first failing test |", "|---|---|---|---|---|",
+             *(f"| {n} | `{f}` | {v} | {s:.0f} | {t and f'`{t}`'} |" for n, f, v, s, t in rows)]
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text("\n".join(lines) + "\n")
+    print(f"{killed}/{len(rows)} killed; wrote {a.out}")
+    return 0 if killed == len(rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
