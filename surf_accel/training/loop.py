@@ -1,0 +1,358 @@
+"""The training loop on Hugging Face accelerate: ``train(config)``.
+
+One call runs (or resumes) a whole run: load the base pipeline, make or load the cached pairs and
+text embeddings, build the refiner transformer, then optimiser steps until ``train.max_steps``,
+with accelerate state checkpoints every ``checkpoint.every`` steps, validation every
+``validation.every`` steps and the export at the end. Launch several processes with
+``accelerate launch`` or ``torchrun`` (DDP; FSDP with ``train.strategy: fsdp``); on CPU the
+processes talk over gloo.
+
+Reproducibility: every random draw of step ``k`` (which clips, ``s``, latent noise) comes from a
+generator seeded by ``(seed, k, micro-batch, process)``, never from a global RNG, so a run resumed
+from its step-``j`` checkpoint repeats steps ``j+1..`` exactly as the uninterrupted run took them.
+
+Checkpoints (``<output_dir>/checkpoints/step-XXXXXXXX``): ``accelerator.save_state`` with
+``safe_serialization=True`` (model weights as safetensors; optimizer, scheduler and RNG states as
+accelerate writes them: torch.save files, which accelerate loads back with ``weights_only=True``),
+the EMA as ``ema.safetensors`` and ``trainer_state.json`` (step, config fingerprint, the config),
+written last: a folder without it is incomplete and ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from surf_accel.training import objective
+from surf_accel.training.config import ConfigError, RefinerTrainingConfig
+from surf_accel.training.ema import EMA
+from surf_accel.training.model import (build_transformer, count_parameters, load_base_pipeline, trainable_parameters,
+                                       unwrap)
+
+logger = logging.getLogger("surf_accel.training")
+
+STATE_NAME = "trainer_state.json"
+EMA_NAME = "ema.safetensors"
+
+
+class ResumeMismatch(ValueError):
+    """The run in ``output_dir`` was started with a config that differs where it matters."""
+
+
+@dataclass
+class TrainResult:
+    step: int  # optimiser steps done
+    finished: bool  # reached train.max_steps (and exported)
+    losses: list = field(default_factory=list)  # (step, mean loss over processes) of this call
+    validation: list = field(default_factory=list)  # (step, metrics)
+    export_dir: Optional[str] = None
+    seconds: float = 0.0
+    is_main: bool = True
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def checkpoint_dirs(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE_NAME).is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _diff(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
+
+
+def check_resume(cfg: RefinerTrainingConfig, state: dict) -> None:
+    if state.get("fingerprint") == cfg.fingerprint():
+        return
+    old = state.get("fingerprint_dict") or {}
+    changes = _diff(old, cfg.fingerprint_dict())
+    raise ResumeMismatch(
+        f"{cfg.output_dir} holds a run started with another config; changed: " + "; ".join(changes[:8])
+        + (f" (+{len(changes) - 8} more)" if len(changes) > 8 else "")
+        + ". Use the original config, a new output_dir, or --no-resume to start over there "
+        f"(only {', '.join(cfg.RESUMABLE_CHANGES)} may change between resumes)")
+
+
+def _lr_lambda(cfg: RefinerTrainingConfig):
+    t = cfg.train
+
+    def f(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.lr_schedule == "constant":
+            return 1.0
+        p = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
+    return f
+
+
+def _make_accelerator(cfg: RefinerTrainingConfig):
+    from accelerate import Accelerator
+
+    kwargs = {}
+    if cfg.train.strategy == "fsdp":
+        from accelerate import FullyShardedDataParallelPlugin
+
+        if cfg.train.ema_decay is not None:
+            raise ConfigError("train.ema_decay with train.strategy 'fsdp' is not supported (the EMA would need the "
+                              "sharded parameters gathered every step); set ema_decay: null")
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(use_orig_params=True)
+    return Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
+                       project_dir=cfg.output_dir, **kwargs)
+
+
+def _seed(*parts: int) -> int:
+    x = 0
+    for p in parts:
+        x = (x * 1_000_003 + int(p)) % (2 ** 62)
+    return x
+
+
+# ---------------------------------------------------------------------------- data
+def prepare_data(cfg: RefinerTrainingConfig, pipe, adapter, progress: bool = False) -> dict:
+    """Cached pairs and text embeddings: ``{"z_hr", "z_lr" (N, C, T, h, w), "text_index" (N,),
+    "text" (K, L, D), "val": {"z_lr", "hr", "text"}}``."""
+    from surf_accel.training.data import TextEmbeddingCache, load_sources
+    from surf_accel.training.pairs import cached_pairs, check_sizes
+
+    check_sizes(pipe, cfg.data.height, cfg.data.width, cfg.data.num_frames, cfg.pairs, pipe.transformer.config.patch_size)
+    train_src, val_src = load_sources(cfg.data, cfg.seed)
+    emb = TextEmbeddingCache(cfg.cache_dir).get(pipe, train_src.captions + val_src.captions,
+                                                cfg.data.max_sequence_length)
+    captions = sorted(emb)
+    table = torch.stack([emb[c] for c in captions])
+    pos = {c: i for i, c in enumerate(captions)}
+    recipe = {"data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("cache_dir",)},
+              "pairs": {k: v for k, v in dataclasses.asdict(cfg.pairs).items() if k != "latent_noise"}}
+    pairs = cached_pairs(pipe, adapter, train_src, cfg.pairs, cfg.seed, cfg.cache_dir, "pairs", recipe, progress=progress)
+    out = {"z_hr": pairs["z_hr"], "z_lr": pairs["z_lr"], "text": table,
+           "text_index": torch.tensor([pos[c] for c in train_src.captions]), "val": None}
+    if len(val_src):
+        vp = cached_pairs(pipe, adapter, val_src, cfg.pairs, cfg.seed + 1, cfg.cache_dir, "val", recipe, keep_hr=True)
+        out["val"] = {"z_lr": vp["z_lr"], "hr": vp["hr"], "text": table[[pos[c] for c in val_src.captions]]}
+    return out
+
+
+def latent_frames_for(frames: int, pipe) -> int:
+    return (frames - 1) // int(pipe.vae_scale_factor_temporal) + 1
+
+
+# ---------------------------------------------------------------------------- training
+def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: Optional[int] = None,
+          max_minutes: Optional[float] = None, progress: bool = True) -> TrainResult:
+    """Run (or resume) the training ``cfg`` describes.
+
+    ``resume=False`` deletes earlier checkpoints in ``output_dir/checkpoints`` and starts at step 0.
+    ``stop_after_steps`` / ``max_minutes`` end this call early (as an interruption would: no
+    checkpoint beyond the periodic ones, no export); calling again resumes.
+    """
+    from surf_accel.integrations.wan import WanAdapter
+    from surf_accel.training.window import training_windows
+
+    t_start = time.time()
+    accelerator = _make_accelerator(cfg)
+    main = accelerator.is_main_process
+    out_dir = Path(cfg.output_dir)
+    if not resume and main and (out_dir / "checkpoints").is_dir():
+        shutil.rmtree(out_dir / "checkpoints")
+    accelerator.wait_for_everyone()
+    ckpts = checkpoint_dirs(out_dir) if resume else []
+    state = json.loads((ckpts[-1] / STATE_NAME).read_text()) if ckpts else None
+    if state is not None:
+        check_resume(cfg, state)  # before any expensive work
+
+    pipe = load_base_pipeline(cfg.base)
+    adapter = WanAdapter()
+    T = int(pipe.scheduler.config.num_train_timesteps)
+    model = build_transformer(pipe, cfg.model)
+    _check_rope(model, pipe, cfg)
+    with accelerator.main_process_first():  # the main process makes the caches, the others read them
+        data = prepare_data(cfg, pipe, adapter, progress=progress and main)
+    if cfg.train.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    params = list(trainable_parameters(model).values())
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    inner = unwrap(model)
+    ema = EMA(trainable_parameters(inner).items(), cfg.train.ema_decay) if cfg.train.ema_decay else None
+    step = 0
+    if state is not None:
+        accelerator.load_state(str(ckpts[-1]))
+        if ema is not None:
+            ema.load(ckpts[-1] / EMA_NAME)
+        step = int(state["step"])
+        if main:
+            logger.info("resumed from %s (step %d)", ckpts[-1], step)
+
+    phases = cfg.train.phases(cfg.data.num_frames)
+    bounds = [sum(p.steps for p in phases[:i + 1]) for i in range(len(phases))]
+    n = data["z_hr"].shape[0]
+    world, rank = accelerator.num_processes, accelerator.process_index
+    result = TrainResult(step=step, finished=False, is_main=main)
+    if main:
+        _append(out_dir / "log.jsonl", {"event": "start", "step": step, "processes": world,
+                                         "distributed_type": str(accelerator.distributed_type),
+                                         "mixed_precision": accelerator.mixed_precision, "pairs": n,
+                                         "parameters": count_parameters(inner),
+                                         "trainable": count_parameters(inner, True)})
+    bar = None
+    if progress and main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train-refiner", dynamic_ncols=True)
+        logger.info("refiner %s params (%s trainable), %d pairs, %d process(es)", f"{count_parameters(inner):,}",
+                    f"{count_parameters(inner, True):,}", n, world)
+    log_path = out_dir / "log.jsonl"
+    smooth = None
+    this_call = 0
+    with training_windows(inner, cfg.model.window):
+        while step < cfg.train.max_steps:
+            phase = phases[next(i for i, b in enumerate(bounds) if step < b)]
+            lt = latent_frames_for(phase.frames, pipe)
+            t0 = time.time()
+            model.train()
+            loss_sum = torch.zeros(())
+            for micro in range(cfg.train.grad_accum):
+                g = torch.Generator().manual_seed(_seed(cfg.seed, step, micro, rank))
+                idx = torch.randint(0, n, (phase.batch_size,), generator=g)
+                z_hr = data["z_hr"][idx, :, :lt]
+                lo, hi = cfg.pairs.latent_noise
+                std = lo + (hi - lo) * torch.rand(phase.batch_size, generator=g)
+                z_lr = objective.degrade_latent(data["z_lr"][idx, :, :lt], std, g)
+                text = data["text"][data["text_index"][idx]]
+                s = objective.sample_s(phase.batch_size, cfg.objective, cfg.model.num_steps, g)
+                dev = accelerator.device
+                sync = micro == cfg.train.grad_accum - 1
+                with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
+                    with accelerator.autocast():
+                        loss = objective.flow_loss(model, z_hr.to(dev), z_lr.to(dev), text.to(dev), s.to(dev), T)
+                    accelerator.backward(loss / cfg.train.grad_accum)
+                loss_sum += loss.detach().float().cpu()
+            if cfg.train.max_grad_norm:
+                accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.train.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(trainable_parameters(inner).items(), step)
+            step += 1
+            this_call += 1
+            mean_loss = accelerator.reduce((loss_sum / cfg.train.grad_accum).to(accelerator.device), "mean").item()
+            result.losses.append((step, mean_loss))
+            dt = time.time() - t0
+            clips = phase.batch_size * cfg.train.grad_accum * world
+            smooth = mean_loss if smooth is None else 0.9 * smooth + 0.1 * mean_loss
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{smooth:.4f}", clips_s=f"{clips / dt:.2f}", frames=phase.frames)
+            if main and (step % cfg.log_every == 0 or step == 1):
+                _append(log_path, {"step": step, "loss": mean_loss, "loss_smooth": smooth, "lr": sched.get_last_lr()[0],
+                                   "frames": phase.frames, "clips_per_s": clips / dt, "step_s": dt,
+                                   "elapsed_s": time.time() - t_start})
+            if step % cfg.checkpoint.every == 0 or step == cfg.train.max_steps:
+                save_checkpoint(accelerator, cfg, step, ema)
+            v = cfg.validation
+            if (v.every and step % v.every == 0) or step == cfg.train.max_steps:
+                metrics = _validate(accelerator, pipe, adapter, inner, ema, cfg, data.get("val"), T)
+                if metrics is not None:
+                    result.validation.append((step, metrics))
+                    _append(log_path, {"step": step, "validation": metrics})
+                    if bar is not None:
+                        bar.write(f"step {step} validation: {json.dumps(metrics)}")
+            stop = (stop_after_steps is not None and this_call >= stop_after_steps) or (
+                max_minutes is not None and time.time() - t_start > 60 * max_minutes)
+            if stop and step < cfg.train.max_steps:
+                break
+    if bar is not None:
+        bar.close()
+    result.step = step
+    if step >= cfg.train.max_steps:
+        result.finished = True
+        if main:
+            result.export_dir = str(export_now(inner, ema, cfg, step))
+        accelerator.wait_for_everyone()
+    result.seconds = time.time() - t_start
+    accelerator.end_training()
+    return result
+
+
+def _check_rope(model, pipe, cfg: RefinerTrainingConfig) -> None:
+    c = model.config
+    vs = int(pipe.vae_scale_factor_spatial)
+    grid = (latent_frames_for(cfg.data.num_frames, pipe) // c.patch_size[0], cfg.data.height // vs // c.patch_size[1],
+            cfg.data.width // vs // c.patch_size[2])
+    if max(grid) >= c.rope_max_seq_len:
+        raise ValueError(f"the refiner's patch grid {grid} at {cfg.data.height}x{cfg.data.width} needs "
+                         f"rope_max_seq_len > {max(grid)} (it is {c.rope_max_seq_len}); set model.config.rope_max_seq_len")
+
+
+def _append(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def save_checkpoint(accelerator, cfg: RefinerTrainingConfig, step: int, ema: Optional[EMA]) -> Path:
+    """accelerate state + EMA + trainer state (written last); keeps the newest ``checkpoint.keep``."""
+    d = Path(cfg.output_dir) / "checkpoints" / f"step-{step:08d}"
+    accelerator.save_state(str(d), safe_serialization=True)
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.save(d / EMA_NAME)
+        state = {"step": step, "fingerprint": cfg.fingerprint(), "fingerprint_dict": cfg.fingerprint_dict(),
+                 "config": cfg.to_dict()}
+        (d / STATE_NAME).write_text(json.dumps(state, indent=1))
+        for old in checkpoint_dirs(cfg.output_dir)[:-cfg.checkpoint.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return d
+
+
+def _with_ema(inner, ema: Optional[EMA]):
+    import copy
+
+    m = copy.deepcopy(inner)
+    if ema is not None:
+        ema.copy_to(m)
+    return m.eval()
+
+
+def _validate(accelerator, pipe, adapter, inner, ema, cfg, val, T) -> Optional[dict]:
+    from surf_accel.training.validate import run_validation
+
+    metrics = None
+    if accelerator.is_main_process:
+        t0 = time.time()
+        m = _with_ema(inner, ema)
+        metrics = run_validation(pipe, adapter, m, cfg, val, num_train_timesteps=T)
+        metrics["seconds"] = round(time.time() - t0, 2)
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def export_now(inner, ema: Optional[EMA], cfg: RefinerTrainingConfig, step: int) -> Path:
+    from surf_accel.training.export import export_refiner
+
+    m = _with_ema(inner, ema if cfg.export.use_ema else None)
+    export_refiner(m, cfg, step=step)
+    return cfg.export_dir

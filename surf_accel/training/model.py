@@ -1,0 +1,159 @@
+"""The refiner's model: the base pipeline it serves, the ``WanTransformer3DModel`` it trains and
+the checks that the two fit together.
+
+Initialisation (``ModelConfig.init``):
+
+- ``"scratch"``: a random transformer with the base transformer's config (or ``model.transformer``'s)
+  overridden by ``model.config`` (e.g. fewer layers or a narrower width: any size);
+- ``"base"``: a full copy of the base (or ``model.transformer``'s) weights, all trained;
+- ``"lora"``: that copy frozen, with peft LoRA adapters on the attention and FFN linears (only
+  they train; ``export`` merges them).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import torch
+
+from surf_accel.training.config import ModelConfig
+
+TOY_BASE = "toy"
+
+
+def load_base_pipeline(base: str, dtype: torch.dtype = torch.float32):
+    """The base ``WanPipeline``: ``"toy"`` (the shipped toy pipeline) or a local diffusers folder."""
+    if base == TOY_BASE:
+        from surf_accel.toyworld import load_pipeline
+
+        pipe = load_pipeline(dtype)
+    else:
+        if not os.path.isdir(base) or not os.path.isfile(os.path.join(base, "model_index.json")):
+            raise FileNotFoundError(f"base {base!r} is not a local diffusers pipeline folder (no model_index.json); "
+                                    "use 'toy' or the path of a Wan2.1 Diffusers folder")
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(base, torch_dtype=dtype, local_files_only=True)
+    from surf_accel.integrations.wan import WanAdapter
+
+    WanAdapter().check_pipeline(pipe)  # a Wan2.1 pipeline with a supported scheduler, or TypeError
+    if type(pipe).__name__ != "WanPipeline":
+        raise TypeError(f"refiner training takes a text-to-video WanPipeline as its base, got {type(pipe).__name__}")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def text_width(pipe) -> int:
+    """Width of the base text encoder's embeddings (what the refiner's ``text_dim`` must be)."""
+    cfg = pipe.text_encoder.config
+    for k in ("d_model", "hidden_size"):
+        if getattr(cfg, k, None):
+            return int(getattr(cfg, k))
+    raise TypeError(f"cannot read the embedding width of {type(pipe.text_encoder).__name__}")
+
+
+def check_pairing(transformer_config: Any, pipe, where: str = "the refiner transformer") -> None:
+    """``ValueError`` when a transformer config cannot read the base VAE's latents or text encoder's
+    embeddings (the wrong VAE/transformer pairing)."""
+    g = transformer_config.get if hasattr(transformer_config, "get") else (lambda k, d=None: getattr(transformer_config, k, d))
+    z = int(pipe.vae.config.z_dim)
+    problems = []
+    if int(g("in_channels")) != z:
+        problems.append(f"in_channels {g('in_channels')} but the VAE's latents have z_dim {z} channels")
+    if int(g("out_channels")) != z:
+        problems.append(f"out_channels {g('out_channels')} but the VAE's latents have z_dim {z} channels")
+    tw = text_width(pipe)
+    if int(g("text_dim")) != tw:
+        problems.append(f"text_dim {g('text_dim')} but the text encoder's embeddings are {tw} wide")
+    if g("image_dim") is not None:
+        problems.append("image_dim is set (an image-to-video transformer); a refiner reads latents and text only")
+    if problems:
+        raise ValueError(f"{where} does not fit the base pipeline's VAE/text encoder: " + "; ".join(problems))
+
+
+def base_transformer_config(pipe, cfg: ModelConfig) -> dict:
+    src = _source_transformer(pipe, cfg)
+    return {k: v for k, v in dict(src.config).items() if not k.startswith("_")}
+
+
+def _source_transformer(pipe, cfg: ModelConfig):
+    if cfg.transformer is None:
+        return pipe.transformer
+    from diffusers import WanTransformer3DModel
+
+    if not os.path.isfile(os.path.join(cfg.transformer, "config.json")):
+        raise FileNotFoundError(f"model.transformer {cfg.transformer!r} is not a WanTransformer3DModel folder")
+    return WanTransformer3DModel.from_pretrained(cfg.transformer, local_files_only=True)
+
+
+def build_transformer(pipe, cfg: ModelConfig):
+    """The trainable transformer (float32, train mode) for ``cfg``; LoRA adapters added for ``"lora"``."""
+    from diffusers import WanTransformer3DModel
+
+    if cfg.init == "scratch":
+        tcfg = base_transformer_config(pipe, cfg)
+        unknown = sorted(set(cfg.config) - set(tcfg))
+        if unknown:
+            raise ValueError(f"model.config has key(s) WanTransformer3DModel does not take: {', '.join(unknown)}")
+        tcfg.update(cfg.config)
+        check_pairing(tcfg, pipe)
+        torch.manual_seed(cfg.seed)
+        model = WanTransformer3DModel(**tcfg)
+    else:
+        src = _source_transformer(pipe, cfg)
+        check_pairing(src.config, pipe)
+        model = copy.deepcopy(src)
+        if cfg.init == "lora":
+            add_lora(model, cfg)
+    model.to(torch.float32).train()
+    return model
+
+
+def add_lora(model, cfg: ModelConfig) -> None:
+    """Freeze ``model`` and add peft LoRA adapters (``cfg.lora``) to its attention/FFN linears; the
+    adapters' B matrices start at zero (peft's default), so step 0 equals the base model."""
+    try:
+        from peft import LoraConfig
+    except ImportError as e:
+        raise ImportError("model.init 'lora' needs peft: pip install 'surf_accel[train]'") from e
+    model.requires_grad_(False)
+    torch.manual_seed(cfg.seed)
+    model.add_adapter(LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, init_lora_weights=True,
+                                 target_modules=list(cfg.lora.target_modules)))
+
+
+def has_lora(model) -> bool:
+    return bool(getattr(model, "_hf_peft_config_loaded", False))
+
+
+def merged_copy(model):
+    """A plain ``WanTransformer3DModel`` with ``model``'s weights, LoRA adapters merged into the base
+    weights (``W + (alpha / r) B A``); a copy of ``model`` when it has none."""
+    from diffusers import WanTransformer3DModel
+
+    m = copy.deepcopy(model)
+    if has_lora(m):
+        m.fuse_lora(lora_scale=1.0)
+        m.unload_lora()
+    cfg = {k: v for k, v in dict(m.config).items() if not k.startswith("_")}
+    out = WanTransformer3DModel(**cfg)
+    out.load_state_dict(m.state_dict(), strict=True)
+    return out.eval()
+
+
+def trainable_parameters(model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def unwrap(model):
+    """The module under DDP/FSDP wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def count_parameters(model, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+

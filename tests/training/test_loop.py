@@ -1,0 +1,112 @@
+"""The accelerate loop end to end on the toy pipeline: a 2-process gloo run whose loss goes down,
+save / kill / resume equal to the uninterrupted run, the export runs through surf_accel.patch,
+a resumed run with a changed config is refused."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import surf_accel
+from surf_accel.refiner import Refiner
+from surf_accel.training import config_from_dict
+from surf_accel.training.loop import ResumeMismatch, checkpoint_dirs, train
+from tests.training.common import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _weights(folder):
+    return load_file(os.path.join(folder, "diffusion_pytorch_model.safetensors"))
+
+
+def test_kill_and_resume_reproduce_the_uninterrupted_run(tmp_path):
+    common = dict(export={"dtype": "float32"}, train={"grad_accum": 2, "curriculum": [{"steps": 3, "frames": 1},
+                                                                                       {"steps": 3}]})
+    full = config_from_dict(tiny_config(tmp_path / "full", **common))
+    res = train(full, progress=False)
+    assert res.finished and res.step == 6
+
+    cut = config_from_dict(tiny_config(tmp_path / "cut", **common, data={"cache_dir": str(tmp_path / "full" / "cache")}))
+    r1 = train(cut, stop_after_steps=3, progress=False)  # "killed" after step 3: last checkpoint is step 2
+    assert not r1.finished and r1.step == 3 and not (tmp_path / "cut" / "refiner").exists()
+    assert [p.name for p in checkpoint_dirs(cut.output_dir)] == ["step-00000002"]
+    r2 = train(cut, progress=False)
+    assert r2.finished and r2.losses[0][0] == 3  # steps 3.. were redone
+    assert [l for s, l in r2.losses] == pytest.approx([l for s, l in res.losses[2:]], abs=0)
+    a, b = _weights(full.export_dir), _weights(cut.export_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], Refiner.random(dict(Refiner.from_pretrained(full.export_dir).config)).transformer
+                               .state_dict()[k]) for k in a)  # it trained
+
+    changed = config_from_dict(tiny_config(tmp_path / "cut", **common, pairs={"latent_noise": [0.0, 0.5]}))
+    with pytest.raises(ResumeMismatch, match=r"pairs.latent_noise"):
+        train(changed, progress=False)
+
+
+def test_export_loads_and_runs_through_patch(tmp_path):
+    cfg = config_from_dict(tiny_config(tmp_path, train={"max_steps": 2}, validation={"every": 0}))
+    res = train(cfg, progress=False)
+    ref = Refiner.from_pretrained(res.export_dir, torch_dtype=torch.float32)
+    meta = ref.metadata
+    assert ref.num_steps == 4 and meta["trained_steps"] == 2
+    assert meta["training_config"]["pairs"]["handoff"] == "latent" and "z_lr" in meta["data_recipe"]
+    assert next(iter(_weights(res.export_dir).values())).dtype == torch.float16
+    val = [v for s, v in res.validation]
+    assert val and np.isfinite(val[-1]["psnr_refined"]) and np.isfinite(val[-1]["ssim_z_lr"])
+    from surf_accel.toyworld import load_pipeline, surf_config
+
+    pipe = load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    ref.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(float(kw["timestep"][0])), with_kwargs=True)
+    with surf_accel.patched(pipe, surf_config(window=(1, 4, 4)), refiner=ref):
+        out = pipe(prompt="a red circle moving left", height=64, width=64, num_frames=5, num_inference_steps=8,
+                   generator=torch.Generator().manual_seed(0), output_type="np").frames
+    assert out.shape == (1, 5, 64, 64, 3) and np.isfinite(out).all()
+    assert seen == pytest.approx([1000.0, 750.0, 500.0, 250.0])  # its own 4 steps from s = 1
+
+
+def test_two_process_gloo_run_loss_goes_down(tmp_path):
+    import yaml
+
+    cfg = tiny_config(tmp_path / "ddp", train={"max_steps": 24, "batch_size": 4, "lr": 3e-3}, checkpoint={"every": 12},
+                      data={"num_clips": 32})
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "surf_accel.training", str(path), "--threads", "1", "--quiet"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = [json.loads(l) for l in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    start = records[0]
+    assert start["event"] == "start" and start["processes"] == 2 and "MULTI_CPU" in start["distributed_type"]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 24
+    first, last = np.mean(losses[:4]), np.mean(losses[-4:])
+    assert last < 0.6 * first, (first, last)
+    Refiner.from_pretrained(tmp_path / "ddp" / "refiner")
+
+
+def test_lora_bf16_checkpointed_run_exports_a_plain_transformer(tmp_path):
+    """init 'lora' on the toy base with bf16 autocast and gradient checkpointing: the loss is finite,
+    only adapters train, and the export is the merged plain transformer of the base's shape."""
+    cfg = config_from_dict(tiny_config(tmp_path, model={"init": "lora", "config": {}, "lora": {"rank": 2}},
+                                       train={"max_steps": 2, "mixed_precision": "bf16",
+                                              "gradient_checkpointing": True, "lr": 1e-2}))
+    res = train(cfg, progress=False)
+    assert res.finished and all(np.isfinite(l) for _, l in res.losses)
+    w = _weights(res.export_dir)
+    assert not any("lora" in k for k in w)
+    from surf_accel.toyworld import load_pipeline
+
+    base = load_pipeline().transformer.state_dict()
+    assert w.keys() == base.keys()
+    moved = [k for k in w if not torch.equal(w[k].float(), base[k].half().float())]
+    assert moved and all(k.endswith("weight") for k in moved)  # merged LoRA deltas land on the adapted linears
