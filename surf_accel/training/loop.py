@@ -293,6 +293,12 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
         accelerator.wait_for_everyone()
     result.seconds = time.time() - t_start
     accelerator.end_training()
+    # accelerate keeps one AcceleratorState per process (mixed precision, plugins): drop it so that a
+    # next train() call in this process (tests, notebooks) may use other settings; the process group
+    # (PartialState) stays
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
     return result
 
 
