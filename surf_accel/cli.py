@@ -1,4 +1,4 @@
-"""``surf-accel``: generate, estimate, info, demo.
+"""``surf-accel``: generate, estimate, info, demo, train-refiner.
 
     surf-accel generate ./Wan2.1-T2V-1.3B-Diffusers --prompt "a cat" --height 720 --width 1280 \\
         --frames 81 --preset paper --output cat.mp4 [--baseline]
@@ -6,6 +6,7 @@
     surf-accel estimate --model wan2.1-14b --height 720 --width 1280 --frames 81 --preset paper
     surf-accel estimate --model hunyuanvideo --height 720 --width 1280 --frames 129
     surf-accel info
+    surf-accel train-refiner refiner.yaml
 """
 
 from __future__ import annotations
@@ -57,8 +58,28 @@ def cmd_estimate(args) -> int:
     cfg = _config_from(args, defaults.preset)
     guidance = True if args.cfg else (False if args.no_cfg else None)
     frames = args.frames if args.frames is not None else defaults.frames
+    refiner = args.refiner
+    if refiner is not None and refiner not in MODELS and (os.path.exists(refiner) or os.sep in refiner):
+        from surf_accel.cost_model import load_refiner_spec
+
+        try:
+            info = load_refiner_spec(refiner)
+        except FileNotFoundError as e:
+            raise ValueError(str(e)) from None
+        refiner = info.spec
+        # the refiner's own step count and training windows, unless the command line sets them
+        changes = {}
+        if args.refine_steps is None and info.num_steps is not None:
+            changes["refine_steps"] = info.num_steps
+        if args.window is None and info.window is not None:
+            changes["window"] = tuple(info.window)
+        if changes:
+            cfg = cfg.replace(**changes)
+        print(f"refiner {args.refiner} ({info.source}): {info.spec.num_layers} layers, width {info.spec.dim}, "
+              f"ffn {info.spec.ffn_dim}, {info.spec.params / 1e6:.3g}M block parameters, "
+              f"{cfg.refine_steps if cfg.refine_steps is not None else 'default'} steps, window {cfg.window}")
     est = estimate(args.model, args.height, args.width, frames, cfg, steps=args.steps, guidance=guidance,
-                   refiner=args.refiner)
+                   refiner=refiner)
     print(est.plan.describe())
     print()
     print(est.table())
@@ -174,6 +195,53 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=_demo.main)
 
 
+# ---------------------------------------------------------------------------- train-refiner
+def cmd_train_refiner(args) -> int:
+    import logging
+
+    import torch
+
+    from surf_accel.training import load_config
+    from surf_accel.training.loop import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
+    try:
+        cfg = load_config(args.config)
+    except FileNotFoundError as e:
+        print(f"surf-accel train-refiner: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        res = train(cfg, resume=not args.no_resume, stop_after_steps=args.stop_after_steps,
+                    max_minutes=args.max_minutes, progress=not args.quiet)
+    except FileNotFoundError as e:
+        print(f"surf-accel train-refiner: error: {e}", file=sys.stderr)
+        return 2
+    if not res.is_main:
+        return 0
+    if res.finished:
+        print(f"trained {res.step} steps in {res.seconds:.1f} s; refiner -> {res.export_dir}")
+    else:
+        print(f"stopped at step {res.step} of {cfg.train.max_steps} ({res.seconds:.1f} s); run the same command "
+              "again to resume")
+    return 0
+
+
+def _add_train_refiner(sub) -> None:
+    t = sub.add_parser("train-refiner", help="train a SURF refiner (YAML/JSON config; accelerate: launch with "
+                       "`accelerate launch -m surf_accel.training CONFIG` for several processes)")
+    t.add_argument("config", help="training config (.yaml/.yml/.json), see README 'Training a refiner'")
+    t.add_argument("--no-resume", action="store_true", help="discard the checkpoints in output_dir and start at step 0")
+    t.add_argument("--stop-after-steps", type=int, default=None, help="stop after this many steps of this call "
+                   "(resumable; no export)")
+    t.add_argument("--max-minutes", type=float, default=None, help="stop after this long (resumable; no export)")
+    t.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train_refiner)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surf-accel", description="SURF video-diffusion acceleration for diffusers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -214,8 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     passes.add_argument("--no-cfg", action="store_true", help="count one pass per step (no classifier-free guidance)")
     passes.add_argument("--cfg", action="store_true", help="count two passes per step (HunyuanVideo: true CFG; "
                         "default: Wan2.1 two, HunyuanVideo one, as it is guidance-distilled)")
-    e.add_argument("--refiner", default=None, help="a trained refiner of this model size (default: training-free "
-                   "refine with the base model)")
+    e.add_argument("--refiner", default=None, help="a trained refiner: a model name (wan2.1-1.3b, ...), a Refiner "
+                   "folder or config.json, a WanTransformer3DModel config, or a train-refiner config (its steps and "
+                   "windows are used unless --refine-steps/--window say otherwise; default: training-free refine with "
+                   "the base model)")
     _add_config_args(e)
     e.set_defaults(func=cmd_estimate)
 
@@ -224,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
 
     _add_demo(sub)
+    _add_train_refiner(sub)
     return parser
 
 

@@ -93,3 +93,25 @@ def test_generate_hunyuanvideo_folder(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "surf" in captured.out and "window (11, 1000, 1000)" in captured.err  # hunyuan-paper by default
     assert out.exists() and os.path.getsize(out) > 0
+
+
+def test_estimate_with_a_refiner_folder(tmp_path, capsys):
+    from surf_accel.refiner import Refiner
+
+    tcfg = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=16, out_channels=16,
+                text_dim=4096, freq_dim=32, ffn_dim=16, num_layers=1, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
+    r = Refiner.random(tcfg, num_steps=7)
+    r.metadata = {"inference": {"window": [4, 1000, 1000]}}
+    r.save_pretrained(tmp_path / "ref")
+    assert cli.main(["estimate", "--height", "720", "--width", "1280", "--refiner", str(tmp_path / "ref")]) == 0
+    out = capsys.readouterr().out
+    assert "7 steps" in out and "window (4, 1000, 1000)" in out and "trained_refiner" in out
+    assert cli.main(["estimate", "--height", "720", "--width", "1280", "--refiner", str(tmp_path / "nope")]) != 0
+
+
+def test_train_refiner_registered_and_missing_config_is_clear(tmp_path, capsys):
+    args = cli.build_parser().parse_args(["train-refiner", "x.yaml", "--stop-after-steps", "3"])
+    assert callable(args.func) and args.stop_after_steps == 3
+    assert cli.main(["train-refiner", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err

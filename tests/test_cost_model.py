@@ -191,3 +191,40 @@ def test_cost_property_saw_both_kinds_of_plan():
     if sum(COST_CASES.values()) == 0:
         pytest.skip("run together with test_surf_never_costs_more_than_the_call_unless_the_plan_says_why")
     assert COST_CASES[False] > 50 and COST_CASES[True] > 5, COST_CASES
+
+
+def test_load_refiner_spec_reads_any_refiner(tmp_path):
+    """A Refiner folder, a transformer config and a train-refiner config all give the refiner's shape,
+    and the folder / training config its steps and windows (docs/design.md 1.3's one pass per step)."""
+    import json
+
+    import yaml
+
+    from surf_accel.cost_model import load_refiner_spec
+    from surf_accel.refiner import Refiner
+
+    tcfg = dict(patch_size=(1, 2, 2), num_attention_heads=3, attention_head_dim=8, in_channels=16, out_channels=16,
+                text_dim=32, freq_dim=32, ffn_dim=40, num_layers=2, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", rope_max_seq_len=64)
+    r = Refiner.random(tcfg, num_steps=6)
+    r.metadata = {"inference": {"window": [2, 1000, 1000]}}
+    r.save_pretrained(tmp_path / "ref")
+    info = load_refiner_spec(str(tmp_path / "ref"))
+    assert (info.spec.dim, info.spec.ffn_dim, info.spec.num_layers, info.num_steps, info.window) == (24, 40, 2, 6, (2, 1000, 1000))
+    assert load_refiner_spec(str(tmp_path / "ref" / "config.json")).spec == info.spec
+    r.transformer.save_config(tmp_path / "tr")
+    bare = load_refiner_spec(str(tmp_path / "tr"))
+    assert bare.spec.dim == 24 and bare.num_steps is None
+    train_cfg = {"output_dir": "run", "base": "toy", "model": {"init": "scratch", "config": {"num_layers": 2},
+                                                                "num_steps": 5, "window": [1, 4, 4]}}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(train_cfg))
+    toy = load_refiner_spec(str(tmp_path / "t.yaml"))
+    assert (toy.spec.num_layers, toy.spec.dim, toy.spec.text_dim, toy.num_steps, toy.window) == (2, 128, 64, 5, (1, 4, 4))
+    (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ValueError, match="neither"):
+        load_refiner_spec(str(tmp_path / "other.json"))
+    # the estimate with it: one pass per refine step, its own step count
+    cfg = SurfConfig.preset("paper").replace(refine_steps=info.num_steps, window=info.window)
+    e = estimate("wan2.1-14b", 720, 1280, 81, cfg, refiner=info.spec)
+    ref = [s for s in e.surf if s.name == "refine"][0]
+    assert ref.steps == 6 and ref.passes_per_step == 1 and ref.model == "ref"
