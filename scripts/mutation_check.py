@@ -2,7 +2,7 @@
 and run the tests that should catch it; a mutant the suite lets through is a hole in the tests.
 
 Each mutant replaces one exact snippet (which must occur exactly once) in one file. The copy is the
-git-tracked tree plus the built extension, with ``surf_accel/integrations`` and
+committed tree (``git archive HEAD``: uncommitted edits are not checked) plus the built extension, with ``surf_accel/integrations`` and
 ``surf_accel/triton_kernels`` linked as setuptools' ``package_dir`` maps them, so the tests import the
 mutated copy and never the working tree. Results go to ``benchmarks/results/mutation.md``.
 
@@ -103,12 +103,11 @@ MUTANTS = [
 
 
 def make_copy(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for f in files + [os.path.relpath(p, ROOT) for p in glob.glob(str(ROOT / "surf_accel" / "_C*.so"))]:
-        src, dst = ROOT / f, dest / f
-        if src.is_file():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    for so in glob.glob(str(ROOT / "surf_accel" / "_C*.so")):
+        shutil.copy2(so, dest / "surf_accel")
     for pkg in ("integrations", "triton_kernels"):
         os.symlink(dest / pkg, dest / "surf_accel" / pkg)
 

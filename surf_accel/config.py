@@ -4,12 +4,14 @@ Step counts follow the call: the preview runs ``preview_fraction`` of the call's
 ``num_inference_steps``, switches to the low resolution after ``switch_fraction`` of the preview's
 steps and refines for ``refine_fraction`` of the call's steps; ``preview_steps``, ``switch_step`` and
 ``refine_steps`` fix a count instead. Every default traces to the paper (SURF, CVPR 2026) or to a
-measurement recorded in the repo:
+measurement recorded in the repo. The paper compares with Wan2.1's default 50-step call and runs
+a 40-step preview switching after step 10, then 10 refine steps, so for a 50-step call:
 
-- ``switch_fraction=0.25``: the paper switches after 10 of 40 preview steps (layout settles by
+- ``preview_fraction=0.8``: 40 of the call's 50 steps.
+- ``switch_fraction=0.25``: 10 of the 40 preview steps at the optimal resolution (layout settles by
   step 10; k = 5 breaks layout, k = 30 is slow).
-- ``refine_fraction=0.25``: the paper's refiner takes 10 steps after a 40-step preview (8 costs a
-  little quality). A trained ``Refiner`` takes its own ``num_steps`` unless ``refine_steps`` is set.
+- ``refine_fraction=0.2``: 10 refine steps for a 50-step call (8 costs a little quality). A trained
+  ``Refiner`` takes its own ``num_steps`` unless ``refine_steps`` is set.
 - ``downsample=2``: the paper's factor per spatial axis (4x fewer tokens, frames unchanged).
 - ``handoff="pixel"``: the paper's mapping (VAE decode, resize, VAE encode).
 - ``reshift="consistent"``: docs/design.md 1.2 (the paper's literal form mis-states the SNR; kept as
@@ -52,7 +54,7 @@ class SurfConfig:
     Step counts (``N`` = the call's ``num_inference_steps``)
     ---------------------------------------------------------
     preview_steps: steps of the preview schedule; ``None`` = ``round(preview_fraction * N)``.
-    preview_fraction: see ``preview_steps``; 1.0 = the call's own steps.
+    preview_fraction: see ``preview_steps``; 1.0 = the call's own steps, 0.8 = the paper's 40 of 50.
     switch_step: steps run at ``optimal_size`` before reshifting to the low resolution; ``None`` =
         ``round(switch_fraction * preview steps)`` (at least 1). Equal to the preview's steps (or
         ``switch_fraction=1``) means no switch.
@@ -60,7 +62,7 @@ class SurfConfig:
     refine_steps: refiner steps at the request's size; 0 = no refine (the preview, decoded at its
         own size, is the output); ``None`` = a trained ``Refiner``'s ``num_steps``, else
         ``round(refine_fraction * N)`` (at least 1 unless the fraction is 0).
-    refine_fraction: see ``refine_steps``; the paper's 10 refine steps after 40 is 0.25.
+    refine_fraction: see ``refine_steps``; the paper's 10 refine steps for a 50-step call is 0.2.
 
     Other fields
     ------------
@@ -94,7 +96,7 @@ class SurfConfig:
 
     optimal_size: Union[None, str, tuple[int, int]] = None
     preview_steps: Optional[int] = None
-    preview_fraction: float = 1.0
+    preview_fraction: float = 0.8
     switch_step: Optional[int] = None
     switch_fraction: float = 0.25
     downsample: int = 2
@@ -103,7 +105,7 @@ class SurfConfig:
     handoff: str = "pixel"
     latent_resize: str = "bilinear"
     refine_steps: Optional[int] = None
-    refine_fraction: float = 0.25
+    refine_fraction: float = 0.2
     refine_start: float = 0.7
     refine_guidance: Optional[float] = None
     window: Optional[tuple[int, int, int]] = None
@@ -202,7 +204,7 @@ class SurfConfig:
     def identity(cls) -> "SurfConfig":
         """Request's size and steps, no switch, no refine, the pipeline's arithmetic: reproduces the
         unpatched pipeline bit for bit."""
-        return cls(optimal_size="request", switch_fraction=1.0, downsample=1, refine_steps=0,
+        return cls(optimal_size="request", preview_fraction=1.0, switch_fraction=1.0, downsample=1, refine_steps=0,
                    shift_rule="constant", step_precision="pipeline", name="identity")
 
     @classmethod
@@ -220,24 +222,26 @@ class SurfConfig:
 
 # The SURF presets' reshift is "additive_low": the form the toy-world signature benchmark measured
 # best (benchmarks/results/signature.md; it ran under the name "paper" before the modes were made
-# exact). Fractions are the paper's 10 of 40 (switch) and 10 refine steps after 40.
+# exact). Fractions: the paper's plan for Wan2.1's default 50-step call (40 preview steps switching
+# after 10, 10 refine steps), the other presets' former fixed counts at 50 steps.
 PRESETS: dict[str, tuple[SurfConfig, str]] = {
     "paper": (
         SurfConfig(reshift="additive_low", name="paper"),
-        "the paper's schedule: the call's steps as the preview, switching after the first 25% (the paper's 10 of "
-        "40), factor 2, pixel handoff, refine for 25% of the call's steps (10 after 40)",
+        "the paper's plan: 80% of the call's steps as the preview (40 of 50), switching after the first 25% of them "
+        "(10 of 40), factor 2, pixel handoff, refine for 20% of the call's steps (10 of 50)",
     ),
     "fast": (
-        SurfConfig(preview_fraction=0.75, reshift="additive_low", handoff="latent", refine_fraction=0.2, name="fast"),
-        "fewer steps: 75% of the call's steps as the preview (30 of 40), switching after 25% of them, latent "
-        "handoff (no VAE round trip), refine for 20% of the call's steps (8 after 40; the paper: 8 costs a little "
+        SurfConfig(preview_fraction=0.6, reshift="additive_low", handoff="latent", refine_fraction=0.16, name="fast"),
+        "fewer steps: 60% of the call's steps as the preview (30 of 50), switching after 25% of them (8), latent "
+        "handoff (no VAE round trip), refine for 16% of the call's steps (8 of 50; the paper: 8 costs a little "
         "quality)",
     ),
     "quality": (
-        SurfConfig(switch_fraction=0.3, reshift="additive_low", renoise="predicted", refine_fraction=0.3,
-                   name="quality"),
-        "later switch: the call's steps as the preview switching after 30% (later than the paper's 25%; k = 30 of "
-        "40 was slow in the paper), predicted re-noise, refine for 30% of the call's steps",
+        SurfConfig(preview_fraction=1.0, switch_fraction=0.3, reshift="additive_low", renoise="predicted",
+                   refine_fraction=0.24, name="quality"),
+        "more steps: all of the call's steps as the preview (50 of 50) switching after 30% (15; later than the "
+        "paper's 25%, k = 30 of 40 was slow in the paper), predicted re-noise, refine for 24% of the call's steps "
+        "(12 of 50)",
     ),
     "identity": (SurfConfig.identity(), "no acceleration: reproduces the unpatched pipeline (for checks)"),
     # HunyuanVideo 720p, 129 frames (33 latent frames): the paper's schedule plus its temporal-only
@@ -246,8 +250,8 @@ PRESETS: dict[str, tuple[SurfConfig, str]] = {
     # training-free refiner's quality is not measured yet. 1000 tokens = the whole H and W axes.
     "hunyuan-paper": (
         SurfConfig(reshift="additive_low", window=(11, 1000, 1000), name="hunyuan-paper"),
-        "the paper's schedule for HunyuanVideo 720p/129 frames (HunyuanVideoPipeline's default preset): switch "
-        "after 25% of the call's steps, factor 2, pixel handoff, refine for 25% of them with temporal windows of "
-        "11 latent frames (whole H and W)",
+        "the paper's plan for HunyuanVideo 720p/129 frames (HunyuanVideoPipeline's default preset): 80% of the "
+        "call's steps as the preview switching after 25% of them, factor 2, pixel handoff, refine for 20% of the "
+        "call's steps with temporal windows of 11 latent frames (whole H and W)",
     ),
 }

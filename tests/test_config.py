@@ -7,40 +7,41 @@ def test_defaults_are_the_paper():
     c = SurfConfig()
     assert (c.downsample, c.handoff, c.reshift, c.renoise, c.step_precision) == (2, "pixel", "consistent", "fresh",
                                                                                  "pipeline")
-    # the paper's 10 of 40 at the optimal size, then 30 low, then 10 refine steps
-    assert c.step_counts(40) == (40, 10, 10)
-    assert SurfConfig.preset("paper").step_counts(40) == (40, 10, 10)
+    # the paper against Wan2.1's 50-step call: 40 preview steps (10 at the optimal size, 30 low), 10 refine
+    assert c.step_counts(50) == (40, 10, 10)
+    assert SurfConfig.preset("paper").step_counts(50) == (40, 10, 10)
 
 
-@pytest.mark.parametrize("steps, want", [(40, (40, 10, 10)), (50, (50, 12, 12)), (20, (20, 5, 5)), (8, (8, 2, 2)),
+@pytest.mark.parametrize("steps, want", [(50, (40, 10, 10)), (40, (32, 8, 8)), (20, (16, 4, 4)), (8, (6, 2, 2)),
                                          (2, (2, 1, 1)), (1, (1, 1, 1))])
 def test_steps_follow_the_call(steps, want):
     assert SurfConfig().step_counts(steps) == want
 
 
 def test_fast_and_quality_follow_the_call():
-    assert SurfConfig.preset("fast").step_counts(40) == (30, 8, 8)
-    assert SurfConfig.preset("fast").step_counts(20) == (15, 4, 4)
-    assert SurfConfig.preset("quality").step_counts(40) == (40, 12, 12)
+    # their former fixed counts at Wan's default 50 steps
+    assert SurfConfig.preset("fast").step_counts(50) == (30, 8, 8)
+    assert SurfConfig.preset("fast").step_counts(20) == (12, 3, 3)
+    assert SurfConfig.preset("quality").step_counts(50) == (50, 15, 12)
 
 
 def test_explicit_counts_override_the_fractions():
     c = SurfConfig(preview_steps=30, switch_step=7, refine_steps=3)
     assert c.step_counts(50) == (30, 7, 3)
-    assert SurfConfig(switch_step=5).step_counts(12) == (12, 5, 3)
-    with pytest.raises(ValueError, match="switch_step .12. must be <= the preview's steps .10"):
+    assert SurfConfig(switch_step=5).step_counts(12) == (10, 5, 2)
+    with pytest.raises(ValueError, match="switch_step .12. must be <= the preview's steps .8 for a call of 10"):
         SurfConfig(switch_step=12).step_counts(10)
 
 
 def test_trained_refiner_steps_unless_refine_steps_is_set():
-    assert SurfConfig().step_counts(40, trained_refiner_steps=7) == (40, 10, 7)
-    assert SurfConfig(refine_steps=4).step_counts(40, trained_refiner_steps=7) == (40, 10, 4)
-    assert SurfConfig(refine_steps=0).step_counts(40, trained_refiner_steps=7)[2] == 0
+    assert SurfConfig().step_counts(50, trained_refiner_steps=7) == (40, 10, 7)
+    assert SurfConfig(refine_steps=4).step_counts(50, trained_refiner_steps=7) == (40, 10, 4)
+    assert SurfConfig(refine_steps=0).step_counts(50, trained_refiner_steps=7)[2] == 0
 
 
 def test_identity_counts():
     assert SurfConfig.identity().step_counts(13) == (13, 13, 0)
-    assert SurfConfig(refine_fraction=0.0).step_counts(40)[2] == 0
+    assert SurfConfig(refine_fraction=0.0).step_counts(50)[2] == 0
 
 
 def test_presets_exist_and_validate():

@@ -10,11 +10,10 @@ WAN = FamilySpec("wan2.1", 8, 4, (1, 2, 2), 480 * 832, rope_max_seq_len=1024)
 EULER = SchedulerSpec("euler", 5.0, sigma_max=1.0, sigma_min=5.0 * 1e-3 / (1 + 4.0 * 1e-3))
 UNIPC = SchedulerSpec("unipc", 5.0)
 REQ = Request(720, 1280, 81, 50)
-REQ40 = Request(720, 1280, 81, 40)  # the paper's 40 steps: 10 + 30 preview, 10 refine
 
 
 def test_paper_plan_shapes():
-    plan = plan_stages(REQ40, WAN, UNIPC, SurfConfig())
+    plan = plan_stages(REQ, WAN, UNIPC, SurfConfig())
     names = [s.name for s in plan.stages]
     assert names == ["preview", "preview_low", "refine"]
     pre, low, ref = plan.stages
@@ -42,7 +41,7 @@ def test_sigmas_monotone_and_in_range(sched, cfg):
 
 
 def test_switch_keeps_time_and_changes_shift():
-    plan = plan_stages(REQ40, WAN, UNIPC, SurfConfig())
+    plan = plan_stages(REQ, WAN, UNIPC, SurfConfig())
     pre, low, _ = plan.stages
     t = UNIPC.time_grid(40)
     assert low.shift < pre.shift
@@ -101,7 +100,7 @@ def test_identity_matches_scheduler(sched):
 
 
 def test_no_switch_when_switch_equals_steps_or_downsample_1():
-    p = plan_stages(REQ, WAN, UNIPC, SurfConfig(switch_step=50))
+    p = plan_stages(REQ, WAN, UNIPC, SurfConfig(switch_step=40))
     assert [s.name for s in p.stages] == ["preview", "refine"]
     p = plan_stages(REQ, WAN, UNIPC, SurfConfig(switch_fraction=1.0))
     assert [s.name for s in p.stages] == ["preview", "refine"]
@@ -111,10 +110,10 @@ def test_no_switch_when_switch_equals_steps_or_downsample_1():
 
 
 def test_preview_steps_none_uses_call_steps():
-    p = plan_stages(Request(720, 1280, 81, 20), WAN, UNIPC, SurfConfig(preview_steps=None, switch_step=5))
+    p = plan_stages(Request(720, 1280, 81, 20), WAN, UNIPC, SurfConfig(preview_fraction=1.0, switch_step=5))
     assert p.stages[0].steps == 5 and p.stages[1].steps == 15
     with pytest.raises(ValueError, match="switch_step"):
-        plan_stages(Request(720, 1280, 81, 4), WAN, UNIPC, SurfConfig(preview_steps=None, switch_step=5))
+        plan_stages(Request(720, 1280, 81, 4), WAN, UNIPC, SurfConfig(preview_fraction=1.0, switch_step=5))
 
 
 def test_refine_zero_outputs_preview_size():
@@ -176,7 +175,7 @@ def test_reshift_noise_per_mode():
     schedule's own s_k (docs/design.md 1.2), here taken from a diffusers scheduler at the preview's shift."""
     from diffusers import UniPCMultistepScheduler
 
-    plans = {m: plan_stages(REQ40, WAN, UNIPC, SurfConfig(reshift=m)) for m in ("consistent", "paper", "additive_low")}
+    plans = {m: plan_stages(REQ, WAN, UNIPC, SurfConfig(reshift=m)) for m in ("consistent", "paper", "additive_low")}
     pre, low = plans["paper"].stages[:2]
     ref = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=pre.shift)
     ref.set_timesteps(40)
@@ -204,12 +203,12 @@ def test_optimal_size_never_above_the_request():
 
 def test_shift_below_one_is_floored_with_a_warning():
     """Hub-default flow_shift 3.0 at 720p: the sqrt rule gives ~0.99 at 240p."""
-    p = plan_stages(REQ40, WAN, SchedulerSpec("unipc", 3.0), SurfConfig())
+    p = plan_stages(REQ, WAN, SchedulerSpec("unipc", 3.0), SurfConfig())
     low = p.stages[1]
     assert low.shift == 1.0 and any("floored at 1" in w for w in p.warnings)
     assert all(s.shift >= 1.0 for s in p.stages)
     np.testing.assert_allclose(low.sigmas[:-1], UNIPC.time_grid(40)[10:], rtol=0, atol=1e-7)  # shift 1 = the grid
-    assert not plan_stages(REQ40, WAN, UNIPC, SurfConfig()).warnings  # shift 5 stays above 1
+    assert not plan_stages(REQ, WAN, UNIPC, SurfConfig()).warnings  # shift 5 stays above 1
 
 
 def test_uniform_grid_sigmas_are_the_pipelines_float32_ones():

@@ -89,14 +89,15 @@ def test_wan_t2v_batch_and_no_cfg(wan):
 
 
 def test_wan_t2v_steps_and_shifts_follow_the_call(wan):
-    """No explicit counts or shifts: 25% of 8 steps at 32 px, the rest at 16 px, 25% of 8 refine steps,
-    each stage's shift = the scheduler's x sqrt(tokens / request tokens), floored at 1 (SurfConfig docs)."""
+    """No explicit counts or shifts: a preview of 80% of the 8 steps (6), 25% of them (2) at 32 px, the
+    rest at 16 px, 20% of 8 (2) refine steps, each stage's shift = the scheduler's x sqrt(tokens /
+    request tokens), floored at 1 (SurfConfig docs)."""
     cfg = SurfConfig(optimal_size=(32, 32), reshift="paper")
     shift = wan.scheduler.config.get("flow_shift") or wan.scheduler.config.get("shift")
     shifts = (shift * math.sqrt(1 / 4), max(1.0, shift * math.sqrt(1 / 16)), shift)
     cond = _wan_cond(wan)
     out = _patched_latents(wan, cfg, **cond, num_frames=5, num_inference_steps=8, guidance_scale=4.0, **HW)
-    want = sr.replay(wan, sr.WAN, sr.Recipe(optimal=(32, 32), shifts=shifts, preview_steps=8, switch_step=2,
+    want = sr.replay(wan, sr.WAN, sr.Recipe(optimal=(32, 32), shifts=shifts, preview_steps=6, switch_step=2,
                                             refine_steps=2, reshift="paper"),
                      num_frames=5, num_steps=8, guidance=4.0, cond=cond, generator=gen(0), **HW)
     _close(out, want)

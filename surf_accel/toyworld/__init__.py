@@ -37,13 +37,13 @@ DEMO_PROMPTS: tuple[str, ...] = ("a red circle moving left", "a blue square movi
 
 def surf_config(**changes):
     """The SURF setting for the toy model at ``TARGET_SIZE``: the world's own sizes and training shifts
-    (optimal 64 px, preview 32 px, target 128 px), steps following the call (switch after 24% of
-    them: 6 of the default 25; refine for 20%: 5), the additive_low reshift, latent handoff,
+    (optimal 64 px, preview 32 px, target 128 px), steps following the call (all of them as the
+    preview, switching after 24%: 6 of the default 25; refine for 20%: 5), the additive_low reshift, latent handoff,
     training-free refine. Choices are measured in ``benchmarks/signature.py`` (results in
     ``benchmarks/results/signature.md``); ``changes`` override fields (``SurfConfig.replace``)."""
     from surf_accel.config import SurfConfig
 
-    cfg = SurfConfig(optimal_size=(OPTIMAL_SIZE, OPTIMAL_SIZE), switch_fraction=0.24,
+    cfg = SurfConfig(optimal_size=(OPTIMAL_SIZE, OPTIMAL_SIZE), preview_fraction=1.0, switch_fraction=0.24,
                      downsample=OPTIMAL_SIZE // PREVIEW_SIZE, reshift="additive_low", handoff="latent",
                      refine_fraction=0.2, refine_start=REFINE_START,
                      shifts=(FLOW_SHIFT[OPTIMAL_SIZE], FLOW_SHIFT[PREVIEW_SIZE], FLOW_SHIFT[TARGET_SIZE]),

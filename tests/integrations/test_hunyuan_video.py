@@ -245,10 +245,10 @@ def test_default_preset_is_hunyuan_paper_at_720p(pipe):
         plan = surf_accel.api.plan_for(pipe, height=720, width=1280, num_frames=129, num_inference_steps=50)
     stages = [(s.name, s.height, s.width, s.latent_size, s.steps, s.window) for s in plan.stages]
     # 720 px is not on the 32-pixel grid a factor-2 switch needs: the optimal size snaps to 704
-    # steps follow the call: 50 -> switch after 12 (25%), 12 refine steps
-    assert stages == [("preview", 704, 1280, (33, 88, 160), 12, None),
-                      ("preview_low", 352, 640, (33, 44, 80), 38, None),
-                      ("refine", 720, 1280, (33, 90, 160), 12, (11, 1000, 1000))]
+    # the paper's plan for a 50-step call: 40 preview steps switching after 10, 10 refine steps
+    assert stages == [("preview", 704, 1280, (33, 88, 160), 10, None),
+                      ("preview_low", 352, 640, (33, 44, 80), 30, None),
+                      ("refine", 720, 1280, (33, 90, 160), 10, (11, 1000, 1000))]
     assert [s.shift for s in plan.stages][2] == pytest.approx(7.0)
 
 
