@@ -149,34 +149,36 @@ def test_refine_guidance_needs_negatives(pipe):
         _run(pipe, SMALL.replace(refine_guidance=3.0), height=32, width=32, guidance_scale=1.0)
 
 
-def test_reshift_matches_float64_hand_computation():
-    """The runner's reshift against (1 - s_low) * avgpool(x - s v) + s_low * eps in float64."""
+@pytest.mark.parametrize("mode", ["consistent", "paper", "additive_low"])
+def test_reshift_matches_float64_hand_computation(mode):
+    """The runner's reshift against the formulas in float64: consistent (1 - s_low) x0 + s_low eps,
+    paper x0 + s_k eps (s_k: the preview schedule's own level at step k), additive_low x0 + s_low eps."""
     from surf_accel.integrations.base import PreparedCall
-    from surf_accel.planner import FamilySpec, Request, SchedulerSpec, plan_stages
+    from surf_accel.planner import FamilySpec, Request, SchedulerSpec, plan_stages, shift_sigmas
     from surf_accel.runner import StageRunner
 
     fam = FamilySpec("wan2.1", 8, 4, (1, 2, 2), 32 * 32)
-    plan = plan_stages(Request(64, 64, 5, 6), fam, SchedulerSpec("euler", 3.0), SMALL)
-    low = plan.stages[1]
+    spec = SchedulerSpec("euler", 3.0)
+    plan = plan_stages(Request(64, 64, 5, 6), fam, spec, SMALL.replace(reshift=mode))
+    pre, low = plan.stages[:2]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 16, 2, 4, 4, generator=g)
     v = torch.randn(2, 16, 2, 4, 4, generator=g)
-    sigma = plan.stages[0].sigmas[-2]
-    for mode in ("consistent", "paper"):
-        call = PreparedCall(request=None, batch=2, guidance_scale=1, do_cfg=False, prompt_embeds=None,
-                            negative_prompt_embeds=None, generator=gen(5), latents=None, output_type="latent",
-                            return_dict=True, attention_kwargs=None, callback=None, callback_inputs=[],
-                            device=torch.device("cpu"))
-        r = StageRunner(None, None, plan if mode == "consistent" else
-                        plan_stages(Request(64, 64, 5, 6), fam, SchedulerSpec("euler", 3.0),
-                                    SMALL.replace(reshift="paper")), call)
-        out = r._reshift(x, v, sigma, low).double()
-        eps = torch.randn(2, 16, 2, 2, 2, generator=gen(5)).double()
-        x0 = x.double() - sigma * v.double()
-        pooled = x0.reshape(2, 16, 2, 2, 2, 2, 2).mean(dim=(4, 6))
-        s = low.sigmas[0]
-        want = ((1 - s) if mode == "consistent" else 1.0) * pooled + s * eps
-        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    sigma = pre.sigmas[-2]
+    call = PreparedCall(request=None, batch=2, guidance_scale=1, do_cfg=False, prompt_embeds=None,
+                        negative_prompt_embeds=None, generator=gen(5), latents=None, output_type="latent",
+                        return_dict=True, attention_kwargs=None, callback=None, callback_inputs=[],
+                        device=torch.device("cpu"))
+    out = StageRunner(None, None, plan, call)._reshift(x, v, sigma, low).double()
+    eps = torch.randn(2, 16, 2, 2, 2, generator=gen(5)).double()
+    x0 = x.double() - sigma * v.double()
+    pooled = x0.reshape(2, 16, 2, 2, 2, 2, 2).mean(dim=(4, 6))
+    s_low = low.sigmas[0]
+    s_k = float(shift_sigmas(spec.time_grid(6)[2], pre.shift))  # switch_step 2 of 6
+    assert s_k > s_low + 0.05
+    want = {"consistent": (1 - s_low) * pooled + s_low * eps, "paper": pooled + s_k * eps,
+            "additive_low": pooled + s_low * eps}[mode]
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("handoff", ["pixel", "latent"])
