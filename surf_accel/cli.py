@@ -201,8 +201,10 @@ def cmd_train_refiner(args) -> int:
 
     import torch
 
+    import dataclasses
+
     from surf_accel.training import load_config
-    from surf_accel.training.loop import train
+    from surf_accel.training.loop import export_checkpoint, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -213,6 +215,15 @@ def cmd_train_refiner(args) -> int:
     except FileNotFoundError as e:
         print(f"surf-accel train-refiner: error: {e}", file=sys.stderr)
         return 2
+    if args.output_dir:
+        cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(args.output_dir))
+    if args.export_checkpoint:
+        try:
+            print(f"refiner -> {export_checkpoint(cfg)}")
+        except FileNotFoundError as e:
+            print(f"surf-accel train-refiner: error: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
         res = train(cfg, resume=not args.no_resume, stop_after_steps=args.stop_after_steps,
                     max_minutes=args.max_minutes, progress=not args.quiet)
@@ -233,6 +244,9 @@ def _add_train_refiner(sub) -> None:
     t = sub.add_parser("train-refiner", help="train a SURF refiner (YAML/JSON config; accelerate: launch with "
                        "`accelerate launch -m surf_accel.training CONFIG` for several processes)")
     t.add_argument("config", help="training config (.yaml/.yml/.json), see README 'Training a refiner'")
+    t.add_argument("--output-dir", default=None, help="override the config's output_dir")
+    t.add_argument("--export-checkpoint", action="store_true", help="export the newest checkpoint (EMA) as the "
+                   "refiner and exit (a run stopped before max_steps)")
     t.add_argument("--no-resume", action="store_true", help="discard the checkpoints in output_dir and start at step 0")
     t.add_argument("--stop-after-steps", type=int, default=None, help="stop after this many steps of this call "
                    "(resumable; no export)")

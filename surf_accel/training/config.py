@@ -106,7 +106,6 @@ class PairsConfig:
     h264_crf: tuple[float, float] = (20.0, 35.0)
     latent_noise: tuple[float, float] = (0.0, 0.1)
     degrade_prob: float = 0.8  # clips degraded at all (the rest keep the clean downsample)
-    whole_clip_vae: bool = False  # toy VAEs: one pass over the clip (surf_accel.toyworld.vae_fullseq)
 
     def __post_init__(self):
         for k in ("preview_height", "preview_width"):
@@ -383,7 +382,12 @@ def config_from_dict(d: dict, *, base_dir: Optional[str] = None) -> RefinerTrain
             kwargs[k] = v
 
     def rel(p):
-        return p if p is None or os.path.isabs(p) or base_dir is None else os.path.normpath(os.path.join(base_dir, p))
+        if p is None:
+            return None
+        p = os.path.expanduser(os.path.expandvars(p))  # $VARS and ~ in paths
+        if "$" in p:
+            raise ConfigError(f"path {p!r} names an environment variable that is not set")
+        return p if os.path.isabs(p) or base_dir is None else os.path.normpath(os.path.join(base_dir, p))
 
     cfg = _build(RefinerTrainingConfig, kwargs, "the training config")
     changes = {"output_dir": rel(cfg.output_dir)}

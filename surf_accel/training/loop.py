@@ -356,6 +356,32 @@ def _validate(accelerator, pipe, adapter, inner, ema, cfg, val, T) -> Optional[d
     return metrics
 
 
+def export_checkpoint(cfg: RefinerTrainingConfig, checkpoint: Optional[str | os.PathLike] = None) -> Path:
+    """Export a checkpoint (default: the newest in ``output_dir``) without training: the model's
+    weights from the accelerate state (safetensors), with the EMA applied when the run keeps one and
+    ``export.use_ema`` is set. For a run stopped before ``max_steps``."""
+    from safetensors.torch import load_file
+
+    ckpts = checkpoint_dirs(cfg.output_dir)
+    d = Path(checkpoint) if checkpoint is not None else (ckpts[-1] if ckpts else None)
+    if d is None or not (d / STATE_NAME).is_file():
+        raise FileNotFoundError(f"no complete checkpoint in {cfg.output_dir}/checkpoints to export")
+    state = json.loads((d / STATE_NAME).read_text())
+    check_resume(cfg, state)
+    pipe = load_base_pipeline(cfg.base)
+    model = build_transformer(pipe, cfg.model)
+    weights = load_file(str(d / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or [k for k in missing if k in trainable_parameters(model)]:
+        raise ValueError(f"checkpoint {d} does not match this config's model ({len(missing)} missing, "
+                         f"{len(unexpected)} unexpected weights)")
+    ema = None
+    if cfg.train.ema_decay and (d / EMA_NAME).is_file():
+        ema = EMA(trainable_parameters(model).items(), cfg.train.ema_decay)
+        ema.load(d / EMA_NAME)
+    return export_now(model, ema, cfg, int(state["step"]))
+
+
 def export_now(inner, ema: Optional[EMA], cfg: RefinerTrainingConfig, step: int) -> Path:
     from surf_accel.training.export import export_refiner
 

@@ -16,7 +16,6 @@ For an HR clip ``x`` ``(B, 3, F, H, W)`` in [-1, 1]:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -161,22 +160,10 @@ def handoff_config(cfg: PairsConfig):
     return SurfConfig(handoff=cfg.handoff, latent_resize=cfg.latent_resize)
 
 
-@contextlib.contextmanager
-def _vae_mode(pipe, whole_clip: bool):
-    if not whole_clip:
-        yield
-        return
-    from surf_accel.toyworld.vae_fullseq import whole_clip as wc
-
-    with wc(pipe.vae):
-        yield
-
-
-def encode(pipe, adapter, video: torch.Tensor, whole_clip: bool = False) -> torch.Tensor:
+def encode(pipe, adapter, video: torch.Tensor) -> torch.Tensor:
     """``(B, 3, F, H, W)`` in [-1, 1] -> normalised latents ``(B, C, T, h, w)`` float32 (the adapter's
-    encode: the posterior mode, normalised as the transformer sees latents)."""
-    with _vae_mode(pipe, whole_clip):
-        return adapter.encode(pipe, video)
+    encode, as the handoff encodes: the posterior mode, normalised as the transformer sees latents)."""
+    return adapter.encode(pipe, video)
 
 
 def z_lr_from_preview(pipe, adapter, preview: torch.Tensor, stage: Stage, cfg: PairsConfig) -> torch.Tensor:
@@ -184,8 +171,7 @@ def z_lr_from_preview(pipe, adapter, preview: torch.Tensor, stage: Stage, cfg: P
     noise, the call the runner makes before a trained refiner."""
     from surf_accel.refiner import handoff
 
-    with _vae_mode(pipe, cfg.whole_clip_vae):
-        return handoff(pipe, adapter, preview, stage, handoff_config(cfg), None, 1.0)
+    return handoff(pipe, adapter, preview, stage, handoff_config(cfg), None, 1.0)
 
 
 @torch.no_grad()
@@ -208,14 +194,14 @@ def make_pairs(pipe, adapter, clips, cfg: PairsConfig, seed: int, *, batch: int 
         x = take(i, i + batch).float()
         if stage is None:
             stage = target_stage(pipe, x.shape[-2], x.shape[-1], x.shape[2])
-        z_hr.append(encode(pipe, adapter, x, cfg.whole_clip_vae).cpu())
+        z_hr.append(encode(pipe, adapter, x).cpu())
         low = downsample(x, cfg.preview_height, cfg.preview_width)
         for j in range(low.shape[0]):
             rng = random.Random(seed * 1_000_003 + i + j)
             d = sample_degradation(cfg, rng)
             low[j] = degrade(low[j], d, torch.Generator().manual_seed(seed * 7919 + i + j))
             rec.append(d.as_list())
-        preview = encode(pipe, adapter, low, cfg.whole_clip_vae)
+        preview = encode(pipe, adapter, low)
         z_lr.append(z_lr_from_preview(pipe, adapter, preview, stage, cfg).cpu())
     return {"z_hr": torch.cat(z_hr), "z_lr": torch.cat(z_lr), "degradation": torch.tensor(rec, dtype=torch.float32)}
 

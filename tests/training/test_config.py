@@ -47,3 +47,22 @@ def test_curriculum_sets_max_steps(tmp_path):
     c = config_from_dict(tiny_config(tmp_path, train={"curriculum": [{"steps": 3, "frames": 5}, {"steps": 4}]}))
     assert c.train.max_steps == 7
     assert [(p.steps, p.frames, p.batch_size) for p in c.train.phases(17)] == [(3, 5, 4), (4, 17, 4)]
+
+
+def test_paths_expand_variables_and_refuse_unset_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("SURF_TEST_RUNS", str(tmp_path / "runs"))
+    assert config_from_dict(tiny_config("$SURF_TEST_RUNS/a")).output_dir == str(tmp_path / "runs" / "a")
+    monkeypatch.delenv("SURF_TEST_RUNS")
+    with pytest.raises(ConfigError, match="not set"):
+        config_from_dict(tiny_config("$SURF_TEST_RUNS/a"))
+
+
+def test_shipped_toy_refiner_config_is_valid(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    import surf_accel.toyworld as tw
+
+    monkeypatch.setenv("SURF_TOY_TRAIN_DIR", str(tmp_path))
+    c = load_config(Path(tw.__file__).parent / "refiner" / "train.yaml")
+    assert c.export_dir == Path(tw.__file__).parent / "refiner" and c.output_dir == str(tmp_path / "refiner")
+    assert c.pairs.handoff == tw.surf_config().handoff  # trained for the toy SURF setting's handoff

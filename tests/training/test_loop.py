@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 import surf_accel
 from surf_accel.refiner import Refiner
 from surf_accel.training import config_from_dict
-from surf_accel.training.loop import ResumeMismatch, checkpoint_dirs, train
+from surf_accel.training.loop import ResumeMismatch, checkpoint_dirs, export_checkpoint, train
 from tests.training.common import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,6 +36,8 @@ def test_kill_and_resume_reproduce_the_uninterrupted_run(tmp_path):
     r1 = train(cut, stop_after_steps=3, progress=False)  # "killed" after step 3: last checkpoint is step 2
     assert not r1.finished and r1.step == 3 and not (tmp_path / "cut" / "refiner").exists()
     assert [p.name for p in checkpoint_dirs(cut.output_dir)] == ["step-00000002"]
+    early = Refiner.from_pretrained(export_checkpoint(cut))  # a stopped run's newest checkpoint, exported
+    assert early.metadata["trained_steps"] == 2
     r2 = train(cut, progress=False)
     assert r2.finished and r2.losses[0][0] == 3  # steps 3.. were redone
     assert [l for s, l in r2.losses] == pytest.approx([l for s, l in res.losses[2:]], abs=0)
