@@ -107,6 +107,9 @@ def build_transformer(pipe, cfg: ModelConfig):
         model = copy.deepcopy(src)
         if cfg.init == "lora":
             add_lora(model, cfg)
+    from surf_accel.refiner import Refiner
+
+    Refiner(model).check_compatible(pipe.transformer)  # what surf_accel.patch will require of the export
     model.to(torch.float32).train()
     return model
 

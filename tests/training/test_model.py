@@ -64,5 +64,7 @@ def test_wrong_pairing_is_refused(pipe):
         build_transformer(pipe, ModelConfig(init="scratch", config={"text_dim": 64}))
     with pytest.raises(ValueError, match="in_channels 8 but the VAE's latents have z_dim 16"):
         check_pairing({"in_channels": 8, "out_channels": 16, "text_dim": 32, "image_dim": None}, pipe)
+    with pytest.raises(ValueError, match="patch_size"):
+        build_transformer(pipe, ModelConfig(init="scratch", config={"patch_size": [1, 4, 4]}))
     with pytest.raises(ValueError, match="does not take: nlayers"):
         build_transformer(pipe, ModelConfig(init="scratch", config={"nlayers": 1}))
