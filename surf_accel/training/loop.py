@@ -12,7 +12,7 @@ generator seeded by ``(seed, k, micro-batch, process)``, never from a global RNG
 from its step-``j`` checkpoint repeats steps ``j+1..`` exactly as the uninterrupted run took them.
 
 Checkpoints (``<output_dir>/checkpoints/step-XXXXXXXX``): ``accelerator.save_state`` with
-``safe_serialization=True`` (model weights as safetensors; optimizer, scheduler and RNG states as
+``safe_serialization=True`` (model weights as safetensors; optimizer and RNG states as
 accelerate writes them: torch.save files, which accelerate loads back with ``weights_only=True``),
 the EMA as ``ema.safetensors`` and ``trainer_state.json`` (step, config fingerprint, the config),
 written last: a folder without it is incomplete and ignored.
@@ -191,8 +191,10 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
         model.enable_gradient_checkpointing()
     params = list(trainable_parameters(model).values())
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    model, opt, sched = accelerator.prepare(model, opt, sched)
+    # the learning rate is a function of the step, set before each step: nothing to checkpoint, and not
+    # accelerate's prepared scheduler, which steps once per process per optimiser step
+    lr_at = _lr_lambda(cfg)
+    model, opt = accelerator.prepare(model, opt)
     inner = unwrap(model)
     ema = EMA(trainable_parameters(inner).items(), cfg.train.ema_decay) if cfg.train.ema_decay else None
     step = 0
@@ -231,6 +233,8 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
             lt = latent_frames_for(phase.frames, pipe)
             t0 = time.time()
             model.train()
+            for group in opt.param_groups:
+                group["lr"] = cfg.train.lr * lr_at(step)
             loss_sum = torch.zeros(())
             for micro in range(cfg.train.grad_accum):
                 g = torch.Generator().manual_seed(_seed(cfg.seed, step, micro, rank))
@@ -251,7 +255,6 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
             if cfg.train.max_grad_norm:
                 accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.train.max_grad_norm)
             opt.step()
-            sched.step()
             opt.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.update(trainable_parameters(inner).items(), step)
@@ -266,7 +269,7 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
                 bar.update(1)
                 bar.set_postfix(loss=f"{smooth:.4f}", clips_s=f"{clips / dt:.2f}", frames=phase.frames)
             if main and (step % cfg.log_every == 0 or step == 1):
-                _append(log_path, {"step": step, "loss": mean_loss, "loss_smooth": smooth, "lr": sched.get_last_lr()[0],
+                _append(log_path, {"step": step, "loss": mean_loss, "loss_smooth": smooth, "lr": opt.param_groups[0]["lr"],
                                    "frames": phase.frames, "clips_per_s": clips / dt, "step_s": dt,
                                    "elapsed_s": time.time() - t_start})
             if step % cfg.checkpoint.every == 0 or step == cfg.train.max_steps:

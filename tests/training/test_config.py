@@ -66,3 +66,14 @@ def test_shipped_toy_refiner_config_is_valid(monkeypatch, tmp_path):
     c = load_config(Path(tw.__file__).parent / "refiner" / "train.yaml")
     assert c.export_dir == Path(tw.__file__).parent / "refiner" and c.output_dir == str(tmp_path / "refiner")
     assert c.pairs.handoff == tw.surf_config().handoff  # trained for the toy SURF setting's handoff
+
+
+def test_learning_rate_schedule(tmp_path):
+    from surf_accel.training.loop import _lr_lambda
+
+    c = config_from_dict(tiny_config(tmp_path, train={"max_steps": 110, "warmup_steps": 10, "lr_schedule": "cosine"}))
+    f = _lr_lambda(c)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1)
+    const = _lr_lambda(config_from_dict(tiny_config(tmp_path)))
+    assert const(0) == const(1000) == 1.0
