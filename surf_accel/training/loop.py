@@ -276,7 +276,7 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
                 save_checkpoint(accelerator, cfg, step, ema)
             v = cfg.validation
             if (v.every and step % v.every == 0) or step == cfg.train.max_steps:
-                metrics = _validate(accelerator, pipe, adapter, inner, ema, cfg, data.get("val"), T)
+                metrics = _validate(accelerator, pipe, adapter, model, ema, cfg, data.get("val"), T)
                 if metrics is not None:
                     result.validation.append((step, metrics))
                     _append(log_path, {"step": step, "validation": metrics})
@@ -284,6 +284,8 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
                         bar.write(f"step {step} validation: {json.dumps(metrics)}")
             stop = (stop_after_steps is not None and this_call >= stop_after_steps) or (
                 max_minutes is not None and time.time() - t_start > 60 * max_minutes)
+            if max_minutes is not None and world > 1:  # clocks differ: stop where any process would
+                stop = accelerator.reduce(torch.tensor(float(stop), device=accelerator.device), "sum").item() > 0
             if stop and step < cfg.train.max_steps:
                 break
     if bar is not None:
@@ -291,8 +293,9 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
     result.step = step
     if step >= cfg.train.max_steps:
         result.finished = True
+        full = _full_model(accelerator, model, pipe, cfg, ema if cfg.export.use_ema else None)
         if main:
-            result.export_dir = str(export_now(inner, ema, cfg, step))
+            result.export_dir = str(export_refiner_now(full, cfg, step))
         accelerator.wait_for_everyone()
     result.seconds = time.time() - t_start
     accelerator.end_training()
@@ -337,22 +340,28 @@ def save_checkpoint(accelerator, cfg: RefinerTrainingConfig, step: int, ema: Opt
     return d
 
 
-def _with_ema(inner, ema: Optional[EMA]):
-    import copy
-
-    m = copy.deepcopy(inner)
+def _full_model(accelerator, model, pipe, cfg: RefinerTrainingConfig, ema: Optional[EMA]):
+    """On the main process a plain copy of the trained transformer (``None`` elsewhere) with the EMA
+    applied: the full state dict is gathered on every process (FSDP shards it), then loaded into a
+    fresh model of the config's architecture (LoRA adapters included; merged on export)."""
+    state = accelerator.get_state_dict(model)  # a collective under FSDP: every process calls it
+    if not accelerator.is_main_process:
+        return None
+    with torch.random.fork_rng():  # building the model seeds torch: keep the training's global RNG
+        m = build_transformer(pipe, cfg.model)
+    m.load_state_dict(state, strict=True)
     if ema is not None:
         ema.copy_to(m)
     return m.eval()
 
 
-def _validate(accelerator, pipe, adapter, inner, ema, cfg, val, T) -> Optional[dict]:
+def _validate(accelerator, pipe, adapter, model, ema, cfg, val, T) -> Optional[dict]:
     from surf_accel.training.validate import run_validation
 
+    m = _full_model(accelerator, model, pipe, cfg, ema)
     metrics = None
-    if accelerator.is_main_process:
+    if m is not None:
         t0 = time.time()
-        m = _with_ema(inner, ema)
         metrics = run_validation(pipe, adapter, m, cfg, val, num_train_timesteps=T)
         metrics["seconds"] = round(time.time() - t0, 2)
     accelerator.wait_for_everyone()
@@ -378,16 +387,15 @@ def export_checkpoint(cfg: RefinerTrainingConfig, checkpoint: Optional[str | os.
     if unexpected or [k for k in missing if k in trainable_parameters(model)]:
         raise ValueError(f"checkpoint {d} does not match this config's model ({len(missing)} missing, "
                          f"{len(unexpected)} unexpected weights)")
-    ema = None
-    if cfg.train.ema_decay and (d / EMA_NAME).is_file():
+    if cfg.train.ema_decay and cfg.export.use_ema and (d / EMA_NAME).is_file():
         ema = EMA(trainable_parameters(model).items(), cfg.train.ema_decay)
         ema.load(d / EMA_NAME)
-    return export_now(model, ema, cfg, int(state["step"]))
+        ema.copy_to(model)
+    return export_refiner_now(model.eval(), cfg, int(state["step"]))
 
 
-def export_now(inner, ema: Optional[EMA], cfg: RefinerTrainingConfig, step: int) -> Path:
+def export_refiner_now(model, cfg: RefinerTrainingConfig, step: int) -> Path:
     from surf_accel.training.export import export_refiner
 
-    m = _with_ema(inner, ema if cfg.export.use_ema else None)
-    export_refiner(m, cfg, step=step)
+    export_refiner(model, cfg, step=step)
     return cfg.export_dir
