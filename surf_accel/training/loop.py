@@ -115,7 +115,10 @@ def _make_accelerator(cfg: RefinerTrainingConfig):
         if cfg.train.ema_decay is not None:
             raise ConfigError("train.ema_decay with train.strategy 'fsdp' is not supported (the EMA would need the "
                               "sharded parameters gathered every step); set ema_decay: null")
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(use_orig_params=True)
+        # one FSDP unit per Wan block (diffusers' WanTransformerBlock)
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
+            use_orig_params=True, auto_wrap_policy="transformer_based_wrap",
+            transformer_cls_names_to_wrap=["WanTransformerBlock"])
     return Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
                        project_dir=cfg.output_dir, **kwargs)
 
@@ -171,6 +174,10 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
     t_start = time.time()
     accelerator = _make_accelerator(cfg)
     main = accelerator.is_main_process
+    if cfg.train.strategy == "fsdp" and "FSDP" not in str(accelerator.distributed_type) and main:
+        # accelerate enables FSDP on accelerators only; on CPU it runs the plugin-less MULTI_CPU (DDP) path
+        logger.warning("train.strategy is 'fsdp' but accelerate runs %s here: no parameter sharding",
+                       accelerator.distributed_type)
     out_dir = Path(cfg.output_dir)
     if not resume and main and (out_dir / "checkpoints").is_dir():
         shutil.rmtree(out_dir / "checkpoints")
