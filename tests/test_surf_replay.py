@@ -184,3 +184,47 @@ def test_hunyuan_matches_the_replay(name, changes, recipe, true_cfg):
     want = sr.replay(p, sr.HUNYUAN, sr.Recipe(**{**RECIPE, **recipe}), num_frames=5, num_steps=6, guidance=g,
                      cond={**cond, "guidance": guidance}, generator=gen(0), uniform_grid=True, **HW)
     _close(out, want)
+
+
+TOY_VARIANTS = [("pixel", {}, {}), ("paper", dict(reshift="paper"), dict(reshift="paper")),
+                ("predicted", dict(renoise="predicted"), dict(renoise="predicted"))]
+
+
+@pytest.fixture(scope="module", params=["unipc", "euler"])
+def toy(request):
+    """The shipped toy WanPipeline: its trained VAE round-trips frames (the tiny random VAE above maps
+    every preview to nearly the same latents, so only this pipeline shows the pixel handoff keeps the
+    preview)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from surf_accel.toyworld import load_pipeline, pipeline_available
+
+    if not pipeline_available():
+        pytest.skip("toy pipeline not shipped")
+    p = load_pipeline(torch.float32)
+    p.set_progress_bar_config(disable=True)
+    if request.param == "euler":
+        p.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    return p
+
+
+@pytest.mark.parametrize("name, changes, recipe", TOY_VARIANTS, ids=[v[0] for v in TOY_VARIANTS])
+def test_toy_pixel_handoff_matches_the_replay(toy, name, changes, recipe):
+    cond = _wan_cond(toy)
+    call = dict(**cond, num_frames=9, num_inference_steps=6, guidance_scale=4.0, **HW)
+    out = _patched_latents(toy, _config(changes), **call)
+    want = sr.replay(toy, sr.WAN, sr.Recipe(**{**RECIPE, **recipe}), num_frames=9, num_steps=6, guidance=4.0,
+                     cond=cond, generator=gen(0), **HW)
+    _close(out, want)
+
+
+def test_toy_trained_refiner_pixel_handoff_matches_the_replay(toy):
+    cfg = dict(toy.transformer.config)
+    torch.manual_seed(4)
+    refiner = Refiner(type(toy.transformer).from_config({**cfg, "num_layers": 1}).eval(), num_steps=3)
+    cond = _wan_cond(toy)
+    out = _patched_latents(toy, _config({}).replace(refine_steps=None), refiner=refiner, **cond, num_frames=9,
+                           num_inference_steps=6, guidance_scale=4.0, **HW)
+    want = sr.replay(toy, sr.WAN, sr.Recipe(**{**RECIPE, "refine_steps": 3}, trained_refiner=refiner.transformer),
+                     num_frames=9, num_steps=6, guidance=4.0, cond=cond, generator=gen(0), **HW)
+    _close(out, want)
