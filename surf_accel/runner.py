@@ -102,6 +102,9 @@ class StageRunner:
         pipe._num_timesteps = plan.total_steps
         latents: Optional[torch.Tensor] = None
         ctx = None
+        # per-stage conditioning by pixel size: a refine at the preview's size (request = optimal size)
+        # reuses the preview's instead of encoding the I2V image through the VAE again
+        contexts: dict[tuple[int, int], object] = {}
         for si, stage in enumerate(plan.stages):
             if stage.start == "noise":
                 latents = self.adapter.initial_latents(pipe, call, stage)
@@ -109,7 +112,10 @@ class StageRunner:
                 latents = self._handoff(latents, stage)
             elif stage.start != "reshift":
                 raise ValueError(f"unknown stage start {stage.start!r}")
-            ctx = self.adapter.stage_context(pipe, call, stage)
+            size = (stage.height, stage.width)
+            if size not in contexts:
+                contexts[size] = self.adapter.stage_context(pipe, call, stage)
+            ctx = contexts[size]
             nxt = plan.stages[si + 1] if si + 1 < len(plan.stages) else None
             switch_to = nxt if nxt is not None and nxt.start == "reshift" else None
             latents = self._run_stage(stage, latents, ctx, switch_to)

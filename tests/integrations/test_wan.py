@@ -123,3 +123,35 @@ def test_family_spec(t2v):
     spec = WanAdapter().family_spec(t2v)
     assert spec.vae_scale_spatial == 8 and spec.vae_scale_temporal == 4 and spec.patch_size == (1, 2, 2)
     assert spec.optimal_area == 480 * 832 and spec.pixel_grid == 16
+
+
+def test_i2v_condition_encoded_once_per_stage_size(i2v):
+    """The I2V image goes through the VAE once per distinct stage size: a refine at the preview's size
+    (the request as optimal size) reuses the preview's condition, and the output is unchanged by it."""
+    calls = []
+    original = i2v.vae.encode
+
+    def encode(*args, **kwargs):
+        calls.append(tuple(args[0].shape[-2:]))
+        return original(*args, **kwargs)
+
+    cfg = SurfConfig(optimal_size="request", preview_steps=4, switch_step=2, refine_steps=2, handoff="latent")
+    i2v.vae.encode = encode
+    try:
+        with surf_accel.patched(i2v, cfg):
+            out = i2v(generator=gen(0), **i2v_kwargs(height=64, width=64, output_type="latent")).frames
+    finally:
+        del i2v.vae.encode
+    assert calls == [(64, 64), (32, 32)]
+    from tests import surf_replay as sr
+
+    kw = i2v_kwargs(height=64, width=64)
+    with torch.no_grad():
+        image_embeds = i2v.encode_image(kw["image"], torch.device("cpu"))
+    cond = {"prompt_embeds": kw["prompt_embeds"], "negative_prompt_embeds": kw["negative_prompt_embeds"],
+            "image": kw["image"], "image_embeds": image_embeds, "num_frames": 5}
+    shift = i2v.scheduler.config.shift
+    want = sr.replay(i2v, sr.WAN_I2V, sr.Recipe(optimal=(64, 64), shifts=(shift, shift / 2, shift), preview_steps=4,
+                                                switch_step=2, refine_steps=2, handoff="latent"),
+                     height=64, width=64, num_frames=5, num_steps=4, guidance=4.0, cond=cond, generator=gen(0))
+    assert (out - want).abs().max().item() < 2e-4
