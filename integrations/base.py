@@ -15,6 +15,9 @@ a multistep history never crosses a resolution switch.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
@@ -22,6 +25,28 @@ import numpy as np
 import torch
 
 from surf_accel.planner import FamilySpec, SchedulerSpec
+
+logger = logging.getLogger("surf_accel")
+
+# The diffusers range the adapters are written against (they call the pipelines' public methods
+# encode_prompt / encode_image / prepare_latents / check_inputs with their 0.35+ signatures).
+MIN_DIFFUSERS = (0, 35)
+TESTED_DIFFUSERS = "0.42"
+
+
+def check_diffusers_version() -> None:
+    import diffusers
+
+    parts = []
+    for p in diffusers.__version__.split(".")[:2]:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits or 0))
+    if tuple(parts) < MIN_DIFFUSERS:
+        raise RuntimeError(f"surf_accel needs diffusers >= {'.'.join(map(str, MIN_DIFFUSERS))} "
+                           f"(found {diffusers.__version__})")
+    if tuple(parts) >= (1, 0):
+        logger.warning("surf_accel was tested with diffusers %s; found %s", TESTED_DIFFUSERS, diffusers.__version__)
+
 
 SUPPORTED_SCHEDULERS = (
     "FlowMatchEulerDiscreteScheduler (static shift, no karras/exponential/beta sigmas, no stochastic sampling)",
@@ -184,6 +209,65 @@ class FamilyAdapter:
     def encode(self, pipe, video: torch.Tensor) -> torch.Tensor:
         """Video in [-1, 1] -> normalised latents (the distribution's mode)."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared by the families
+    @staticmethod
+    def bind_call(pipe, original_call, args, kwargs) -> dict:
+        """The call's arguments by name, defaults filled in, as the pipeline's ``__call__`` binds them."""
+        try:
+            bound = inspect.signature(original_call).bind(pipe, *args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{type(pipe).__name__}.__call__: {e}") from None
+        bound.apply_defaults()
+        a = dict(bound.arguments)
+        a.pop("self", None)
+        return a
+
+    @staticmethod
+    def callback_and_inputs(a: dict) -> tuple[Any, list]:
+        """``callback_on_step_end`` and the tensor inputs it asks for (a ``PipelineCallback`` names its own)."""
+        from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+        cb = a["callback_on_step_end"]
+        cb_inputs = a["callback_on_step_end_tensor_inputs"]
+        if isinstance(cb, (PipelineCallback, MultiPipelineCallbacks)):
+            cb_inputs = cb.tensor_inputs
+        return cb, list(cb_inputs)
+
+    @staticmethod
+    def videos_per_prompt(a: dict) -> int:
+        nvp = 1 if a["num_videos_per_prompt"] is None else a["num_videos_per_prompt"]
+        if not isinstance(nvp, int) or nvp < 1:
+            raise ValueError(f"num_videos_per_prompt must be an int >= 1, got {nvp!r}")
+        return nvp
+
+    @staticmethod
+    def prompt_count(prompt, prompt_embeds) -> int:
+        if prompt is not None:
+            return 1 if isinstance(prompt, str) else len(prompt)
+        return prompt_embeds.shape[0]
+
+    @staticmethod
+    def start_call(pipe, guidance_scale, attention_kwargs) -> None:
+        """The pipeline state its properties and callbacks read, as its own ``__call__`` sets it."""
+        pipe._guidance_scale = guidance_scale
+        pipe._attention_kwargs = attention_kwargs
+        pipe._current_timestep = None
+        pipe._interrupt = False
+
+    @staticmethod
+    def to_vae(pipe, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the VAE's execution device (its offload hook's device) in the VAE's dtype."""
+        from diffusers.utils.torch_utils import get_module_execution_device
+
+        return x.to(get_module_execution_device(pipe.vae), dtype=pipe.vae.dtype)
+
+    @staticmethod
+    def branch(model, negative: bool):
+        """The diffusers cache context of one CFG branch (``"cond"`` / ``"uncond"``), where the model has one."""
+        if hasattr(model, "cache_context"):
+            return model.cache_context("uncond" if negative else "cond")
+        return contextlib.nullcontext()
 
     def finalize(self, pipe, latents: torch.Tensor, call: PreparedCall, ctx) -> torch.Tensor:
         """Last touch on the output latents before decoding (identity for most families)."""

@@ -24,13 +24,11 @@ HunyuanVideo 1.5 are refused with a clear error.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 import torch
 
-from surf_accel.integrations.base import (SUPPORTED_SCHEDULERS, FamilyAdapter, PreparedCall, diffusers_class,
-                                          noise_latents, scheduler_spec)
-from surf_accel.integrations.wan import check_diffusers_version
+from surf_accel.integrations.base import (SUPPORTED_SCHEDULERS, FamilyAdapter, PreparedCall, check_diffusers_version,
+                                          diffusers_class, noise_latents, scheduler_spec)
 from surf_accel.planner import FamilySpec, Request, SchedulerSpec
 
 # HunyuanVideo's optimal (training) resolution: 720x1280. The released T2V checkpoint is
@@ -117,27 +115,14 @@ class HunyuanVideoAdapter(FamilyAdapter):
 
     # ------------------------------------------------------------------ call preparation
     def prepare_call(self, pipe, original_call, args, kwargs) -> PreparedCall:
-        try:
-            bound = inspect.signature(original_call).bind(pipe, *args, **kwargs)
-        except TypeError as e:
-            raise TypeError(f"{type(pipe).__name__}.__call__: {e}") from None
-        bound.apply_defaults()
-        a = dict(bound.arguments)
-        a.pop("self", None)
+        a = self.bind_call(pipe, original_call, args, kwargs)
         if a["sigmas"] is not None:
             raise ValueError("surf_accel plans each stage's sigmas itself (SurfConfig, the scheduler's shift); "
                              "the `sigmas` argument is not supported while the pipeline is patched")
-        cb = a["callback_on_step_end"]
-        cb_inputs = a["callback_on_step_end_tensor_inputs"]
-        from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-
-        if isinstance(cb, (PipelineCallback, MultiPipelineCallbacks)):
-            cb_inputs = cb.tensor_inputs
+        cb, cb_inputs = self.callback_and_inputs(a)
         pipe.check_inputs(a["prompt"], a["prompt_2"], a["height"], a["width"], a["prompt_embeds"], cb_inputs,
                           a["prompt_template"])
-        nvp = 1 if a["num_videos_per_prompt"] is None else a["num_videos_per_prompt"]
-        if not isinstance(nvp, int) or nvp < 1:
-            raise ValueError(f"num_videos_per_prompt must be an int >= 1, got {nvp!r}")
+        nvp = self.videos_per_prompt(a)
         # as the pipeline: true CFG needs a scale > 1 and a negative prompt (text or both embeddings)
         has_neg = a["negative_prompt"] is not None or (a["negative_prompt_embeds"] is not None
                                                         and a["negative_pooled_prompt_embeds"] is not None)
@@ -151,16 +136,10 @@ class HunyuanVideoAdapter(FamilyAdapter):
                 if missing:
                     raise ValueError(f"`{given}` needs {' and '.join(f'`{n}`' for n in missing)} too "
                                      "(HunyuanVideo's transformer reads the text mask and the pooled CLIP text)")
-        pipe._guidance_scale = a["guidance_scale"]
-        pipe._attention_kwargs = a["attention_kwargs"]
-        pipe._current_timestep = None
-        pipe._interrupt = False
+        self.start_call(pipe, a["guidance_scale"], a["attention_kwargs"])
         device = pipe._execution_device
         prompt = a["prompt"]
-        if prompt is not None:
-            n_prompts = 1 if isinstance(prompt, str) else len(prompt)
-        else:
-            n_prompts = a["prompt_embeds"].shape[0]
+        n_prompts = self.prompt_count(prompt, a["prompt_embeds"])
         batch = n_prompts * nvp
         tdtype = pipe.transformer.dtype
 
@@ -192,7 +171,7 @@ class HunyuanVideoAdapter(FamilyAdapter):
         return PreparedCall(request=request, batch=batch, guidance_scale=cfg_scale, do_cfg=do_cfg, prompt_embeds=pe,
                             negative_prompt_embeds=ne, generator=a["generator"], latents=a["latents"],
                             output_type=a["output_type"], return_dict=a["return_dict"],
-                            attention_kwargs=a["attention_kwargs"], callback=cb, callback_inputs=list(cb_inputs),
+                            attention_kwargs=a["attention_kwargs"], callback=cb, callback_inputs=cb_inputs,
                             device=device, extra=extra)
 
     @staticmethod
@@ -224,24 +203,19 @@ class HunyuanVideoAdapter(FamilyAdapter):
                       encoder_attention_mask=e["negative_mask"] if negative else e["mask"],
                       pooled_projections=e["negative_pooled"] if negative else e["pooled"],
                       guidance=e["guidance"], attention_kwargs=call.attention_kwargs, return_dict=False)
-        with model.cache_context("uncond" if negative else "cond"):
+        with self.branch(model, negative):
             return model(**kwargs)[0]
 
     # ------------------------------------------------------------------ VAE
     def decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents ``(B, C, T, H, W)`` -> video ``(B, 3, 4 (T - 1) + 1, 8 H, 8 W)`` in [-1, 1]."""
-        from diffusers.utils.torch_utils import get_module_execution_device
-
         # cast, then unscale: the pipeline's order, so decoding matches it bit for bit
-        latents = latents.to(get_module_execution_device(pipe.vae), dtype=pipe.vae.dtype)
+        latents = self.to_vae(pipe, latents)
         return pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
 
     def encode(self, pipe, video: torch.Tensor) -> torch.Tensor:
         """Video ``(B, 3, F, H, W)`` in [-1, 1] -> scaled latents (the posterior's mode), float32."""
-        from diffusers.utils.torch_utils import get_module_execution_device
-
-        video = video.to(get_module_execution_device(pipe.vae), dtype=pipe.vae.dtype)
-        z = pipe.vae.encode(video).latent_dist.mode().to(torch.float32)
+        z = pipe.vae.encode(self.to_vae(pipe, video)).latent_dist.mode().to(torch.float32)
         return z * pipe.vae.config.scaling_factor
 
     def output(self, frames):

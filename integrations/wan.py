@@ -11,49 +11,18 @@ are refused.
 
 from __future__ import annotations
 
-import inspect
 import logging
 
 import torch
 
-from surf_accel.integrations.base import FamilyAdapter, PreparedCall, noise_latents, scheduler_spec  # noqa: F401  (re-export)
+from surf_accel.integrations.base import (FamilyAdapter, PreparedCall, check_diffusers_version, diffusers_class,
+                                          noise_latents, scheduler_spec)
 from surf_accel.planner import FamilySpec, Request
 
 logger = logging.getLogger("surf_accel")
 
 WAN_OPTIMAL_AREA = 480 * 832  # Wan2.1's training resolution (480p), the paper's optimal resolution
 SUPPORTED = ("WanPipeline", "WanImageToVideoPipeline")
-
-
-# The diffusers range this adapter is written against (it calls the pipelines' public methods
-# encode_prompt / encode_image / prepare_latents / check_inputs with their 0.35+ signatures).
-MIN_DIFFUSERS = (0, 35)
-TESTED_DIFFUSERS = "0.42"
-
-
-def check_diffusers_version() -> None:
-    import diffusers
-
-    parts = []
-    for p in diffusers.__version__.split(".")[:2]:
-        digits = "".join(ch for ch in p if ch.isdigit())
-        parts.append(int(digits or 0))
-    if tuple(parts) < MIN_DIFFUSERS:
-        raise RuntimeError(f"surf_accel needs diffusers >= {'.'.join(map(str, MIN_DIFFUSERS))} "
-                           f"(found {diffusers.__version__})")
-    if tuple(parts) >= (1, 0):
-        logger.warning("surf_accel was tested with diffusers %s; found %s", TESTED_DIFFUSERS, diffusers.__version__)
-
-
-def _is_wan_pipeline(pipe) -> bool:
-    return any(c.__name__ in SUPPORTED and c.__module__.startswith("diffusers") for c in type(pipe).__mro__)
-
-
-def _diffusers_class(pipe):
-    for c in type(pipe).__mro__:
-        if c.__name__ in SUPPORTED and c.__module__.startswith("diffusers"):
-            return c
-    return None
 
 
 class WanAdapter(FamilyAdapter):
@@ -66,7 +35,7 @@ class WanAdapter(FamilyAdapter):
     # ------------------------------------------------------------------ checks and geometry
     def check_pipeline(self, pipe) -> None:
         check_diffusers_version()
-        if not _is_wan_pipeline(pipe):
+        if diffusers_class(pipe, SUPPORTED) is None:
             raise TypeError(f"the Wan adapter supports {', '.join(SUPPORTED)}; got {type(pipe).__name__}")
         if getattr(pipe, "transformer", None) is None:
             raise TypeError("surf_accel needs the pipeline's `transformer` (Wan2.1); this pipeline has none")
@@ -89,7 +58,7 @@ class WanAdapter(FamilyAdapter):
             check_refiner_transformer(refiner, pipe.transformer)
 
     def is_i2v(self, pipe) -> bool:
-        return _diffusers_class(pipe).__name__ == "WanImageToVideoPipeline"
+        return diffusers_class(pipe, SUPPORTED).__name__ == "WanImageToVideoPipeline"
 
     def family_spec(self, pipe) -> FamilySpec:
         cfg = pipe.transformer.config
@@ -104,20 +73,9 @@ class WanAdapter(FamilyAdapter):
 
     # ------------------------------------------------------------------ call preparation
     def prepare_call(self, pipe, original_call, args, kwargs) -> PreparedCall:
-        try:
-            bound = inspect.signature(original_call).bind(pipe, *args, **kwargs)
-        except TypeError as e:
-            raise TypeError(f"{type(pipe).__name__}.__call__: {e}") from None
-        bound.apply_defaults()
-        a = dict(bound.arguments)
-        a.pop("self", None)
+        a = self.bind_call(pipe, original_call, args, kwargs)
         i2v = self.is_i2v(pipe)
-        cb = a["callback_on_step_end"]
-        cb_inputs = a["callback_on_step_end_tensor_inputs"]
-        from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-
-        if isinstance(cb, (PipelineCallback, MultiPipelineCallbacks)):
-            cb_inputs = cb.tensor_inputs
+        cb, cb_inputs = self.callback_and_inputs(a)
         if i2v:
             pipe.check_inputs(a["prompt"], a["negative_prompt"], a["image"], a["height"], a["width"],
                               a["prompt_embeds"], a["negative_prompt_embeds"], a["image_embeds"], cb_inputs,
@@ -125,9 +83,7 @@ class WanAdapter(FamilyAdapter):
         else:
             pipe.check_inputs(a["prompt"], a["negative_prompt"], a["height"], a["width"], a["prompt_embeds"],
                               a["negative_prompt_embeds"], cb_inputs, a["guidance_scale_2"])
-        nvp = 1 if a["num_videos_per_prompt"] is None else a["num_videos_per_prompt"]
-        if not isinstance(nvp, int) or nvp < 1:
-            raise ValueError(f"num_videos_per_prompt must be an int >= 1, got {nvp!r}")
+        nvp = self.videos_per_prompt(a)
         num_frames = a["num_frames"]
         vt = pipe.vae_scale_factor_temporal
         if num_frames % vt != 1:
@@ -137,19 +93,11 @@ class WanAdapter(FamilyAdapter):
         steps = a["num_inference_steps"]
         guidance = a["guidance_scale"]
         do_cfg = guidance > 1.0
-        pipe._guidance_scale = guidance
+        self.start_call(pipe, guidance, a["attention_kwargs"])
         pipe._guidance_scale_2 = None
-        pipe._attention_kwargs = a["attention_kwargs"]
-        pipe._current_timestep = None
-        pipe._interrupt = False
         device = pipe._execution_device
         prompt = a["prompt"]
-        if prompt is not None and isinstance(prompt, str):
-            n_prompts = 1
-        elif prompt is not None:
-            n_prompts = len(prompt)
-        else:
-            n_prompts = a["prompt_embeds"].shape[0]
+        n_prompts = self.prompt_count(prompt, a["prompt_embeds"])
         pe, ne = pipe.encode_prompt(prompt=prompt, negative_prompt=a["negative_prompt"], do_classifier_free_guidance=do_cfg,
                                     num_videos_per_prompt=nvp, prompt_embeds=a["prompt_embeds"],
                                     negative_prompt_embeds=a["negative_prompt_embeds"],
@@ -181,7 +129,7 @@ class WanAdapter(FamilyAdapter):
         return PreparedCall(request=request, batch=batch, guidance_scale=guidance, do_cfg=do_cfg, prompt_embeds=pe,
                             negative_prompt_embeds=ne, generator=a["generator"], latents=a["latents"],
                             output_type=a["output_type"], return_dict=a["return_dict"],
-                            attention_kwargs=a["attention_kwargs"], callback=cb, callback_inputs=list(cb_inputs),
+                            attention_kwargs=a["attention_kwargs"], callback=cb, callback_inputs=cb_inputs,
                             device=device, extra=extra)
 
     # ------------------------------------------------------------------ latents and conditioning
@@ -222,11 +170,8 @@ class WanAdapter(FamilyAdapter):
                       attention_kwargs=call.attention_kwargs, return_dict=False)
         if self.is_i2v(pipe) and getattr(model.config, "image_dim", None) is not None:
             kwargs["encoder_hidden_states_image"] = call.extra["image_embeds"]
-        name = "uncond" if negative else "cond"
-        if hasattr(model, "cache_context"):
-            with model.cache_context(name):
-                return model(**kwargs)[0]
-        return model(**kwargs)[0]
+        with self.branch(model, negative):
+            return model(**kwargs)[0]
 
     # ------------------------------------------------------------------ VAE
     def _stats(self, pipe, device, dtype):
@@ -236,17 +181,12 @@ class WanAdapter(FamilyAdapter):
         return mean, inv_std
 
     def decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
-        from diffusers.utils.torch_utils import get_module_execution_device
-
-        latents = latents.to(get_module_execution_device(pipe.vae), dtype=pipe.vae.dtype)
+        latents = self.to_vae(pipe, latents)
         mean, inv_std = self._stats(pipe, latents.device, latents.dtype)
         return pipe.vae.decode(latents / inv_std + mean, return_dict=False)[0]
 
     def encode(self, pipe, video: torch.Tensor) -> torch.Tensor:
-        from diffusers.utils.torch_utils import get_module_execution_device
-
-        video = video.to(get_module_execution_device(pipe.vae), dtype=pipe.vae.dtype)
-        z = pipe.vae.encode(video).latent_dist.mode().to(torch.float32)
+        z = pipe.vae.encode(self.to_vae(pipe, video)).latent_dist.mode().to(torch.float32)
         mean, inv_std = self._stats(pipe, z.device, z.dtype)
         return (z - mean) * inv_std
 
