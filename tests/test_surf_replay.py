@@ -64,6 +64,16 @@ def _close(out, want):
     assert err < ATOL, f"max |patched - replay| = {err:.3g}"
 
 
+def _check_wan_variant(pipe, changes, recipe, num_frames):
+    """The patched T2V call with ``BASE`` + ``changes`` against the replay of ``RECIPE`` + ``recipe``."""
+    cond = _wan_cond(pipe)
+    call = dict(**cond, num_frames=num_frames, num_inference_steps=6, guidance_scale=4.0, **HW)
+    out = _patched_latents(pipe, _config(changes), **call)
+    want = sr.replay(pipe, sr.WAN, sr.Recipe(**{**RECIPE, **recipe}), num_frames=num_frames, num_steps=6,
+                     guidance=4.0, cond=cond, generator=gen(0), **HW)
+    _close(out, want)
+
+
 @pytest.fixture(scope="module", params=["euler", "unipc"])
 def wan(request):
     return tiny_wan_t2v(request.param)
@@ -71,12 +81,7 @@ def wan(request):
 
 @pytest.mark.parametrize("name, changes, recipe", VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_wan_t2v_matches_the_replay(wan, name, changes, recipe):
-    cond = _wan_cond(wan)
-    call = dict(**cond, num_frames=5, num_inference_steps=6, guidance_scale=4.0, **HW)
-    out = _patched_latents(wan, _config(changes), **call)
-    want = sr.replay(wan, sr.WAN, sr.Recipe(**{**RECIPE, **recipe}), num_frames=5, num_steps=6, guidance=4.0,
-                     cond=cond, generator=gen(0), **HW)
-    _close(out, want)
+    _check_wan_variant(wan, changes, recipe, num_frames=5)
 
 
 def test_wan_t2v_batch_and_no_cfg(wan):
@@ -210,12 +215,7 @@ def toy(request):
 
 @pytest.mark.parametrize("name, changes, recipe", TOY_VARIANTS, ids=[v[0] for v in TOY_VARIANTS])
 def test_toy_pixel_handoff_matches_the_replay(toy, name, changes, recipe):
-    cond = _wan_cond(toy)
-    call = dict(**cond, num_frames=9, num_inference_steps=6, guidance_scale=4.0, **HW)
-    out = _patched_latents(toy, _config(changes), **call)
-    want = sr.replay(toy, sr.WAN, sr.Recipe(**{**RECIPE, **recipe}), num_frames=9, num_steps=6, guidance=4.0,
-                     cond=cond, generator=gen(0), **HW)
-    _close(out, want)
+    _check_wan_variant(toy, changes, recipe, num_frames=9)
 
 
 def test_toy_trained_refiner_pixel_handoff_matches_the_replay(toy):
