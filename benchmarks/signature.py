@@ -41,10 +41,9 @@ import surf_accel
 from surf_accel import metrics
 from surf_accel.config import SurfConfig
 from surf_accel.toyworld import (DEFAULT_GUIDANCE, DEFAULT_STEPS, EVAL_PROMPTS, FLOW_SHIFT, NUM_FRAMES, OPTIMAL_SIZE,
-                                 PREVIEW_SIZE, TARGET_SIZE, load_pipeline, surf_config)
+                                 PREVIEW_SIZE, REFINE_WINDOW, TARGET_SIZE, load_pipeline, surf_config)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "signature.md"
-TEMPORAL_WINDOW = (2, 16, 16)  # 2 of the 5 latent frames, whole 16x16 token frames: the paper's temporal windows
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,8 @@ def runs(steps: int) -> list[Run]:
     surf += [
         ("SURF, predicted re-noise", toy.replace(renoise="predicted")),
         ("SURF, pixel handoff", toy.replace(handoff="pixel")),
-        (f"SURF, refine windows {TEMPORAL_WINDOW}", toy.replace(window=TEMPORAL_WINDOW)),
+        (f"SURF, refine windows {REFINE_WINDOW}" if toy.window is None else "SURF, dense refine attention",
+         toy.replace(window=None if toy.window else REFINE_WINDOW)),
         ("SURF, refine_start 0.5", toy.replace(refine_start=0.5)),
         ("SURF, refine_guidance 1 (no CFG in the refine)", toy.replace(refine_guidance=1.0)),
         ("SURF, switch_step 3", toy.replace(switch_step=3)),

@@ -16,8 +16,8 @@ a 40-step preview switching after step 10, then 10 refine steps, so for a 50-ste
 - ``handoff="pixel"``: the paper's mapping (VAE decode, resize, VAE encode).
 - ``reshift="consistent"``: docs/design.md 1.2 (the paper's literal form mis-states the SNR; kept as
   ``"paper"``).
-- ``refine_start=0.7``: the training-free refiner is beyond the paper; chosen on the toy world
-  (benchmarks/results/signature.md).
+- ``refine_start=0.7``: the training-free refiner is beyond the paper; on the toy world 0.7 and 0.5
+  are indistinguishable (benchmarks/results/signature.md; 0.3 lost colour in an earlier run).
 """
 
 from __future__ import annotations
@@ -220,27 +220,31 @@ class SurfConfig:
         return {k: v[1] for k, v in PRESETS.items()}
 
 
-# The SURF presets' reshift is "additive_low": the form the toy-world signature benchmark measured
-# best (benchmarks/results/signature.md; it ran under the name "paper" before the modes were made
-# exact). Fractions: the paper's plan for Wan2.1's default 50-step call (40 preview steps switching
-# after 10, 10 refine steps), the other presets' former fixed counts at 50 steps.
+# The presets follow the toy-world signature table (benchmarks/results/signature.md: 32 prompts x 3
+# seeds, 95% intervals): the paper's reshift keeps the optimal-size run's layout (distance 0.054
+# [0.045, 0.064]) and direction (91.7%) where the consistent one loses them (0.214, 77.1%); the
+# additive_low form is indistinguishable from the paper's, which the presets use as the published
+# formula. Both feed the low stage a cleaner latent than its schedule expects (~49x the SNR on the toy,
+# ~30x for Wan2.1 at 720p): measured on the toy only. A later switch keeps the layout closer (switch 10
+# of 25: 0.036 [0.031, 0.042]; 6 of 25: 0.054), an earlier one loses it (3 of 25: 0.100). Pixel and
+# latent handoff, fresh and predicted re-noise are indistinguishable there. Fractions: the paper's plan
+# for Wan2.1's default 50-step call (40 preview steps switching after 10, 10 refine steps).
 PRESETS: dict[str, tuple[SurfConfig, str]] = {
     "paper": (
-        SurfConfig(reshift="additive_low", name="paper"),
+        SurfConfig(reshift="paper", name="paper"),
         "the paper's plan: 80% of the call's steps as the preview (40 of 50), switching after the first 25% of them "
         "(10 of 40), factor 2, pixel handoff, refine for 20% of the call's steps (10 of 50)",
     ),
     "fast": (
-        SurfConfig(preview_fraction=0.6, reshift="additive_low", handoff="latent", refine_fraction=0.16, name="fast"),
+        SurfConfig(preview_fraction=0.6, reshift="paper", handoff="latent", refine_fraction=0.16, name="fast"),
         "fewer steps: 60% of the call's steps as the preview (30 of 50), switching after 25% of them (8), latent "
-        "handoff (no VAE round trip), refine for 16% of the call's steps (8 of 50; the paper: 8 costs a little "
-        "quality)",
+        "handoff (no VAE round trip; as good as pixel on the toy), refine for 16% of the call's steps (8 of 50; the "
+        "paper: 8 costs a little quality)",
     ),
     "quality": (
-        SurfConfig(preview_fraction=1.0, switch_fraction=0.3, reshift="additive_low", renoise="predicted",
-                   refine_fraction=0.24, name="quality"),
-        "more steps: all of the call's steps as the preview (50 of 50) switching after 30% (15; later than the "
-        "paper's 25%, k = 30 of 40 was slow in the paper), predicted re-noise, refine for 24% of the call's steps "
+        SurfConfig(preview_fraction=1.0, switch_fraction=0.4, reshift="paper", refine_fraction=0.24, name="quality"),
+        "closer to the optimal-size run: all of the call's steps as the preview (50 of 50) switching after 40% "
+        "(20; on the toy a switch at 40% kept the layout closer than at 24%), refine for 24% of the call's steps "
         "(12 of 50)",
     ),
     "identity": (SurfConfig.identity(), "no acceleration: reproduces the unpatched pipeline (for checks)"),
@@ -249,7 +253,7 @@ PRESETS: dict[str, tuple[SurfConfig, str]] = {
     # blocks: 6 + 11 + 11 + 5); the paper gives no W_t for HunyuanVideo and the window's effect on the
     # training-free refiner's quality is not measured yet. 1000 tokens = the whole H and W axes.
     "hunyuan-paper": (
-        SurfConfig(reshift="additive_low", window=(11, 1000, 1000), name="hunyuan-paper"),
+        SurfConfig(reshift="paper", window=(11, 1000, 1000), name="hunyuan-paper"),
         "the paper's plan for HunyuanVideo 720p/129 frames (HunyuanVideoPipeline's default preset): 80% of the "
         "call's steps as the preview switching after 25% of them, factor 2, pixel handoff, refine for 20% of the "
         "call's steps with temporal windows of 11 latent frames (whole H and W)",

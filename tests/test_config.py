@@ -22,7 +22,7 @@ def test_fast_and_quality_follow_the_call():
     # their former fixed counts at Wan's default 50 steps
     assert SurfConfig.preset("fast").step_counts(50) == (30, 8, 8)
     assert SurfConfig.preset("fast").step_counts(20) == (12, 3, 3)
-    assert SurfConfig.preset("quality").step_counts(50) == (50, 15, 12)
+    assert SurfConfig.preset("quality").step_counts(50) == (50, 20, 12)
 
 
 def test_explicit_counts_override_the_fractions():
