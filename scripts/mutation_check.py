@@ -140,6 +140,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     mutants = [m for m in MUTANTS if not a.only or any(o in m[0] for o in a.only)]
     started = datetime.datetime.now(datetime.timezone.utc)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     rows = []
     with tempfile.TemporaryDirectory(prefix="surf_mutants_") as tmp:
         copy = Path(tmp) / "tree"
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
             print(f"{verdict:9s} {secs:6.1f} s  {m[0]} ({m[1]})  {test}", flush=True)
     killed = sum(r[2] == "killed" for r in rows)
     lines = [f"# Mutation check of the SURF core ({killed}/{len(rows)} killed)", "",
-             f"- date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, {os.cpu_count()} cores, "
+             f"- commit checked: {commit}; date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, {os.cpu_count()} cores, "
              f"{platform.platform()}",
              f"- command: `python scripts/{Path(__file__).name} {' '.join(argv or sys.argv[1:])}`".rstrip(),
              f"- tests run per mutant (stopping at the first failure): {' '.join(a.tests)}", "",
