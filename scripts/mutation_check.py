@@ -2,7 +2,8 @@
 and run the tests that should catch it; a mutant the suite lets through is a hole in the tests.
 
 Each mutant replaces one exact snippet (which must occur exactly once) in one file. The copy is the
-committed tree (``git archive HEAD``: uncommitted edits are not checked) plus the built extension, with ``surf_accel/integrations`` and
+committed tree (``git archive HEAD``: uncommitted edits are not checked) plus the built extension,
+with ``surf_accel/integrations`` and
 ``surf_accel/triton_kernels`` linked as setuptools' ``package_dir`` maps them, so the tests import the
 mutated copy and never the working tree. Results go to ``benchmarks/results/mutation.md``.
 
@@ -140,7 +141,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     mutants = [m for m in MUTANTS if not a.only or any(o in m[0] for o in a.only)]
     started = datetime.datetime.now(datetime.timezone.utc)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
     rows = []
     with tempfile.TemporaryDirectory(prefix="surf_mutants_") as tmp:
         copy = Path(tmp) / "tree"
@@ -156,8 +158,8 @@ def main(argv=None) -> int:
             print(f"{verdict:9s} {secs:6.1f} s  {m[0]} ({m[1]})  {test}", flush=True)
     killed = sum(r[2] == "killed" for r in rows)
     lines = [f"# Mutation check of the SURF core ({killed}/{len(rows)} killed)", "",
-             f"- commit checked: {commit}; date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, {os.cpu_count()} cores, "
-             f"{platform.platform()}",
+             f"- commit checked: {commit}; date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+             f"{os.cpu_count()} cores, {platform.platform()}",
              f"- command: `python scripts/{Path(__file__).name} {' '.join(argv or sys.argv[1:])}`".rstrip(),
              f"- tests run per mutant (stopping at the first failure): {' '.join(a.tests)}", "",
              "| mutant | file | verdict | seconds | first failing test |", "|---|---|---|---|---|",
