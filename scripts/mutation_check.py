@@ -3,9 +3,8 @@ and run the tests that should catch it; a mutant the suite lets through is a hol
 
 Each mutant replaces one exact snippet (which must occur exactly once) in one file. The copy is the
 committed tree (``git archive HEAD``: uncommitted edits are not checked) plus the built extension,
-with ``surf_accel/integrations`` and
-``surf_accel/triton_kernels`` linked as setuptools' ``package_dir`` maps them, so the tests import the
-mutated copy and never the working tree. Results go to ``benchmarks/results/mutation.md``.
+with ``surf_accel/integrations`` and ``surf_accel/triton_kernels`` linked as setuptools'
+``package_dir`` maps them, so the tests import the mutated copy and never the working tree. Results go to ``benchmarks/results/mutation.md``.
 
     python scripts/mutation_check.py [--only NAME ...] [--tests tests/... ...] [--out FILE]
 """
