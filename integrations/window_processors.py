@@ -85,10 +85,14 @@ class WanWindowAttnProcessor:
             query = _rotate_interleaved(query, *rotary_emb)
             key = _rotate_interleaved(key, *rotary_emb)
         state = self.state
-        out = window_attention(query, key, value, state.current_grid(), state.window,
-                               state.shift(getattr(attn, SHIFT_ATTR, False)), backend=state.backend)
+        out = self.attend(query, key, value, state.current_grid(), state.window,
+                          state.shift(getattr(attn, SHIFT_ATTR, False)))
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
+
+    def attend(self, query, key, value, grid, window, shift) -> torch.Tensor:
+        """Windowed attention of ``(B, S, heads, D)`` q, k, v on the t-major ``grid`` -> ``(B, S, heads, D)``."""
+        return window_attention(query, key, value, grid, window, shift, backend=self.state.backend)
 
 
 class HunyuanVideoWindowAttnProcessor:

@@ -5,7 +5,7 @@ processor on every block's ``attn1``, shift 0 / ``window // 2`` alternating by b
 read by a forward pre-hook. Its ops (``surf_accel.ops.window_attention``, every backend) are custom
 ops without an autograd formula, so they cannot be trained through. ``training_windows`` installs
 the very same state (``windowed_attention``: shifts, grid hook, originals restored on exit) and
-swaps only the processor for one whose attention is the ``torch`` backend's own function
+swaps only the processor for one whose attention call is the ``torch`` backend's own function
 (``window_reference.window_attention_partitioned``: gather windows, SDPA, gather back), which
 autograd differentiates. ``tests/training`` checks its output against the inference processor's.
 """
@@ -17,31 +17,15 @@ from typing import Iterator, Optional
 
 import torch
 
-from surf_accel.integrations.window_processors import (STATE_ATTR, SHIFT_ATTR, WanWindowAttnProcessor,
-                                                       _rotate_interleaved, windowed_attention)
+from surf_accel.integrations.window_processors import STATE_ATTR, WanWindowAttnProcessor, windowed_attention
 from surf_accel.ops.window_reference import window_attention_partitioned
 
 
 class TrainableWanWindowAttnProcessor(WanWindowAttnProcessor):
     """``WanWindowAttnProcessor`` with a differentiable attention call (same windows, same shifts)."""
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
-                 attention_mask: Optional[torch.Tensor] = None, rotary_emb=None) -> torch.Tensor:
-        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
-
-        if encoder_hidden_states is not None or attention_mask is not None:
-            raise RuntimeError("TrainableWanWindowAttnProcessor serves self-attention without a mask (attn1) only")
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
-        if rotary_emb is not None:
-            query = _rotate_interleaved(query, *rotary_emb)
-            key = _rotate_interleaved(key, *rotary_emb)
-        state = self.state
-        out = window_attention_partitioned(query, key, value, state.current_grid(), state.window,
-                                           state.shift(getattr(attn, SHIFT_ATTR, False)))
-        out = out.flatten(2, 3).type_as(query)
-        return attn.to_out[1](attn.to_out[0](out))
+    def attend(self, query, key, value, grid, window, shift) -> torch.Tensor:
+        return window_attention_partitioned(query, key, value, grid, window, shift)
 
 
 @contextlib.contextmanager
