@@ -3,7 +3,6 @@
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -63,37 +62,28 @@ def test_refiner_wraps_only_supported():
         Refiner(torch.nn.Linear(2, 2))
 
 
-def test_trained_refiner_runs_from_s1(tmp_path):
+# (config changes, the call's steps, the refiner's timesteps): an explicit refine_steps wins; unset, the
+# refiner's own saved num_steps (3) decides, whatever the call's steps
+@pytest.mark.parametrize("changes, steps, timesteps", [
+    ({}, 4, [1000.0, 500.0]),
+    (dict(refine_steps=None, preview_steps=None), 4, [1000.0, 2000 / 3, 1000 / 3]),
+    (dict(refine_steps=None, preview_steps=None), 8, [1000.0, 2000 / 3, 1000 / 3]),
+])
+def test_trained_refiner_runs_from_s1_for_its_steps(tmp_path, changes, steps, timesteps):
     Refiner.random(CFG, num_steps=3).save_pretrained(tmp_path)
     r = Refiner.from_pretrained(tmp_path)
     p = tiny_wan_t2v("euler")
     seen = []
     hook = r.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(float(kw["timestep"][0])),
                                                    with_kwargs=True)
-    with surf_accel.patched(p, SMALL, refiner=r):
-        plan = surf_accel.api.plan_for(p, height=32, width=32, num_frames=5, num_inference_steps=4)
-        out = p(generator=gen(0), **T2V_KW).frames
+    cfg = SMALL.replace(**changes)
+    with surf_accel.patched(p, cfg, refiner=r):
+        plan = surf_accel.api.plan_for(p, height=32, width=32, num_frames=5, num_inference_steps=steps)
+        out = p(generator=gen(0), **{**T2V_KW, "num_inference_steps": steps}).frames
     hook.remove()
     assert plan.stages[-1].model == "trained_refiner"
-    assert out.shape == (1, 5, 32, 32, 3) and np.isfinite(out).all()
-    assert seen == pytest.approx([1000.0, 500.0])  # s = 1, 0.5: the straight path, no noise
-
-
-def test_trained_refiner_takes_its_own_num_steps(tmp_path):
-    """With refine_steps unset the refiner's saved num_steps decides the refine (the call's steps do not);
-    an explicit refine_steps wins (test above)."""
-    Refiner.random(CFG, num_steps=3).save_pretrained(tmp_path)
-    r = Refiner.from_pretrained(tmp_path)
-    p = tiny_wan_t2v("euler")
-    seen = []
-    hook = r.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(float(kw["timestep"][0])),
-                                                   with_kwargs=True)
-    for steps in (4, 8):
-        seen.clear()
-        with surf_accel.patched(p, SMALL.replace(refine_steps=None, preview_steps=None), refiner=r):
-            p(generator=gen(0), **{**T2V_KW, "num_inference_steps": steps})
-        assert seen == pytest.approx([1000.0, 2000 / 3, 1000 / 3], rel=1e-6)
-    hook.remove()
+    assert out.shape == (1, 5, 32, 32, 3)
+    assert seen == pytest.approx(timesteps, rel=1e-6)  # from s = 1 down the straight path, no noise
 
 
 def test_incompatible_refiner_refused():
