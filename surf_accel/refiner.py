@@ -132,7 +132,12 @@ class Refiner:
         with open(os.path.join(folder, CONFIG_NAME), "w") as f:
             json.dump(cfg, f, indent=2, sort_keys=True, default=list)
         state = {k: v.detach().contiguous().cpu() for k, v in self.transformer.state_dict().items()}
-        save_file(state, os.path.join(folder, WEIGHTS_NAME), metadata={"format": REFINER_FORMAT})
+        weights = os.path.join(folder, WEIGHTS_NAME)
+        save_file(state, weights, metadata={"format": REFINER_FORMAT})
+        # safetensors writes 0600; give the weights the mode config.json got, so a shared folder is readable
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(weights, 0o666 & ~umask)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, *, torch_dtype: Optional[torch.dtype] = None,

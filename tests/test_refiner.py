@@ -21,6 +21,8 @@ def test_save_load_roundtrip(tmp_path):
     r = Refiner.random(CFG, num_steps=7)
     r.save_pretrained(tmp_path)
     assert (tmp_path / "config.json").exists() and (tmp_path / "diffusion_pytorch_model.safetensors").exists()
+    mode = {f: os.stat(tmp_path / f).st_mode & 0o777 for f in ("config.json", "diffusion_pytorch_model.safetensors")}
+    assert mode["diffusion_pytorch_model.safetensors"] == mode["config.json"]  # not safetensors' 0600
     r2 = Refiner.from_pretrained(tmp_path)
     assert r2.num_steps == 7 and r2.architecture == "WanTransformer3DModel"
     for (k, a), (k2, b) in zip(r.transformer.state_dict().items(), r2.transformer.state_dict().items()):
