@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import _record  # noqa: E402
+from _timing import seconds  # noqa: E402
 import ops as ops_bench  # noqa: E402
 import window_attention as window_bench  # noqa: E402
 from surf_accel import cost_model  # noqa: E402
@@ -149,25 +150,6 @@ def inputs(m: Model, latent: tuple[int, int, int], device, dtype) -> dict:
         x.update(encoder_attention_mask=mask, pooled_projections=r(1, m.pooled_dim),
                  guidance=torch.tensor([6000.0], device=device))
     return x
-
-
-# ---- timing -----------------------------------------------------------------------------------
-def seconds(fn, device, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3 / iters
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    return (time.perf_counter() - t0) / iters
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from _timing import seconds
 from surf_accel.ops import window_attention
 from surf_accel.ops.window_attention import WINDOW_ATTENTION, window_seqlens
 
@@ -48,16 +49,7 @@ def flops(n_pairs: int) -> float:
 
 
 def time_ms(fn, warmup: int = 2, iters: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
+    return 1e3 * seconds(fn, torch.device("cuda"), warmup, iters)
 
 
 def dense_fns(q, k, v):
