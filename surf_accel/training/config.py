@@ -10,6 +10,8 @@ default):
   and frame count, captions.
 - ``pairs``: how ``z_lr`` is made from an HR clip (preview size, pixel degradations, handoff mode,
   latent noise).
+- ``base_pairs``: optional pairs made by the base model itself (its SURF preview and its
+  training-free refine of it), added to the clip pairs.
 - ``model``: the refiner's architecture and initialisation (scratch / base / LoRA), windows, steps.
 - ``objective``: the distribution of ``s`` on the straight path.
 - ``train``: optimiser, batch, precision, EMA, curriculum, distribution strategy.
@@ -121,6 +123,27 @@ class PairsConfig:
             object.__setattr__(self, k, _range(f"pairs.{k}", getattr(self, k)))
         if not 0.0 <= self.degrade_prob <= 1.0:
             raise ConfigError(f"pairs.degrade_prob must be in [0, 1], got {self.degrade_prob!r}")
+
+
+@dataclass(frozen=True)
+class BasePairsConfig:
+    """``num`` pairs made by the base pipeline (``surf_accel.training.base_pairs``): prompt ``i`` is
+    the training captions' ``i mod len``, its generator seed ``seed + i`` (keep clear of evaluation
+    seeds); ``surf`` is the training-free SurfConfig that makes them (as ``validation.surf``; its
+    preview is what the trained refiner will refine), at ``num_inference_steps`` and
+    ``guidance_scale``. The handoff of their ``z_lr`` is ``pairs.handoff``."""
+
+    num: int = 0
+    seed: int = 10_000
+    surf: Any = "toy"
+    num_inference_steps: int = 25
+    guidance_scale: float = 4.0
+
+    def __post_init__(self):
+        if not (isinstance(self.num, int) and self.num >= 0):
+            raise ConfigError(f"base_pairs.num must be an int >= 0, got {self.num!r}")
+        if not (isinstance(self.num_inference_steps, int) and self.num_inference_steps >= 1):
+            raise ConfigError(f"base_pairs.num_inference_steps must be an int >= 1, got {self.num_inference_steps!r}")
 
 
 @dataclass(frozen=True)
@@ -308,6 +331,7 @@ class RefinerTrainingConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
+    base_pairs: BasePairsConfig = field(default_factory=BasePairsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -361,7 +385,7 @@ def _build(cls, d: Any, where: str):
         raise ConfigError(f"{where}: {e}") from None
 
 
-SECTIONS = {"data": DataConfig, "pairs": PairsConfig, "model": ModelConfig, "objective": ObjectiveConfig,
+SECTIONS = {"data": DataConfig, "pairs": PairsConfig, "base_pairs": BasePairsConfig, "model": ModelConfig, "objective": ObjectiveConfig,
             "train": TrainConfig, "checkpoint": CheckpointConfig, "validation": ValidationConfig,
             "export": ExportConfig}
 

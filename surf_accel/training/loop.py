@@ -147,11 +147,43 @@ def prepare_data(cfg: RefinerTrainingConfig, pipe, adapter, progress: bool = Fal
     recipe = {"data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("cache_dir",)},
               "pairs": {k: v for k, v in dataclasses.asdict(cfg.pairs).items() if k != "latent_noise"}}
     pairs = cached_pairs(pipe, adapter, train_src, cfg.pairs, cfg.seed, cfg.cache_dir, "pairs", recipe, progress=progress)
+    captions = list(train_src.captions)
+    if cfg.base_pairs.num:
+        base = _base_pairs(cfg, pipe, adapter, train_src.captions, progress)
+        pairs = {k: torch.cat([pairs[k], base[k]]) for k in ("z_hr", "z_lr")}
+        captions += base["captions"]
     out = {"z_hr": pairs["z_hr"], "z_lr": pairs["z_lr"], "text": table,
-           "text_index": torch.tensor([pos[c] for c in train_src.captions]), "val": None}
+           "text_index": torch.tensor([pos[c] for c in captions]), "val": None}
     if len(val_src):
         vp = cached_pairs(pipe, adapter, val_src, cfg.pairs, cfg.seed + 1, cfg.cache_dir, "val", recipe, keep_hr=True)
         out["val"] = {"z_lr": vp["z_lr"], "hr": vp["hr"], "text": table[[pos[c] for c in val_src.captions]]}
+    return out
+
+
+def _base_pairs(cfg: RefinerTrainingConfig, pipe, adapter, train_captions, progress: bool) -> dict:
+    """``cfg.base_pairs.num`` pairs from the base model (``base_pairs.make_base_pairs``), cached like
+    the clip pairs; ``"captions"`` are their prompts (taken from the training captions)."""
+    from surf_accel.training.base_pairs import make_base_pairs
+    from surf_accel.training.pairs import cached_tensors, module_id, vae_id
+    from surf_accel.training.validate import surf_config_for
+
+    bp = cfg.base_pairs
+    prompts = [train_captions[i % len(train_captions)] for i in range(bp.num)]
+    seeds = [bp.seed + i for i in range(bp.num)]
+    surf = surf_config_for(cfg, bp.surf)
+    d = cfg.data
+    recipe = {"base_pairs": dataclasses.asdict(bp), "surf": dataclasses.asdict(surf), "prompts": prompts,
+              "size": [d.height, d.width, d.num_frames], "handoff": [cfg.pairs.handoff, cfg.pairs.latent_resize]}
+    # the base transformer makes these pairs, so the cache is only valid for it (and for the VAE)
+    key = {"vae": vae_id(pipe), "transformer": module_id(pipe.transformer), "recipe": recipe}
+
+    def make():
+        return make_base_pairs(pipe, adapter, surf, prompts, seeds, height=d.height, width=d.width,
+                               num_frames=d.num_frames, num_inference_steps=bp.num_inference_steps,
+                               guidance_scale=bp.guidance_scale, pairs_cfg=cfg.pairs, progress=progress)
+
+    out = dict(cached_tensors(cfg.cache_dir, "base-pairs", key, recipe, make))
+    out["captions"] = prompts
     return out
 
 

@@ -25,6 +25,7 @@ import random
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -206,36 +207,52 @@ def make_pairs(pipe, adapter, clips, cfg: PairsConfig, seed: int, *, batch: int 
     return {"z_hr": torch.cat(z_hr), "z_lr": torch.cat(z_lr), "degradation": torch.tensor(rec, dtype=torch.float32)}
 
 
-def vae_id(pipe) -> str:
-    """Identifies the VAE (config and a sample of its weights): a pair cache is only valid for it."""
-    h = hashlib.sha256(json.dumps({k: v for k, v in dict(pipe.vae.config).items() if not k.startswith("_")},
+def module_id(module) -> str:
+    """Identifies a diffusers model (config and a sample of its weights): caches made with it are
+    only valid for it."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in dict(module.config).items() if not k.startswith("_")},
                                   sort_keys=True, default=list).encode())
-    for k, v in sorted(pipe.vae.state_dict().items())[:8]:
+    for k, v in sorted(module.state_dict().items())[:8]:
         h.update(k.encode())
         h.update(v.detach().float().cpu().flatten()[:256].numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-def cached_pairs(pipe, adapter, clips, cfg: PairsConfig, seed: int, folder: str | os.PathLike, name: str,
-                 recipe: dict, *, keep_hr: bool = False, progress: bool = False) -> dict[str, torch.Tensor]:
-    """``make_pairs`` once per recipe: stored as ``<folder>/<name>-<key>.safetensors`` where the key
-    hashes the VAE, ``recipe`` (data and pair settings) and the seed. ``keep_hr`` also stores the
-    HR clips (validation: PSNR/SSIM to them)."""
+def vae_id(pipe) -> str:
+    return module_id(pipe.vae)
+
+
+def cached_tensors(folder: str | os.PathLike, name: str, key: dict, recipe: dict,
+                   make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``make()`` once per ``key``: stored as ``<folder>/<name>-<hash of key>.safetensors`` with
+    ``recipe`` in its metadata; later calls load it."""
     from safetensors.torch import load_file, save_file
 
-    key = hashlib.sha256(json.dumps({"vae": vae_id(pipe), "recipe": recipe, "seed": seed, "n": len(clips),
-                                     "hr": keep_hr}, sort_keys=True, default=list).encode()).hexdigest()[:16]
-    path = os.path.join(folder, f"{name}-{key}.safetensors")
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()[:16]
+    path = os.path.join(folder, f"{name}-{digest}.safetensors")
     if os.path.isfile(path):
         return load_file(path)
-    out = make_pairs(pipe, adapter, clips, cfg, seed, progress=progress)
-    if keep_hr:
-        out["hr"] = clips.batch(0, len(clips)) if not isinstance(clips, torch.Tensor) else clips.float()
+    out = make()
     os.makedirs(folder, exist_ok=True)
     tmp = path + ".tmp"
     save_file({k: v.contiguous() for k, v in out.items()}, tmp, metadata={"recipe": json.dumps(recipe, default=list)})
     os.replace(tmp, path)  # a stopped run never leaves a half-written cache
     return out
+
+
+def cached_pairs(pipe, adapter, clips, cfg: PairsConfig, seed: int, folder: str | os.PathLike, name: str,
+                 recipe: dict, *, keep_hr: bool = False, progress: bool = False) -> dict[str, torch.Tensor]:
+    """``make_pairs`` once per recipe (``cached_tensors``, keyed by the VAE, ``recipe`` (data and pair
+    settings) and the seed). ``keep_hr`` also stores the HR clips (validation: PSNR/SSIM to them)."""
+
+    def make():
+        out = make_pairs(pipe, adapter, clips, cfg, seed, progress=progress)
+        if keep_hr:
+            out["hr"] = clips.batch(0, len(clips)) if not isinstance(clips, torch.Tensor) else clips.float()
+        return out
+
+    key = {"vae": vae_id(pipe), "recipe": recipe, "seed": seed, "n": len(clips), "hr": keep_hr}
+    return cached_tensors(folder, name, key, recipe, make)
 
 
 def check_sizes(pipe, height: int, width: int, num_frames: int, cfg: PairsConfig, patch_size) -> None:

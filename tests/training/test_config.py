@@ -29,6 +29,8 @@ def test_unknown_keys_and_bad_values_are_refused(tmp_path):
         config_from_dict(tiny_config(tmp_path, data={"source": "videos"}))
     with pytest.raises(ConfigError, match="output_dir"):
         config_from_dict({"base": "toy"})
+    with pytest.raises(ConfigError, match="base_pairs.num"):
+        config_from_dict(tiny_config(tmp_path, base_pairs={"num": -1}))
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "missing.yaml")
 
@@ -39,7 +41,8 @@ def test_fingerprint_ignores_only_resumable_fields(tmp_path):
                                         log_every=7, train={"max_steps": 60}))  # constant lr: may be extended
     assert a.fingerprint() == same.fingerprint()
     for changed in (dict(train={"lr": 2e-3}), dict(pairs={"handoff": "pixel"}), dict(seed=1),
-                    dict(model={"num_steps": 8}), dict(train={"max_steps": 60, "lr_schedule": "cosine"})):
+                    dict(model={"num_steps": 8}), dict(train={"max_steps": 60, "lr_schedule": "cosine"}),
+                    dict(base_pairs={"num": 4})):
         assert config_from_dict(tiny_config(tmp_path, **changed)).fingerprint() != a.fingerprint(), changed
 
 
