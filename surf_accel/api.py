@@ -111,6 +111,11 @@ def patch(pipe, config: Optional[SurfConfig] = None, *, refiner=None):
         raise ValueError("this pipeline is already patched with a different SurfConfig or refiner "
                          f"({state.config} vs {config}); call surf_accel.unpatch(pipe) first")
     adapter.check_refiner(pipe, refiner)
+    from surf_accel.refiner import Refiner
+
+    if isinstance(refiner, Refiner):
+        for msg in refiner.setting_mismatches(config):
+            logger.warning(msg)
     if config.window is not None:
         try:
             import surf_accel.integrations.window_processors  # noqa: F401

@@ -184,6 +184,24 @@ class Refiner:
             transformer.to(device=device, dtype=torch_dtype)
         return cls(transformer, num_steps=int(cfg.get("num_steps", 10)), metadata=cfg.get("metadata") or {})
 
+    def setting_mismatches(self, config) -> list[str]:
+        """Where ``config`` (a ``SurfConfig``) hands off or attends differently from how this refiner
+        was trained (its ``metadata["inference"]``, written by ``surf_accel.training.export``): its
+        ``z_lr`` or its attention would then not be the kind it learned from. Empty when the metadata
+        says nothing."""
+        trained = self.metadata.get("inference") or {}
+        used = {"handoff": config.handoff, "latent_resize": config.latent_resize,
+                "window": None if config.window is None else list(config.window)}
+        out = []
+        for key, value in used.items():
+            if key not in trained or (key == "latent_resize" and config.handoff == "pixel"):
+                continue
+            want = None if trained[key] is None else (list(trained[key]) if key == "window" else trained[key])
+            if want != value:
+                out.append(f"the refiner was trained with {key}={want!r} but SurfConfig.{key} is {value!r}; "
+                           f"set SurfConfig.{key}={want!r} (SurfConfig.replace) unless this is deliberate")
+        return out
+
     def check_compatible(self, base_transformer) -> None:
         """The refiner must read the base model's latents and text embeddings."""
         rc, bc = self.transformer.config, base_transformer.config

@@ -100,6 +100,24 @@ def test_incompatible_refiner_refused():
     assert not surf_accel.is_patched(p)
 
 
+@pytest.mark.parametrize("changes, warned", [
+    ({}, []),
+    (dict(handoff="pixel"), ["handoff"]),
+    (dict(latent_resize="nearest"), ["latent_resize"]),
+    (dict(window=None), ["window"]),
+    (dict(window=(1, 4, 4), latent_resize="nearest"), ["latent_resize", "window"]),
+])
+def test_patch_warns_where_the_config_differs_from_the_refiners_training(caplog, changes, warned):
+    meta = {"inference": {"handoff": "latent", "latent_resize": "bilinear", "window": [1, 2, 2]}}
+    ref = Refiner(Refiner.random(CFG).transformer, num_steps=2, metadata=meta)
+    cfg = SMALL.replace(**{"handoff": "latent", "window": (1, 2, 2), **changes})
+    with caplog.at_level("WARNING", logger="surf_accel"):
+        surf_accel.patch(tiny_wan_t2v("euler"), cfg, refiner=ref)
+    got = sorted(k for k in ("handoff", "latent_resize", "window") for r in caplog.records
+                 if f"trained with {k}=" in r.getMessage())
+    assert got == warned
+
+
 def test_refiner_transformer_is_used():
     p = tiny_wan_t2v("euler")
     other = tiny_transformer(seed=1)
