@@ -6,7 +6,8 @@ Rows: the base model at the target size (speed reference) and at its optimal siz
 SURF aims to keep); naive low resolution (32 px from the start, frames upsampled); 30% of the steps
 with UniPC and with Euler; SURF in the toy setting (``surf_accel.toyworld.surf_config()``) and one
 change at a time: every reshift mode, predicted re-noise, pixel handoff, temporal refine windows,
-refine start, switch step, no refine, refine without guidance. Every run of one seed draws its first
+refine start, switch step, no refine, refine without guidance; the trained toy refiner
+(``surf_accel.toyworld.load_refiner``) at its 10 steps, at 5 and 8, and without windows. Every run of one seed draws its first
 noise from the same generator, so a SURF run starts from exactly the optimal-size base run's noise
 (its first ``switch_step`` steps are that run's) and a fewer-steps run from the target-size base
 run's: the "layout distance" column is the mean distance (frame fractions) between the object tracks
@@ -41,7 +42,8 @@ import surf_accel
 from surf_accel import metrics
 from surf_accel.config import SurfConfig
 from surf_accel.toyworld import (DEFAULT_GUIDANCE, DEFAULT_STEPS, EVAL_PROMPTS, FLOW_SHIFT, NUM_FRAMES, OPTIMAL_SIZE,
-                                 PREVIEW_SIZE, REFINE_WINDOW, TARGET_SIZE, load_pipeline, surf_config)
+                                 PREVIEW_SIZE, REFINE_WINDOW, TARGET_SIZE, load_pipeline, load_refiner,
+                                 surf_config)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "signature.md"
 
@@ -54,6 +56,7 @@ class Run:
     config: Optional[SurfConfig] = None
     reference: Optional[str] = None  # same-noise base run for the layout distance
     solver: str = "unipc"            # the pipeline's scheduler for this run
+    trained: bool = False            # SURF with the shipped trained toy refiner (toyworld.load_refiner)
 
 
 def runs(steps: int) -> list[Run]:
@@ -74,6 +77,10 @@ def runs(steps: int) -> list[Run]:
         ("SURF, switch_step 10", toy.replace(switch_step=10)),
         ("SURF, no refine (32 px preview, upsampled)", toy.replace(refine_steps=0, window=None)),
     ]
+    # the trained refiner (its own 10 steps unless refine_steps says otherwise), windowed as trained
+    trained = [("SURF, trained refiner", toy), ("SURF, trained refiner, 5 steps", toy.replace(refine_steps=5)),
+               ("SURF, trained refiner, 8 steps", toy.replace(refine_steps=8)),
+               ("SURF, trained refiner, dense attention", toy.replace(window=None))]
     return [
         Run(base, TARGET_SIZE, steps),
         Run(opt, OPTIMAL_SIZE, steps),
@@ -81,6 +88,7 @@ def runs(steps: int) -> list[Run]:
         Run(f"30% steps ({third}), UniPC", TARGET_SIZE, third, reference=base),
         Run(f"30% steps ({third}), Euler", TARGET_SIZE, third, reference=base, solver="euler"),
         *(Run(name, TARGET_SIZE, steps, cfg, opt) for name, cfg in surf),
+        *(Run(name, TARGET_SIZE, steps, cfg, opt, trained=True) for name, cfg in trained),
     ]
 
 
@@ -94,9 +102,10 @@ def upsample(frames: np.ndarray, size: int) -> np.ndarray:
     return y.permute(0, 2, 3, 1).reshape(b, t, size, size, c).clamp(0, 1).numpy()
 
 
-def generate(pipe, unipc_config, run: Run, prompts, seed: int, guidance: float):
+def generate(pipe, unipc_config, run: Run, prompts, seed: int, guidance: float, refiner=None):
     """(B, T, H, W, 3) frames in [0, 1], CPU seconds and wall seconds for one batch of prompts;
-    ``unipc_config``: the shipped pipeline's scheduler config."""
+    ``unipc_config``: the shipped pipeline's scheduler config; ``refiner``: the trained refiner of
+    ``run.trained`` rows."""
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
     # Plain runs use the shift the model was trained with at their size; SURF runs set their own shifts.
@@ -106,7 +115,8 @@ def generate(pipe, unipc_config, run: Run, prompts, seed: int, guidance: float):
     else:
         pipe.scheduler = UniPCMultistepScheduler.from_config(unipc_config, flow_shift=shift)
     c0, t0 = time.process_time(), time.perf_counter()
-    with surf_accel.patched(pipe, run.config) if run.config is not None else contextlib.nullcontext():
+    patch = surf_accel.patched(pipe, run.config, refiner=refiner if run.trained else None)
+    with patch if run.config is not None else contextlib.nullcontext():
         frames = pipe(prompt=list(prompts), height=run.size, width=run.size, num_frames=NUM_FRAMES,
                       num_inference_steps=run.steps, guidance_scale=guidance, output_type="np",
                       generator=torch.Generator().manual_seed(seed)).frames
@@ -120,6 +130,7 @@ def measure(a) -> dict:
     pipe = load_pipeline(torch.float32, path=a.pipeline)
     pipe.set_progress_bar_config(disable=True)
     unipc_config = pipe.scheduler.config
+    refiner = load_refiner(torch.float32)
     generate(pipe, unipc_config, Run("warm-up", PREVIEW_SIZE, 2), prompts[:1], 0, a.guidance)
     all_runs = runs(a.steps)
     if a.only:
@@ -133,7 +144,7 @@ def measure(a) -> dict:
         vids, cpu, wall = [], 0.0, 0.0
         for seed in a.seeds:
             for i in range(0, len(prompts), a.batch):
-                out, c, w = generate(pipe, unipc_config, run, prompts[i:i + a.batch], seed, a.guidance)
+                out, c, w = generate(pipe, unipc_config, run, prompts[i:i + a.batch], seed, a.guidance, refiner)
                 vids.extend(list(upsample(out, TARGET_SIZE) if run.size == PREVIEW_SIZE else out))
                 cpu, wall = cpu + c, wall + w
         videos[run.name] = vids

@@ -17,6 +17,7 @@ from .world import (COLOURS, DIRECTIONS, SHAPES, ClipSpec, all_label_combination
                     sample_specs)
 
 PIPELINE_DIR = Path(__file__).resolve().parent / "pipeline"
+REFINER_DIR = Path(__file__).resolve().parent / "refiner"  # the trained toy refiner (TRAINING.md)
 
 OPTIMAL_SIZE = 64   # the DiT's main training resolution (height = width)
 TARGET_SIZE = 128   # also trained there (fewer steps) so the base model can render the baseline
@@ -77,9 +78,22 @@ def load_pipeline(dtype: torch.dtype = torch.float32, device: str | torch.device
     return pipe.to(device)
 
 
+def load_refiner(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", path: str | Path | None = None):
+    """Load the shipped trained toy ``Refiner`` (fp16 weights, ``dtype`` compute); use it with
+    ``surf_accel.patch(pipe, surf_config(), refiner=load_refiner())``."""
+    from surf_accel.refiner import Refiner
+
+    path = Path(path) if path is not None else REFINER_DIR
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"no toy refiner at {path}; train one with `surf-accel train-refiner "
+                                "surf_accel/toyworld/refiner/train.yaml` (see surf_accel/toyworld/TRAINING.md)")
+    return Refiner.from_pretrained(path, torch_dtype=dtype).to(device)
+
+
 __all__ = [
     "COLOURS", "ClipSpec", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "DEMO_PROMPTS", "DIRECTIONS", "EVAL_PROMPTS",
-    "EVAL_SEEDS", "FLOW_SHIFT", "NUM_FRAMES", "OPTIMAL_SIZE", "PIPELINE_DIR", "PREVIEW_SIZE", "REFINE_WINDOW", "SHAPES",
-    "TARGET_SIZE", "all_label_combinations", "load_pipeline", "parse_prompt", "pipeline_available",
+    "EVAL_SEEDS", "FLOW_SHIFT", "NUM_FRAMES", "OPTIMAL_SIZE", "PIPELINE_DIR", "PREVIEW_SIZE", "REFINER_DIR", "REFINE_WINDOW",
+    "SHAPES",
+    "TARGET_SIZE", "all_label_combinations", "load_pipeline", "load_refiner", "parse_prompt", "pipeline_available",
     "prompt_for", "sample_specs", "surf_config",
 ]
