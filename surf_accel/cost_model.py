@@ -203,8 +203,10 @@ def measure_vae(vae, frames=(5, 9), size=(64, 64), device="meta") -> VaeSpec:
     spatial = cfg.get("scale_factor_spatial") or cfg.get("spatial_compression_ratio")
     temporal = cfg.get("scale_factor_temporal") or cfg.get("temporal_compression_ratio")
     enc, dec = [], []
+    # a Wan2.2 VAE patchifies RGB itself: its in_channels count the 2x2 patch's channels (12 = 3 x 4)
+    rgb = cfg.in_channels // (cfg.get("patch_size") or 1) ** 2
     for f in frames:
-        x = torch.zeros(1, vae.config.in_channels, f, h, w, device=device, dtype=vae.dtype)
+        x = torch.zeros(1, rgb, f, h, w, device=device, dtype=vae.dtype)
         with FlopCounterMode(display=False) as fc:
             z = vae.encode(x).latent_dist.mode()
         enc.append(fc.get_total_flops() / (h * w))
