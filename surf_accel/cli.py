@@ -29,6 +29,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimal-size", type=int, nargs=2, metavar=("H", "W"), default=None)
     p.add_argument("--window", type=int, nargs=3, metavar=("WT", "WH", "WW"), default=None,
                    help="shifted-window size in tokens for the refine stage")
+    p.add_argument("--refine-expert", choices=("low", "high", "route"), default=None,
+                   help="two-expert pipelines (Wan2.2 A14B): the refine's expert (default: the preset's, low)")
 
 
 def _config_from(args, default_preset: str):
@@ -37,7 +39,8 @@ def _config_from(args, default_preset: str):
     cfg = SurfConfig.preset(args.preset or default_preset)
     changes = {}
     for attr, key in (("switch_step", "switch_step"), ("preview_steps", "preview_steps"),
-                      ("refine_steps", "refine_steps"), ("refine_start", "refine_start"), ("handoff", "handoff")):
+                      ("refine_steps", "refine_steps"), ("refine_start", "refine_start"), ("handoff", "handoff"),
+                      ("refine_expert", "refine_expert")):
         v = getattr(args, attr, None)
         if v is not None:
             changes[key] = v

@@ -213,9 +213,12 @@ def test_cli_generate_two_expert_folder(a14b_folder, tmp_path, capsys):
     rc = cli.main(["generate", str(a14b_folder), "--prompt", "a red circle", "--height", "64", "--width", "64",
                    "--frames", "5", "--steps", "4", "--guidance", "4", "--guidance-2", "2", "--max-sequence-length",
                    "16", "--dtype", "float32", "--device", "cpu", "--output", str(out), "--optimal-size", "32", "32",
-                   "--preview-steps", "4", "--switch-step", "2", "--refine-steps", "1"])
+                   "--preview-steps", "4", "--switch-step", "2", "--refine-steps", "1", "--refine-expert", "high"])
     assert rc == 0 and out.exists() and os.path.getsize(out) > 0
     assert "preview_low" in capsys.readouterr().err  # the plan it ran
+    args = cli.build_parser().parse_args(["estimate", "--model", "wan2.2-a14b", "--height", "720", "--width", "1280",
+                                          "--refine-expert", "route"])
+    assert cli._config_from(args, "paper").refine_expert == "route"
 
 
 def test_refiner_training_refuses_wan22_base(a14b_folder):
