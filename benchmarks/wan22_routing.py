@@ -44,7 +44,8 @@ def main():
             base_switches = sum(x[1] != y[1] for x, y in zip(base, base[1:]))
             print(f"| {shift:g} | {boundary} | unpatched | {n_high}, {len(base) - n_high} | | | {base_switches} |")
             for expert in ("low", "high", "route"):
-                plan = plan_stages(req, WAN22_A14B_FAMILY, sched, SurfConfig.preset("paper").replace(refine_expert=expert))
+                cfg = SurfConfig.preset("paper").replace(refine_expert=expert)
+                plan = plan_stages(req, WAN22_A14B_FAMILY, sched, cfg)
                 seq = routes(plan, boundary, expert)
                 cells = []
                 for stage in ("preview", "preview_low", "refine"):

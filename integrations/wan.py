@@ -91,9 +91,9 @@ class WanAdapter(FamilyAdapter):
             missing = [n for n, m in (("transformer (high-noise expert)", high),
                                       ("transformer_2 (low-noise expert)", low)) if m is None]
             if missing:
-                raise TypeError(f"this Wan2.2 two-expert pipeline (boundary_ratio {ratio}) has no {' and no '.join(missing)}; "
-                                "its steps above and below the boundary need both: load the pipeline with both "
-                                "experts")
+                raise TypeError(f"this Wan2.2 two-expert pipeline (boundary_ratio {ratio}) has no "
+                                f"{' and no '.join(missing)}; its steps above and below the boundary need both: "
+                                "load the pipeline with both experts")
             if _interface(high.config) != _interface(low.config):
                 raise TypeError("Wan2.2 experts transformer and transformer_2 differ in in_channels, out_channels, "
                                 "text_dim, patch_size or image_dim; both must read the same latents and embeddings")
@@ -113,9 +113,9 @@ class WanAdapter(FamilyAdapter):
             return
         if isinstance(refiner, Refiner):
             if pipe.config.get("expand_timesteps"):
-                raise TypeError("a trained surf_accel.Refiner is trained on Wan2.1 latents without the TI2V first-frame "
-                                "rule; with an expand_timesteps (Wan2.2 TI2V-5B) pipeline use the training-free refine "
-                                "(refiner=None)")
+                raise TypeError("a trained surf_accel.Refiner is trained on Wan2.1 latents without the TI2V "
+                                "first-frame rule; with an expand_timesteps (Wan2.2 TI2V-5B) pipeline use the "
+                                "training-free refine (refiner=None)")
             refiner.check_compatible(pipe.transformer)
         else:
             check_refiner_transformer(refiner, pipe.transformer)

@@ -18,6 +18,9 @@ a 40-step preview switching after step 10, then 10 refine steps, so for a 50-ste
   ``"paper"``).
 - ``refine_start=0.7``: the training-free refiner is beyond the paper; on the toy world 0.7 and 0.5
   are indistinguishable (benchmarks/results/signature.md; 0.3 lost colour in an earlier run).
+- ``refine_expert="low"``: two-expert pipelines (Wan2.2 A14B) refine with the low-noise expert, the
+  one trained for the range below the boundary where a refine from 0.7 runs (docs/design.md 4; its
+  quality against the high-noise expert is not measured: no Wan2.2 weights here).
 """
 
 from __future__ import annotations
