@@ -169,6 +169,10 @@ class FamilyAdapter:
         """Raise ``TypeError`` naming what is supported when ``pipe`` cannot be driven."""
         raise NotImplementedError
 
+    def video_fps(self, pipe) -> int:
+        """The frame rate ``pipe``'s videos are made for (default: the family's ``fps``)."""
+        return self.fps
+
     def check_refiner(self, pipe, refiner) -> None:
         """Raise for a ``refiner`` (``patch(..., refiner=)``) this family cannot use; ``None`` is fine."""
         if refiner is not None:
@@ -201,6 +205,18 @@ class FamilyAdapter:
                 sigma: float) -> torch.Tensor:
         """One transformer evaluation (cond or uncond branch) -> velocity, float32."""
         raise NotImplementedError
+
+    def stage_models(self, pipe, call: PreparedCall, stage, model, config) -> tuple:
+        """Every model ``stage`` can run (its caches are reset at the stage's start and end, its window
+        attention applied); ``model`` is the runner's model for the stage, ``config`` the call's
+        ``SurfConfig``. Default: ``(model,)``."""
+        return (model,)
+
+    def step_model(self, pipe, call: PreparedCall, stage, model, timestep, guidance: float,
+                   config) -> tuple[Any, float]:
+        """The model and guidance scale of one step of ``stage`` at ``timestep`` (the value the
+        transformer gets); ``model`` and ``guidance`` are the stage's. Default: those, unchanged."""
+        return model, guidance
 
     def decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents -> video in [-1, 1], ``(B, 3, F, H, W)``."""

@@ -1,17 +1,32 @@
-"""SURF adapter for diffusers' Wan2.1 pipelines: ``WanPipeline`` (T2V) and
-``WanImageToVideoPipeline`` (I2V).
+"""SURF adapter for diffusers' Wan pipelines: ``WanPipeline`` (T2V) and ``WanImageToVideoPipeline``
+(I2V), for Wan2.1 and Wan2.2 (A14B two-expert T2V/I2V, TI2V-5B).
 
 What is Wan-specific here: the transformer takes ``timestep`` in [0, 1000] and text embeddings
 (plus CLIP image embeddings for Wan2.1 I2V); latents are normalised with the VAE's
-``latents_mean``/``latents_std``; I2V concatenates a first-frame mask and the image's latents on the
-channel axis, which this adapter rebuilds at every stage's resolution through the pipeline's own
-``prepare_latents``. Wan2.2 features (``transformer_2``/``boundary_ratio``, ``expand_timesteps``)
-are refused.
+``latents_mean``/``latents_std``; Wan2.1 I2V concatenates a first-frame mask and the image's latents
+on the channel axis, which this adapter rebuilds at every stage's resolution through the pipeline's
+own ``prepare_latents``.
+
+Wan2.2 (docs/design.md 4):
+
+- Two experts (A14B: ``transformer_2`` and ``boundary_ratio``): every step goes where the pipeline
+  sends it, by its own timestep ``t`` at every stage and resolution: ``t >= boundary_ratio *
+  num_train_timesteps`` to the high-noise ``transformer`` with ``guidance_scale``, else to the
+  low-noise ``transformer_2`` with ``guidance_scale_2``. The training-free refine runs the expert
+  ``SurfConfig.refine_expert`` names (default ``"low"``). Refused: an expert missing, a boundary
+  outside (0, 1), experts of different interfaces.
+- ``expand_timesteps`` (TI2V-5B, a 48-channel VAE with 16x spatial compression): per-token
+  timesteps as the pipeline builds them, and for I2V the first latent frame replaced by the
+  image's latents (timestep 0 on its tokens), rebuilt at every stage's resolution and put back
+  before the handoff and the decode. Its optimal size is its published 720p, 1280x704. Refused: a
+  patch other than (1, 2, 2) (the pipeline's per-token timesteps assume it) and a trained
+  ``surf_accel.Refiner`` (trained on Wan2.1 latents, without the first-frame rule).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import torch
 
@@ -22,28 +37,72 @@ from surf_accel.planner import FamilySpec, Request
 logger = logging.getLogger("surf_accel")
 
 WAN_OPTIMAL_AREA = 480 * 832  # Wan2.1's training resolution (480p), the paper's optimal resolution
+# Wan2.2 TI2V-5B's published 720p is 1280x704 (Wan-Video/Wan2.2: README "--task ti2v-5B --size 1280*704",
+# SUPPORTED_SIZES['ti2v-5B'] = ('704*1280', '1280*704') in wan/configs/__init__.py). The A14B experts
+# keep Wan2.1's 480p (both sizes are supported there, as for Wan2.1-14B, whose 480p the paper uses).
+WAN22_TI2V_OPTIMAL_AREA = 704 * 1280
 SUPPORTED = ("WanPipeline", "WanImageToVideoPipeline")
+
+
+def boundary_timestep(pipe) -> Optional[float]:
+    """Where the pipeline switches experts, ``boundary_ratio * num_train_timesteps`` (``None``: one model)."""
+    ratio = pipe.config.get("boundary_ratio")
+    if ratio is None:
+        return None
+    return ratio * pipe.scheduler.config.num_train_timesteps
+
+
+def _interface(cfg) -> tuple:
+    return tuple(tuple(v) if isinstance(v, (list, tuple)) else v
+                 for v in (cfg.in_channels, cfg.out_channels, cfg.text_dim, cfg.patch_size, cfg.image_dim))
 
 
 class WanAdapter(FamilyAdapter):
     family = "wan2.1"
     supported_pipelines = SUPPORTED
 
-    def __init__(self, optimal_area: int = WAN_OPTIMAL_AREA):
-        self.optimal_area = optimal_area
+    def __init__(self, optimal_area: Optional[int] = None):
+        self.optimal_area = optimal_area  # None: the pipeline's own (Wan2.1/A14B 480p, TI2V-5B 720p)
+
+    @staticmethod
+    def is_wan22(pipe) -> bool:
+        """Two experts (A14B) or per-token timesteps (TI2V-5B)."""
+        return pipe.config.get("boundary_ratio") is not None or bool(pipe.config.get("expand_timesteps"))
+
+    @staticmethod
+    def variant(pipe) -> str:
+        if pipe.config.get("expand_timesteps"):
+            return "wan2.2-ti2v"
+        return "wan2.2-a14b" if pipe.config.get("boundary_ratio") is not None else "wan2.1"
 
     # ------------------------------------------------------------------ checks and geometry
     def check_pipeline(self, pipe) -> None:
         check_diffusers_version()
         if diffusers_class(pipe, SUPPORTED) is None:
             raise TypeError(f"the Wan adapter supports {', '.join(SUPPORTED)}; got {type(pipe).__name__}")
-        if getattr(pipe, "transformer", None) is None:
-            raise TypeError("surf_accel needs the pipeline's `transformer` (Wan2.1); this pipeline has none")
-        if getattr(pipe, "transformer_2", None) is not None or pipe.config.get("boundary_ratio") is not None:
-            raise TypeError("surf_accel supports Wan2.1 pipelines; two-expert Wan2.2 pipelines "
-                            "(transformer_2 / boundary_ratio) are not supported")
-        if pipe.config.get("expand_timesteps"):
-            raise TypeError("surf_accel supports Wan2.1 pipelines; Wan2.2 expand_timesteps is not supported")
+        ratio = pipe.config.get("boundary_ratio")
+        high, low = getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)
+        if ratio is not None:
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
+                raise TypeError(f"boundary_ratio must be in (0, 1) (Wan2.2 A14B: 0.875 T2V, 0.9 I2V), got {ratio!r}; "
+                                "register the checkpoint's own value, or None for a single-model pipeline")
+            # every SURF call, like every full diffusers call, starts at t ~ 1000 (high-noise expert) and
+            # ends near 0 (low-noise expert): both experts run
+            missing = [n for n, m in (("transformer (high-noise expert)", high),
+                                      ("transformer_2 (low-noise expert)", low)) if m is None]
+            if missing:
+                raise TypeError(f"this Wan2.2 two-expert pipeline (boundary_ratio {ratio}) has no "
+                                f"{' and no '.join(missing)}; its steps above and below the boundary need both: "
+                                "load the pipeline with both experts")
+            if _interface(high.config) != _interface(low.config):
+                raise TypeError("Wan2.2 experts transformer and transformer_2 differ in in_channels, out_channels, "
+                                "text_dim, patch_size or image_dim; both must read the same latents and embeddings")
+        elif high is None:
+            raise TypeError("surf_accel needs the pipeline's `transformer`; this pipeline has none (a Wan2.2 "
+                            "transformer_2 alone runs only with a boundary_ratio and its high-noise expert)")
+        if pipe.config.get("expand_timesteps") and tuple(high.config.patch_size) != (1, 2, 2):
+            raise TypeError(f"expand_timesteps with patch size {tuple(high.config.patch_size)}: the pipeline builds "
+                            "its per-token timesteps for patch (1, 2, 2) only, so SURF cannot keep them exact")
         scheduler_spec(pipe.scheduler)  # raises TypeError for an unsupported scheduler
 
     def check_refiner(self, pipe, refiner) -> None:
@@ -53,6 +112,10 @@ class WanAdapter(FamilyAdapter):
         if refiner is None:
             return
         if isinstance(refiner, Refiner):
+            if pipe.config.get("expand_timesteps"):
+                raise TypeError("a trained surf_accel.Refiner is trained on Wan2.1 latents without the TI2V "
+                                "first-frame rule; with an expand_timesteps (Wan2.2 TI2V-5B) pipeline use the "
+                                "training-free refine (refiner=None)")
             refiner.check_compatible(pipe.transformer)
         else:
             check_refiner_transformer(refiner, pipe.transformer)
@@ -60,11 +123,16 @@ class WanAdapter(FamilyAdapter):
     def is_i2v(self, pipe) -> bool:
         return diffusers_class(pipe, SUPPORTED).__name__ == "WanImageToVideoPipeline"
 
+    def video_fps(self, pipe) -> int:
+        return 24 if pipe.config.get("expand_timesteps") else self.fps  # TI2V-5B: 24 fps (sample_fps)
+
     def family_spec(self, pipe) -> FamilySpec:
         cfg = pipe.transformer.config
-        return FamilySpec(self.family, int(pipe.vae_scale_factor_spatial), int(pipe.vae_scale_factor_temporal),
-                          tuple(int(p) for p in cfg.patch_size), self.optimal_area,
-                          rope_max_seq_len=int(cfg.rope_max_seq_len))
+        area = self.optimal_area
+        if area is None:
+            area = WAN22_TI2V_OPTIMAL_AREA if pipe.config.get("expand_timesteps") else WAN_OPTIMAL_AREA
+        return FamilySpec(self.variant(pipe), int(pipe.vae_scale_factor_spatial), int(pipe.vae_scale_factor_temporal),
+                          tuple(int(p) for p in cfg.patch_size), area, rope_max_seq_len=int(cfg.rope_max_seq_len))
 
     def cost_spec(self, transformer, text_len: int):
         from surf_accel.cost_model import TransformerSpec
@@ -93,8 +161,11 @@ class WanAdapter(FamilyAdapter):
         steps = a["num_inference_steps"]
         guidance = a["guidance_scale"]
         do_cfg = guidance > 1.0
+        guidance_2 = a["guidance_scale_2"]
+        if pipe.config.get("boundary_ratio") is not None and guidance_2 is None:
+            guidance_2 = guidance  # as the pipeline does
         self.start_call(pipe, guidance, a["attention_kwargs"])
-        pipe._guidance_scale_2 = None
+        pipe._guidance_scale_2 = guidance_2
         device = pipe._execution_device
         prompt = a["prompt"]
         n_prompts = self.prompt_count(prompt, a["prompt_embeds"])
@@ -112,7 +183,7 @@ class WanAdapter(FamilyAdapter):
         pe = pe.to(tdtype)
         if ne is not None:
             ne = ne.to(tdtype)
-        extra = {"n_prompts": n_prompts}
+        extra = {"n_prompts": n_prompts, "guidance_scale_2": guidance_2}
         if i2v:
             image_embeds = a["image_embeds"]
             if pipe.transformer.config.image_dim is not None:
@@ -134,7 +205,8 @@ class WanAdapter(FamilyAdapter):
 
     # ------------------------------------------------------------------ latents and conditioning
     def _shape(self, pipe, call, stage):
-        c = pipe.vae.config.z_dim
+        # the pipelines' own channel counts: T2V the transformer's input, I2V the VAE's latents
+        c = pipe.vae.config.z_dim if self.is_i2v(pipe) else pipe.transformer.config.in_channels
         return (call.batch, c) + tuple(stage.latent_size)
 
     def initial_latents(self, pipe, call: PreparedCall, stage) -> torch.Tensor:
@@ -142,9 +214,18 @@ class WanAdapter(FamilyAdapter):
         return noise_latents(call, self._shape(pipe, call, stage), stage)
 
     def stage_context(self, pipe, call: PreparedCall, stage):
-        """I2V: mask + image latents at this stage's resolution (the pipeline's own recipe)."""
+        """The conditioning at this stage's resolution (the pipeline's own recipe):
+
+        - Wan2.1 I2V: mask + image latents ``(B, 4 + C, T, h, w)``, concatenated to the latents;
+        - ``expand_timesteps`` I2V: ``(condition (B, C, 1, h, w), first_frame_mask (1, 1, T, h, w))``;
+        - ``expand_timesteps`` T2V: ``(None, ones (1, 1, T, h, w))`` (every token at the step's timestep);
+        - Wan2.1/A14B T2V: ``None``.
+        """
+        expand = pipe.config.get("expand_timesteps")
         if not self.is_i2v(pipe):
-            return None
+            if not expand:
+                return None
+            return None, torch.ones((1, 1) + tuple(stage.latent_size), dtype=torch.float32, device=call.device)
         h, w = stage.height, stage.width
         image = pipe.video_processor.preprocess(call.extra["image"], height=h, width=w).to(call.device,
                                                                                            dtype=torch.float32)
@@ -152,26 +233,64 @@ class WanAdapter(FamilyAdapter):
         if last is not None:
             last = pipe.video_processor.preprocess(last, height=h, width=w).to(call.device, dtype=torch.float32)
         placeholder = torch.zeros(self._shape(pipe, call, stage), device=call.device)  # no generator draw
-        _, condition = pipe.prepare_latents(image, call.batch, pipe.vae.config.z_dim, h, w, call.request.num_frames,
-                                            torch.float32, call.device, call.generator, placeholder, last)
-        return condition
+        out = pipe.prepare_latents(image, call.batch, pipe.vae.config.z_dim, h, w, call.request.num_frames,
+                                   torch.float32, call.device, call.generator, placeholder, last)
+        return tuple(out[1:]) if expand else out[1]
+
+    def stage_models(self, pipe, call: PreparedCall, stage, model, config) -> tuple:
+        if stage.model != "base" or boundary_timestep(pipe) is None:
+            return (model,)
+        if stage.name == "refine" and config.refine_expert != "route":
+            return (pipe.transformer_2 if config.refine_expert == "low" else pipe.transformer,)
+        return (pipe.transformer, pipe.transformer_2)
+
+    def step_model(self, pipe, call: PreparedCall, stage, model, timestep, guidance: float, config):
+        """Wan2.2 A14B: the expert the pipeline would run at ``timestep`` (the refine: the configured
+        one), with its guidance scale unless the stage sets its own (``refine_guidance``)."""
+        boundary = boundary_timestep(pipe)
+        if stage.model != "base" or boundary is None:
+            return model, guidance
+        which = config.refine_expert if stage.name == "refine" else "route"
+        if which == "route":
+            which = "high" if timestep >= boundary else "low"  # the pipeline's comparison
+        expert = pipe.transformer if which == "high" else pipe.transformer_2
+        if expert is None:
+            raise TypeError(f"the Wan2.2 {which}-noise expert is missing at timestep {float(timestep):g}; load the "
+                            "pipeline with both transformer and transformer_2")
+        if stage.guidance is not None:
+            return expert, guidance
+        return expert, call.guidance_scale if which == "high" else call.extra["guidance_scale_2"]
 
     def predict(self, pipe, model, latents, timestep, call: PreparedCall, ctx, *, negative: bool, step_index: int,
                 sigma: float) -> torch.Tensor:
         dtype = model.dtype
         in_ch = model.config.in_channels
-        # the I2V condition goes in only where the model reads it (a trained refiner may not)
-        x = latents if ctx is None or in_ch == latents.shape[1] else torch.cat([latents, ctx], dim=1)
+        t = timestep.expand(latents.shape[0])
+        if pipe.config.get("expand_timesteps"):
+            condition, mask = ctx
+            # the pipeline's per-token timesteps (patch (1, 2, 2)): 0 on the I2V first frame's tokens
+            t = (mask[0][0][:, ::2, ::2] * timestep).flatten().unsqueeze(0).expand(latents.shape[0], -1)
+            x = latents if condition is None else (1 - mask) * condition + mask * latents
+        else:
+            # the I2V condition goes in only where the model reads it (a trained refiner may not)
+            x = latents if ctx is None or in_ch == latents.shape[1] else torch.cat([latents, ctx], dim=1)
         if x.shape[1] != in_ch:
             raise ValueError(f"{type(model).__name__} expects {in_ch} input channels, got {x.shape[1]} "
                              f"({'latents + I2V condition' if ctx is not None else 'latents'})")
-        kwargs = dict(hidden_states=x.to(dtype), timestep=timestep.expand(latents.shape[0]),
+        kwargs = dict(hidden_states=x.to(dtype), timestep=t,
                       encoder_hidden_states=call.negative_prompt_embeds if negative else call.prompt_embeds,
                       attention_kwargs=call.attention_kwargs, return_dict=False)
         if self.is_i2v(pipe) and getattr(model.config, "image_dim", None) is not None:
             kwargs["encoder_hidden_states_image"] = call.extra["image_embeds"]
         with self.branch(model, negative):
             return model(**kwargs)[0]
+
+    def finalize(self, pipe, latents: torch.Tensor, call: PreparedCall, ctx) -> torch.Tensor:
+        """``expand_timesteps`` I2V: the image's latents in the first frame, as the pipeline ends."""
+        if pipe.config.get("expand_timesteps") and ctx[0] is not None:
+            condition, mask = ctx
+            return (1 - mask) * condition + mask * latents
+        return latents
 
     # ------------------------------------------------------------------ VAE
     def _stats(self, pipe, device, dtype):

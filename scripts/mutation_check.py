@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Fast, discriminating tests first: pytest -x stops at the first failure, so killed mutants die early.
 TESTS = ["tests/test_surf_replay.py", "tests/test_runner.py", "tests/test_planner.py", "tests/test_config.py",
          "tests/test_refiner.py", "tests/test_api.py", "tests/integrations/test_wan.py",
-         "tests/integrations/test_hunyuan_video.py", "tests/test_cost_model.py"]
+         "tests/integrations/test_hunyuan_video.py", "tests/test_cost_model.py", "tests/test_surf_replay_wan22.py",
+         "tests/integrations/test_wan22.py"]
 
 # (name, file, original snippet, mutated snippet)
 MUTANTS = [
@@ -66,13 +67,13 @@ MUTANTS = [
     ("trained refiner with CFG", "surf_accel/runner.py",
      '        if stage.model == "trained_refiner":\n            guidance = 1.0\n', ""),
     ("trained refiner Euler step reversed", "surf_accel/runner.py",
-     "float(guidance), sigma, float(sigmas[i + 1]))", "float(guidance), float(sigmas[i + 1]), sigma)"),
+     "float(g), sigma, float(sigmas[i + 1]))", "float(g), float(sigmas[i + 1]), sigma)"),
     ("window attention never applied", "surf_accel/runner.py",
-     "window_context(model, stage.window)", "window_context(model, None)"),
+     "window_context(m, stage.window)", "window_context(m, None)"),
     ("refine_guidance ignored", "surf_accel/planner.py",
      "guidance=config.refine_guidance, use_scheduler=use_sched", "guidance=None, use_scheduler=use_sched"),
     ("interrupt keeps the preview size", "surf_accel/runner.py",
-     "                latents = self._to_request_size(latents)\n", ""),
+     "                    latents = self._to_request_size(self.adapter.finalize(pipe, latents, call, ctx))\n", ""),
     ("switch one step late", "surf_accel/config.py",
      "k = min(n, max(1, round(self.switch_fraction * n)))", "k = min(n, max(1, round(self.switch_fraction * n) + 1))"),
     ("call's steps ignored", "surf_accel/config.py",
@@ -92,6 +93,16 @@ MUTANTS = [
      "encoder_hidden_states=call.negative_prompt_embeds if negative else call.prompt_embeds,",
      "encoder_hidden_states=call.prompt_embeds,"),
     ("Wan VAE encode not normalised", "integrations/wan.py", "return (z - mean) * inv_std", "return z"),
+    ("Wan2.2 step at the boundary to the low-noise expert", "integrations/wan.py",
+     'which = "high" if timestep >= boundary else "low"', 'which = "high" if timestep > boundary else "low"'),
+    ("Wan2.2 low-noise expert with guidance_scale", "integrations/wan.py",
+     'else call.extra["guidance_scale_2"]', "else call.guidance_scale"),
+    ("Wan2.2 refine expert ignored", "integrations/wan.py",
+     'which = config.refine_expert if stage.name == "refine" else "route"', 'which = "route"'),
+    ("TI2V first frame not put back before the handoff", "surf_accel/runner.py",
+     "self._handoff(self.adapter.finalize(pipe, latents, call, ctx), stage)", "self._handoff(latents, stage)"),
+    ("TI2V first-frame tokens not at timestep 0", "integrations/wan.py",
+     "t = (mask[0][0][:, ::2, ::2] * timestep)", "t = (torch.ones_like(mask[0][0][:, ::2, ::2]) * timestep)"),
     ("HunyuanVideo text mask dropped", "integrations/hunyuan_video.py",
      'encoder_attention_mask=e["negative_mask"] if negative else e["mask"],',
      'encoder_attention_mask=torch.ones_like(e["mask"]),'),

@@ -90,7 +90,7 @@ def patch(pipe, config: Optional[SurfConfig] = None, *, refiner=None):
     """Make ``pipe(...)`` run SURF with the pipeline's own arguments; returns ``pipe``.
 
     ``config``: a ``SurfConfig``, a preset name, or ``None``: the family's default preset
-    (``"paper"`` for Wan2.1, ``"hunyuan-paper"`` for HunyuanVideo).
+    (``"paper"`` for Wan2.1 and Wan2.2, ``"hunyuan-paper"`` for HunyuanVideo).
     ``refiner``: ``None`` (training-free refine with the pipeline's transformer), a transformer of
     the same family (training-free refine with it), or a trained ``surf_accel.Refiner`` (Wan).
     Repeating with the same config and refiner is a no-op; a different one raises ``ValueError``

@@ -29,6 +29,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimal-size", type=int, nargs=2, metavar=("H", "W"), default=None)
     p.add_argument("--window", type=int, nargs=3, metavar=("WT", "WH", "WW"), default=None,
                    help="shifted-window size in tokens for the refine stage")
+    p.add_argument("--refine-expert", choices=("low", "high", "route"), default=None,
+                   help="two-expert pipelines (Wan2.2 A14B): the refine's expert (default: the preset's, low)")
 
 
 def _config_from(args, default_preset: str):
@@ -37,7 +39,8 @@ def _config_from(args, default_preset: str):
     cfg = SurfConfig.preset(args.preset or default_preset)
     changes = {}
     for attr, key in (("switch_step", "switch_step"), ("preview_steps", "preview_steps"),
-                      ("refine_steps", "refine_steps"), ("refine_start", "refine_start"), ("handoff", "handoff")):
+                      ("refine_steps", "refine_steps"), ("refine_start", "refine_start"), ("handoff", "handoff"),
+                      ("refine_expert", "refine_expert")):
         v = getattr(args, attr, None)
         if v is not None:
             changes[key] = v
@@ -125,12 +128,14 @@ def cmd_generate(args) -> int:
                   num_frames=frames, num_inference_steps=args.steps, output_type="np")
     if args.guidance is not None:
         kwargs["guidance_scale"] = args.guidance
+    if args.guidance_2 is not None:  # Wan2.2 A14B's low-noise expert (the pipeline refuses it elsewhere)
+        kwargs["guidance_scale_2"] = args.guidance_2
     if args.true_cfg_scale is not None:
         if "true_cfg_scale" not in call_params:
             raise ValueError(f"--true-cfg-scale is for HunyuanVideo pipelines; {type(pipe).__name__} takes "
                              "--guidance (classifier-free guidance)")
         kwargs["true_cfg_scale"] = args.true_cfg_scale
-    fps = args.fps if args.fps is not None else adapter.fps
+    fps = args.fps if args.fps is not None else adapter.video_fps(pipe)
     if args.image:
         from diffusers.utils import load_image
 
@@ -260,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surf-accel", description="SURF video-diffusion acceleration for diffusers")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="generate a video from a local diffusers Wan2.1 or HunyuanVideo folder "
-                       "with SURF")
+    g = sub.add_parser("generate", help="generate a video from a local diffusers Wan2.1, Wan2.2 or HunyuanVideo "
+                       "folder with SURF")
     g.add_argument("model", help="local diffusers model folder (WanPipeline, WanImageToVideoPipeline or "
                    "HunyuanVideoPipeline)")
     g.add_argument("--prompt", required=True)
@@ -273,10 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=50)
     g.add_argument("--guidance", type=float, default=None, help="guidance_scale (default: the pipeline's; Wan: "
                    "classifier-free guidance 5.0, HunyuanVideo: embedded guidance 6.0)")
+    g.add_argument("--guidance-2", type=float, default=None, help="Wan2.2 A14B only: guidance_scale_2 of the "
+                   "low-noise expert (default: --guidance, as the pipeline does)")
     g.add_argument("--true-cfg-scale", type=float, default=None,
                    help="HunyuanVideo only: true classifier-free guidance (with --negative-prompt; two passes per step)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--fps", type=int, default=None, help="mp4 frame rate (default: Wan 16, HunyuanVideo 24)")
+    g.add_argument("--fps", type=int, default=None, help="mp4 frame rate (default: Wan 16, Wan2.2 TI2V-5B 24, "
+                   "HunyuanVideo 24)")
     g.add_argument("--max-sequence-length", type=int, default=None)
     g.add_argument("--output", default="surf.mp4")
     g.add_argument("--baseline", action="store_true", help="also run the unpatched pipeline and print both times")
@@ -287,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     e = sub.add_parser("estimate", help="FLOPs per stage, baseline vs SURF, for a published model config")
-    e.add_argument("--model", default="wan2.1-14b", help="wan2.1-14b, wan2.1-1.3b or hunyuanvideo (13B)")
+    e.add_argument("--model", default="wan2.1-14b", help="wan2.1-14b, wan2.1-1.3b, wan2.2-a14b (two 14B experts, "
+                   "one per step), wan2.2-ti2v-5b or hunyuanvideo (13B)")
     e.add_argument("--height", type=int, required=True)
     e.add_argument("--width", type=int, required=True)
     e.add_argument("--frames", type=int, default=None, help="default: the model's (Wan2.1 81, HunyuanVideo 129)")

@@ -18,6 +18,9 @@ a 40-step preview switching after step 10, then 10 refine steps, so for a 50-ste
   ``"paper"``).
 - ``refine_start=0.7``: the training-free refiner is beyond the paper; on the toy world 0.7 and 0.5
   are indistinguishable (benchmarks/results/signature.md; 0.3 lost colour in an earlier run).
+- ``refine_expert="low"``: two-expert pipelines (Wan2.2 A14B) refine with the low-noise expert, the
+  one trained for the range below the boundary where a refine from 0.7 runs (docs/design.md 4; its
+  quality against the high-noise expert is not measured: no Wan2.2 weights here).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ HANDOFF_MODES = ("pixel", "latent")
 LATENT_RESIZE_MODES = ("nearest", "bilinear")
 SHIFT_RULES = ("sqrt_tokens", "constant")
 STEP_PRECISIONS = ("pipeline", "float32")
+# two-expert pipelines (Wan2.2 A14B): which expert the training-free refine runs
+REFINE_EXPERTS = ("low", "high", "route")
 
 
 def _is_int(x) -> bool:
@@ -92,6 +97,12 @@ class SurfConfig:
         returns), so a stage at the request's size reproduces the pipeline bit for bit;
         ``"float32"``: latents stay float32 between steps and CFG + Euler run fused in float32
         (``ops.guided_step``). Reshift and handoff always compute in float32.
+    refine_expert: two-expert pipelines only (Wan2.2 A14B: ``transformer`` for timesteps at or above
+        ``boundary_ratio * 1000``, ``transformer_2`` below): the model of the training-free refine.
+        ``"low"`` (default): the low-noise expert ``transformer_2`` with ``guidance_scale_2``, trained for
+        the low-noise range a refine covers; ``"high"``: the high-noise expert with ``guidance_scale``;
+        ``"route"``: each refine step by its timestep, as every preview step is. Single-model pipelines
+        have no experts to choose from and ignore it.
     """
 
     optimal_size: Union[None, str, tuple[int, int]] = None
@@ -112,6 +123,7 @@ class SurfConfig:
     shift_rule: str = "sqrt_tokens"
     shifts: Optional[tuple[Optional[float], Optional[float], Optional[float]]] = None
     step_precision: str = "pipeline"
+    refine_expert: str = "low"
     name: Optional[str] = field(default=None, compare=False)
 
     def __post_init__(self):
@@ -145,7 +157,8 @@ class SurfConfig:
                                      ("handoff", self.handoff, HANDOFF_MODES),
                                      ("latent_resize", self.latent_resize, LATENT_RESIZE_MODES),
                                      ("shift_rule", self.shift_rule, SHIFT_RULES),
-                                     ("step_precision", self.step_precision, STEP_PRECISIONS)):
+                                     ("step_precision", self.step_precision, STEP_PRECISIONS),
+                                     ("refine_expert", self.refine_expert, REFINE_EXPERTS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if not (_is_real(self.refine_start) and 0.0 < self.refine_start <= 1.0):

@@ -136,6 +136,15 @@ MODELS = {
     "wan2.1-14b": TransformerSpec("wan2.1-14b", dim=5120, ffn_dim=13824, num_layers=40, num_heads=40),
     "wan2.1-1.3b": TransformerSpec("wan2.1-1.3b", dim=1536, ffn_dim=8960, num_layers=30, num_heads=12),
     "hunyuanvideo": HunyuanVideoSpec("hunyuanvideo"),
+    # Wan2.2 A14B (Wan-AI/Wan2.2-T2V-A14B-Diffusers transformer/ and transformer_2/config.json): two
+    # experts of Wan2.1-14B's shape; a step runs one of them (the boundary picks which), so a step costs
+    # one 14B forward. The I2V experts read 36 input channels (latents + mask + image latents).
+    "wan2.2-a14b": TransformerSpec("wan2.2-a14b", dim=5120, ffn_dim=13824, num_layers=40, num_heads=40,
+                                   family="wan2.2-a14b"),
+    # Wan2.2 TI2V-5B: diffusers' scripts/convert_wan_to_diffusers.py "Wan2.2-TI2V-5B" (= the published
+    # Wan-AI/Wan2.2-TI2V-5B-Diffusers transformer config): 24 heads x 128, ffn 14336, 30 layers, 48 channels
+    "wan2.2-ti2v-5b": TransformerSpec("wan2.2-ti2v-5b", dim=3072, ffn_dim=14336, num_layers=30, num_heads=24,
+                                      in_channels=48, out_channels=48, family="wan2.2-ti2v"),
 }
 # AutoencoderKLWan() default config (= Wan2.1's VAE), measured with measure_vae() on the meta device
 # (5 and 9 frames at 64x64 px): encode 5.33 / 5.19 MFLOP per pixel, decode 8.91 / 8.70.
@@ -152,6 +161,14 @@ HUNYUAN_VAE = VaeSpec(enc_a=11.80e6, enc_b=13.80e6, dec_a=27.60e6, dec_b=25.22e6
 HUNYUAN_FAMILY = FamilySpec("hunyuanvideo", 8, 4, (1, 2, 2), 720 * 1280)
 # HunyuanVideoPipeline: FlowMatchEulerDiscreteScheduler, shift 7.0, on the uniform grid it passes as sigmas
 HUNYUAN_SCHEDULER = SchedulerSpec("euler", 7.0, grid="uniform")
+# Wan2.2's VAE (Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json: base_dim 160, decoder_base_dim 256,
+# z_dim 48, residual blocks, its own 2x2 patch, 16x spatial / 4x temporal), measure_vae() on the meta
+# device (5 and 9 frames at 64x64 px): encode 18.6 / 32.6 MFLOP per pixel, decode 96.4 / 169.9.
+WAN22_VAE = VaeSpec(enc_a=4.64e6, enc_b=3.49e6, dec_a=22.78e6, dec_b=18.39e6, spatial=16, temporal=4)
+# = integrations.wan.WAN22_TI2V_OPTIMAL_AREA (TI2V-5B's published 720p, 1280x704)
+WAN22_TI2V_FAMILY = FamilySpec("wan2.2-ti2v", 16, 4, (1, 2, 2), 704 * 1280)
+# The A14B experts keep Wan2.1's VAE and 480p optimal size. Flow shifts do not change FLOP counts.
+WAN22_A14B_FAMILY = FamilySpec("wan2.2-a14b", 8, 4, (1, 2, 2), 480 * 832)
 
 
 @dataclass(frozen=True)
@@ -171,6 +188,9 @@ FAMILIES = {
     # guidance-distilled: the pipeline's default call embeds guidance 6.0 and runs one pass per step
     "hunyuanvideo": FamilyDefaults(HUNYUAN_FAMILY, HUNYUAN_SCHEDULER, HUNYUAN_VAE, cfg=False, preset="hunyuan-paper",
                                    frames=129),
+    # Wan2.2: 81 frames at 16 fps for A14B, 121 at 24 fps for TI2V-5B (the published generate defaults)
+    "wan2.2-a14b": FamilyDefaults(WAN22_A14B_FAMILY, WAN_SCHEDULER, WAN_VAE, cfg=True, preset="paper", frames=81),
+    "wan2.2-ti2v": FamilyDefaults(WAN22_TI2V_FAMILY, WAN_SCHEDULER, WAN22_VAE, cfg=True, preset="paper", frames=121),
 }
 
 
@@ -203,8 +223,10 @@ def measure_vae(vae, frames=(5, 9), size=(64, 64), device="meta") -> VaeSpec:
     spatial = cfg.get("scale_factor_spatial") or cfg.get("spatial_compression_ratio")
     temporal = cfg.get("scale_factor_temporal") or cfg.get("temporal_compression_ratio")
     enc, dec = [], []
+    # a Wan2.2 VAE patchifies RGB itself: its in_channels count the 2x2 patch's channels (12 = 3 x 4)
+    rgb = cfg.in_channels // (cfg.get("patch_size") or 1) ** 2
     for f in frames:
-        x = torch.zeros(1, vae.config.in_channels, f, h, w, device=device, dtype=vae.dtype)
+        x = torch.zeros(1, rgb, f, h, w, device=device, dtype=vae.dtype)
         with FlopCounterMode(display=False) as fc:
             z = vae.encode(x).latent_dist.mode()
         enc.append(fc.get_total_flops() / (h * w))

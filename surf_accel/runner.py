@@ -15,9 +15,10 @@ Per call: prompts (and the I2V image) are encoded once by the adapter; then for 
 
 Every random draw comes from the caller's generator, in a fixed order (first-stage noise, reshift
 noise, refine noise), so a seed gives one video. Diffusers caches get ``cache_context`` per branch
-(in the adapter) and a reset at every stage. An interrupted call (``pipe._interrupt``) stops
-denoising and returns what there is at the request's size: latents of a smaller stage go through
-the handoff (without noise) first.
+(in the adapter) and a reset at every stage, on every model the stage can run. The adapter may pick
+the model and guidance of each step (``step_model``: Wan2.2's two experts by timestep). An
+interrupted call (``pipe._interrupt``) stops denoising and returns what there is at the request's
+size: latents of a smaller stage go through the handoff (without noise) first.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ class StageRunner:
             if stage.start == "noise":
                 latents = self.adapter.initial_latents(pipe, call, stage)
             elif stage.start == "handoff":
-                latents = self._handoff(latents, stage)
+                # the preview as the pipeline would decode it (e.g. an I2V first frame put back)
+                latents = self._handoff(self.adapter.finalize(pipe, latents, call, ctx), stage)
             elif stage.start != "reshift":
                 raise ValueError(f"unknown stage start {stage.start!r}")
             size = (stage.height, stage.width)
@@ -120,7 +122,11 @@ class StageRunner:
             switch_to = nxt if nxt is not None and nxt.start == "reshift" else None
             latents = self._run_stage(stage, latents, ctx, switch_to)
             if pipe.interrupt:  # as the pipeline does: stop denoising, decode what there is
-                latents = self._to_request_size(latents)
+                out = plan.output_stage
+                if tuple(latents.shape[2:]) != tuple(out.latent_size) and out.start == "handoff":
+                    latents = self._to_request_size(self.adapter.finalize(pipe, latents, call, ctx))
+                    size = (out.height, out.width)
+                    ctx = contexts[size] if size in contexts else self.adapter.stage_context(pipe, call, out)
                 break
         pipe._current_timestep = None
         latents = self.adapter.finalize(pipe, latents, call, ctx)
@@ -183,33 +189,42 @@ class StageRunner:
                              "embeddings (it runs without classifier-free guidance); set refine_guidance <= 1 or "
                              "call with classifier-free guidance (Wan: guidance_scale > 1; HunyuanVideo: "
                              "true_cfg_scale > 1 and a negative prompt)")
-        _reset_caches(model)
-        with window_context(model, stage.window), _progress(pipe, stage) as bar:
+        # every model the stage can run (a two-expert pipeline routes steps to either) keeps its own
+        # cache state and gets the stage's resets and windows
+        models = adapter.stage_models(pipe, call, stage, model, self.plan.config)
+        for m in models:
+            _reset_caches(m)
+        with contextlib.ExitStack() as stack:
+            for m in models:
+                stack.enter_context(window_context(m, stage.window))
+            bar = stack.enter_context(_progress(pipe, stage))
             for i in range(n):
                 if pipe.interrupt:
                     continue
                 t = timesteps[i]
                 pipe._current_timestep = t
                 sigma = float(sigmas[i])
-                v_c = adapter.predict(pipe, model, latents, t, call, ctx, negative=False,
+                step_model, g = adapter.step_model(pipe, call, stage, model, t, guidance, self.plan.config)
+                v_c = adapter.predict(pipe, step_model, latents, t, call, ctx, negative=False,
                                       step_index=stage.step_offset + i, sigma=sigma)
                 v_u = None
                 if do_cfg:
-                    v_u = adapter.predict(pipe, model, latents, t, call, ctx, negative=True,
+                    v_u = adapter.predict(pipe, step_model, latents, t, call, ctx, negative=True,
                                           step_index=stage.step_offset + i, sigma=sigma)
                 if i == n - 1 and switch_to is not None:
-                    latents = self._reshift(latents, _guide(v_c, v_u, guidance, torch.float32), sigma, switch_to)
+                    latents = self._reshift(latents, _guide(v_c, v_u, g, torch.float32), sigma, switch_to)
                 elif sched is not None:
                     dtype = None if pipeline_steps else torch.float32
                     x = latents if pipeline_steps else latents.to(torch.float32)
-                    latents = sched.step(_guide(v_c, v_u, guidance, dtype), t, x, return_dict=False)[0]
+                    latents = sched.step(_guide(v_c, v_u, g, dtype), t, x, return_dict=False)[0]
                 else:
                     latents = ops.guided_step(latents.to(torch.float32).contiguous(), v_c.to(torch.float32).contiguous(),
                                               None if v_u is None else v_u.to(torch.float32).contiguous(),
-                                              float(guidance), sigma, float(sigmas[i + 1]))
+                                              float(g), sigma, float(sigmas[i + 1]))
                 latents = self._callback(stage.step_offset + i, t, latents)
                 bar.update()
-        _reset_caches(model)
+        for m in models:
+            _reset_caches(m)
         return latents
 
     def _callback(self, index, t, latents):

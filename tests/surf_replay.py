@@ -41,6 +41,8 @@ class Recipe:
     window: Optional[tuple[int, int, int]] = None
     trained_refiner: Any = None  # a WanTransformer3DModel on the straight z_lr -> z_hr path
     refine_model: Any = None  # a transformer for the training-free refine (default: the base)
+    # two-expert pipelines (Wan2.2 A14B): the refine's expert, "low" | "high" | "route" (by timestep)
+    refine_expert: str = "low"
 
 
 @dataclass
@@ -53,6 +55,9 @@ class Family:
     channels: Any  # pipe -> latent channels
     condition: Any = None  # (pipe, cond, height, width) -> I2V channels to concatenate, or None
     extra: dict = field(default_factory=dict)
+    # Wan2.2 expand_timesteps: (latents, condition, t) -> (model input, timestep); ``None``: the above
+    inputs: Any = None
+    finalize: Any = None  # (latents, condition) -> the latents the pipeline decodes; None: as they are
 
 
 # ---------------------------------------------------------------------------- families
@@ -64,7 +69,7 @@ def _wan_stats(pipe, z):
 
 
 def _wan_predict(pipe, model, x, t, cond, negative):
-    kw = dict(hidden_states=x.to(model.dtype), timestep=t.expand(x.shape[0]),
+    kw = dict(hidden_states=x.to(model.dtype), timestep=t.expand(x.shape[0]) if t.ndim == 0 else t,
               encoder_hidden_states=cond["negative_prompt_embeds" if negative else "prompt_embeds"],
               return_dict=False)
     if cond.get("image_embeds") is not None and model.config.image_dim is not None:
@@ -111,7 +116,35 @@ def _hy_encode(pipe, video):
     return pipe.vae.encode(video.to(pipe.vae.dtype)).latent_dist.mode().float() * pipe.vae.config.scaling_factor
 
 
+def _ti2v_condition(pipe, cond, height, width):
+    """(image latents (B, C, 1, h, w) or None for T2V, first-frame mask (1, 1, T, h, w))."""
+    lt = (cond["num_frames"] - 1) // pipe.vae_scale_factor_temporal + 1
+    hw = (height // pipe.vae_scale_factor_spatial, width // pipe.vae_scale_factor_spatial)
+    if "image" not in cond:
+        return None, torch.ones((1, 1, lt) + hw)
+    image = pipe.video_processor.preprocess(cond["image"], height=height, width=width).to(torch.float32)
+    b, c = cond["prompt_embeds"].shape[0], pipe.vae.config.z_dim
+    _, condition, mask = pipe.prepare_latents(image, b, c, height, width, cond["num_frames"], torch.float32,
+                                              torch.device("cpu"), None, torch.zeros((b, c, lt) + hw), None)
+    return condition, mask
+
+
+def _ti2v_inputs(latents, extra, t):
+    """The TI2V-5B pipeline's model input and per-token timesteps (patch 2: every other row and column)."""
+    condition, mask = extra
+    x = latents if condition is None else (1 - mask) * condition + mask * latents
+    ts = (mask[0, 0, :, ::2, ::2] * t).flatten()
+    return x, ts[None].expand(latents.shape[0], -1)
+
+
+def _ti2v_finalize(latents, extra):
+    condition, mask = extra
+    return latents if condition is None else (1 - mask) * condition + mask * latents
+
+
 WAN = Family(_wan_predict, _wan_decode, _wan_encode, lambda p: p.vae.config.z_dim)
+WAN_TI2V = Family(_wan_predict, _wan_decode, _wan_encode, lambda p: p.vae.config.z_dim, _ti2v_condition,
+                  inputs=_ti2v_inputs, finalize=_ti2v_finalize)
 WAN_I2V = Family(_wan_predict, _wan_decode, _wan_encode, lambda p: p.vae.config.z_dim, _wan_i2v_condition)
 HUNYUAN = Family(_hy_predict, _hy_decode, _hy_encode, lambda p: p.transformer.config.in_channels)
 
@@ -144,8 +177,15 @@ def _fresh(pipe, sigmas):
 # ---------------------------------------------------------------------------- the replay
 @torch.no_grad()
 def replay(pipe, family: Family, r: Recipe, *, height: int, width: int, num_frames: int, num_steps: int,
-           guidance: float, cond: dict, generator: torch.Generator, uniform_grid: bool = False) -> torch.Tensor:
-    """SURF by hand: returns the output latents ``(B, C, T, H, W)``."""
+           guidance: float, cond: dict, generator: torch.Generator, uniform_grid: bool = False,
+           trace: Optional[list] = None) -> torch.Tensor:
+    """SURF by hand: returns the output latents ``(B, C, T, H, W)``.
+
+    Two-expert pipelines (``pipe.config.boundary_ratio``): a step at timestep ``t`` runs
+    ``pipe.transformer`` with ``guidance`` where ``t >= boundary_ratio * 1000``, else
+    ``pipe.transformer_2`` with ``cond["guidance_2"]``; the refine runs ``r.refine_expert``.
+    ``trace`` collects ``(stage, "high" | "low" | "base", t)`` per step.
+    """
     from surf_accel.integrations.window_processors import windowed_attention
 
     vs, vt = pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal
@@ -156,20 +196,42 @@ def replay(pipe, family: Family, r: Recipe, *, height: int, width: int, num_fram
     (oh, ow), d = r.optimal, r.factor
     s_opt, s_low, s_ref = r.shifts
 
-    def run(latents, sigmas, h, w, model, g, last_to=None, window=None):
+    boundary = pipe.config.get("boundary_ratio")
+
+    def expert(stage, t, model, g, g_fixed):
+        """The hand rule: Wan2.2's boundary at 1000 * boundary_ratio, the refine's chosen expert."""
+        if boundary is None or model is not pipe.transformer:
+            return "base", model, g
+        which = r.refine_expert if stage == "refine" else "route"
+        if which == "route":
+            which = "high" if float(t) >= boundary * 1000.0 else "low"
+        g_e = guidance if which == "high" else cond.get("guidance_2", guidance)
+        return which, (pipe.transformer if which == "high" else pipe.transformer_2), (g if g_fixed else g_e)
+
+    def run(latents, sigmas, h, w, model, g, last_to=None, window=None, stage="preview", g_fixed=False):
         """Steps on ``sigmas`` (evaluations) at pixel size h x w; with ``last_to`` the last evaluation
         is not stepped but handed to ``last_to(latents, v, sigma)``."""
         sched = _fresh(pipe, list(sigmas) + ([last_to[1]] if last_to else []))
         extra = family.condition(pipe, cond, h, w) if family.condition else None
-        ctx = windowed_attention(model, window) if window else contextlib.nullcontext()
-        with ctx:
+        models = [pipe.transformer, pipe.transformer_2] if boundary is not None and model is pipe.transformer \
+            else [model]
+        with contextlib.ExitStack() as stack:
+            for mm in models if window else ():
+                stack.enter_context(windowed_attention(mm, window))
             for i, t in enumerate(sched.timesteps[:len(sigmas)]):
-                x = latents if extra is None or model.config.in_channels == latents.shape[1] \
-                    else torch.cat([latents, extra], 1)
-                v = family.predict(pipe, model, x, t, cond, False)
-                if g > 1:
-                    vu = family.predict(pipe, model, x, t, cond, True)
-                    v = vu + g * (v - vu)
+                name, mdl, g_t = expert(stage, t, model, g, g_fixed)
+                if trace is not None:
+                    trace.append((stage, name, float(t)))
+                if family.inputs is not None:
+                    x, t_in = family.inputs(latents, extra, t)
+                else:
+                    x = latents if extra is None or mdl.config.in_channels == latents.shape[1] \
+                        else torch.cat([latents, extra], 1)
+                    t_in = t
+                v = family.predict(pipe, mdl, x, t_in, cond, False)
+                if g > 1:  # CFG or not: the call's guidance_scale decides, as in the pipeline
+                    vu = family.predict(pipe, mdl, x, t_in, cond, True)
+                    v = vu + g_t * (v - vu)
                 if last_to and i == len(sigmas) - 1:
                     return last_to[0](latents, v, float(sigmas[i]))
                 latents = sched.step(v, t, latents, return_dict=False)[0]
@@ -194,11 +256,13 @@ def replay(pipe, family: Family, r: Recipe, *, height: int, width: int, num_fram
             return signal * x0 + noise * eps
 
         latents = run(latents, hi, oh, ow, pipe.transformer, guidance, last_to=(reshift, float(low[0])))
-        latents = run(latents, low, oh // d, ow // d, pipe.transformer, guidance)
+        latents = run(latents, low, oh // d, ow // d, pipe.transformer, guidance, stage="preview_low")
         ph, pw = oh // d, ow // d
     else:
         latents = run(latents, hi, oh, ow, pipe.transformer, guidance)
         ph, pw = oh, ow
+    if family.finalize is not None:  # the preview as the pipeline would end it (TI2V: the image's first frame)
+        latents = family.finalize(latents, family.condition(pipe, cond, ph, pw))
     if m == 0:
         return latents
 
@@ -230,4 +294,8 @@ def replay(pipe, family: Family, r: Recipe, *, height: int, width: int, num_fram
     eps = randn_tensor(z_lr.shape, generator=generator, dtype=torch.float32)
     x = (1 - float(ref[0])) * z_lr + float(ref[0]) * eps
     g = guidance if r.refine_guidance is None else r.refine_guidance
-    return run(x, ref, height, width, r.refine_model or pipe.transformer, g, window=r.window)
+    out = run(x, ref, height, width, r.refine_model or pipe.transformer, g, window=r.window, stage="refine",
+              g_fixed=r.refine_guidance is not None)
+    if family.finalize is not None:
+        out = family.finalize(out, family.condition(pipe, cond, height, width))
+    return out

@@ -41,13 +41,14 @@ def tiny_vae():
 
 
 def tiny_transformer(in_channels: int = 16, image_dim: int | None = None, num_layers: int = 2,
-                     heads: int = 2, head_dim: int = 12, ffn_dim: int = 32, text_dim: int = 32, seed: int = 0):
+                     heads: int = 2, head_dim: int = 12, ffn_dim: int = 32, text_dim: int = 32, seed: int = 0,
+                     out_channels: int = 16):
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
     return WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=in_channels,
-        out_channels=16, text_dim=text_dim, freq_dim=32, ffn_dim=ffn_dim, num_layers=num_layers,
+        out_channels=out_channels, text_dim=text_dim, freq_dim=32, ffn_dim=ffn_dim, num_layers=num_layers,
         cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=64, image_dim=image_dim,
     ).eval()
 
@@ -122,6 +123,49 @@ def i2v_kwargs(batch: int = 1, seed: int = 0, **overrides):
               num_inference_steps=4, guidance_scale=4.0, max_sequence_length=16, output_type="np")
     kw.update(overrides)
     return kw
+
+
+# ---------------------------------------------------------------------------- Wan2.2
+def tiny_wan22_vae():
+    """A Wan2.2-style AutoencoderKLWan: 48 latent channels, residual blocks, the VAE's own 2x2 patch,
+    16x spatial / 4x temporal (TI2V-5B's layout), random latent statistics."""
+    from diffusers import AutoencoderKLWan
+
+    g = torch.Generator().manual_seed(1)
+    mean = (torch.randn(48, generator=g) * 0.5).tolist()
+    std = (torch.rand(48, generator=g) + 0.5).tolist()
+    torch.manual_seed(0)
+    return AutoencoderKLWan(base_dim=8, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1, is_residual=True,
+                            in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16,
+                            temperal_downsample=[False, True, True], latents_mean=mean, latents_std=std).eval()
+
+
+def tiny_wan22_a14b(i2v: bool = False, kind: str = "euler", shift: float = 3.0, boundary_ratio: float = 0.875):
+    """A two-expert Wan2.2 A14B-style pipeline: ``transformer`` (high-noise expert, seed 0) and
+    ``transformer_2`` (low-noise expert, seed 1) with ``boundary_ratio``; I2V without CLIP image
+    embeddings (36-channel input: latents, mask, image latents), as Wan2.2 I2V has none."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    c = 36 if i2v else 16
+    parts = dict(tokenizer=tiny_tokenizer(), text_encoder=tiny_text_encoder(), vae=tiny_vae(),
+                 scheduler=scheduler(kind, shift), transformer=tiny_transformer(in_channels=c, seed=0),
+                 transformer_2=tiny_transformer(in_channels=c, seed=1), boundary_ratio=boundary_ratio)
+    pipe = WanImageToVideoPipeline(**parts) if i2v else WanPipeline(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_wan22_ti2v(i2v: bool = False, kind: str = "euler", shift: float = 3.0):
+    """A Wan2.2 TI2V-5B-style pipeline (``expand_timesteps=True``, one 48-channel transformer, the
+    48-channel 16x VAE); ``i2v=True`` is the WanImageToVideoPipeline form (first-frame conditioning)."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    parts = dict(tokenizer=tiny_tokenizer(), text_encoder=tiny_text_encoder(), vae=tiny_wan22_vae(),
+                 scheduler=scheduler(kind, shift), transformer=tiny_transformer(in_channels=48, out_channels=48),
+                 expand_timesteps=True)
+    pipe = WanImageToVideoPipeline(**parts) if i2v else WanPipeline(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 # ---------------------------------------------------------------------------- HunyuanVideo

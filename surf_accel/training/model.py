@@ -38,7 +38,10 @@ def load_base_pipeline(base: str, dtype: torch.dtype = torch.float32):
         pipe = DiffusionPipeline.from_pretrained(base, torch_dtype=dtype, local_files_only=True)
     from surf_accel.integrations.wan import WanAdapter
 
-    WanAdapter().check_pipeline(pipe)  # a Wan2.1 pipeline with a supported scheduler, or TypeError
+    WanAdapter().check_pipeline(pipe)  # a Wan pipeline with a supported scheduler, or TypeError
+    if WanAdapter.is_wan22(pipe):
+        raise TypeError("refiner training takes a Wan2.1 WanPipeline as its base; Wan2.2 pipelines (two experts or "
+                        "expand_timesteps) are not supported for training yet (their training-free refine is)")
     if type(pipe).__name__ != "WanPipeline":
         raise TypeError(f"refiner training takes a text-to-video WanPipeline as its base, got {type(pipe).__name__}")
     pipe.set_progress_bar_config(disable=True)
