@@ -112,6 +112,47 @@ class HunyuanVideoSpec:
 
 
 @dataclass(frozen=True)
+class HunyuanVideo15Spec(HunyuanVideoSpec):
+    """A HunyuanVideo15Transformer3DModel's shape: dual-stream blocks only, joint attention over the
+    video and ``text_len`` Qwen2.5-VL + ``text_2_len`` ByT5 + ``image_len`` SigLIP tokens (the
+    padded lengths: dense kernels compute the masked ones too; T2V passes zero image states)."""
+
+    dim: int = 2048
+    num_heads: int = 16
+    num_layers: int = 54
+    num_single_layers: int = 0
+    text_len: int = 1000  # the pipeline's tokenizer_max_length (Qwen tokens after the template crop)
+    text_dim: int = 3584
+    pooled_dim: int = 3584  # the token refiner pools the Qwen states
+    in_channels: int = 65  # latents, condition latents, mask
+    out_channels: int = 32
+    patch_size: tuple[int, int, int] = (1, 1, 1)
+    text_2_len: int = 256  # tokenizer_2_max_length (ByT5)
+    text_2_dim: int = 1472
+    image_len: int = 729  # vision_num_semantic_tokens (SigLIP)
+    image_dim: int = 1152
+    family: str = "hunyuanvideo-1.5-480p"
+
+    @property
+    def joint_text_len(self) -> int:
+        return self.text_len + self.text_2_len + self.image_len
+
+    @classmethod
+    def from_config(cls, cfg, name: str = "custom", text_len: int = 1000,
+                    family: str = "hunyuanvideo-1.5-480p") -> "HunyuanVideo15Spec":
+        """From a ``HunyuanVideo15Transformer3DModel`` config (dict or FrozenDict)."""
+        g = cfg.get if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
+        p = int(g("patch_size"))
+        return cls(name, dim=int(g("num_attention_heads") * g("attention_head_dim")),
+                   num_heads=int(g("num_attention_heads")), num_layers=int(g("num_layers")),
+                   num_refiner_layers=int(g("num_refiner_layers")), mlp_ratio=float(g("mlp_ratio")),
+                   text_len=int(text_len), text_dim=int(g("text_embed_dim")), pooled_dim=int(g("text_embed_dim")),
+                   in_channels=int(g("in_channels")), out_channels=int(g("out_channels")),
+                   patch_size=(int(g("patch_size_t")), p, p), text_2_dim=int(g("text_embed_2_dim")),
+                   image_dim=int(g("image_embed_dim")), family=family)
+
+
+@dataclass(frozen=True)
 class VaeSpec:
     """FLOPs per output pixel: ``a + b * (frames - 1)`` for encode and decode."""
 
@@ -242,10 +283,29 @@ def _hunyuan_forward_flops(spec: HunyuanVideoSpec, L: int, K: int) -> dict:
     return {"linear": float(2 * linear), "attention": float(attention), "tokens": L}
 
 
+def _hunyuan15_forward_flops(spec: HunyuanVideo15Spec, L: int, K: int) -> dict:
+    """HunyuanVideo's count over the joint text (``joint_text_len`` tokens in every block), with the
+    token refiner over the Qwen tokens only and the ByT5 (in -> 2048 -> 2048 -> d) and SigLIP
+    (in -> in -> d) projections."""
+    import dataclasses
+
+    d, Lq = spec.dim, spec.text_len
+    out = _hunyuan_forward_flops(dataclasses.replace(spec, text_len=spec.joint_text_len, num_refiner_layers=0), L, K)
+    per_token = 4 * d * d + 2 * d * spec.mlp_dim
+    extra = Lq * spec.num_refiner_layers * per_token - (spec.joint_text_len - Lq) * spec.text_dim * d
+    extra += spec.text_2_len * (spec.text_2_dim * 2048 + 2048 * 2048 + 2048 * d)
+    extra += spec.image_len * (spec.image_dim * spec.image_dim + spec.image_dim * d)
+    out["linear"] += float(2 * extra)
+    out["attention"] += float(spec.num_refiner_layers * 2 * 2 * d * Lq * Lq)
+    return out
+
+
 def forward_flops(spec: TransformerSpec | HunyuanVideoSpec, latent_size: tuple[int, int, int],
                   window: Optional[tuple[int, int, int]] = None) -> dict:
     """FLOPs of one transformer forward at a latent size ``(T, H, W)``: ``{"linear", "attention"}``."""
     L, K = _grid_and_keys(spec, latent_size, window)
+    if isinstance(spec, HunyuanVideo15Spec):
+        return _hunyuan15_forward_flops(spec, L, K)
     if isinstance(spec, HunyuanVideoSpec):
         return _hunyuan_forward_flops(spec, L, K)
     pt, ph, pw = spec.patch_size

@@ -182,7 +182,8 @@ class StageRunner:
             raise ValueError(f"stage {stage.name!r} uses guidance {guidance} but the call has no negative "
                              "embeddings (it runs without classifier-free guidance); set refine_guidance <= 1 or "
                              "call with classifier-free guidance (Wan: guidance_scale > 1; HunyuanVideo: "
-                             "true_cfg_scale > 1 and a negative prompt)")
+                             "true_cfg_scale > 1 and a negative prompt; HunyuanVideo-1.5: an enabled guider with "
+                             "guidance_scale > 1)")
         _reset_caches(model)
         with window_context(model, stage.window), _progress(pipe, stage) as bar:
             for i in range(n):
@@ -191,22 +192,20 @@ class StageRunner:
                 t = timesteps[i]
                 pipe._current_timestep = t
                 sigma = float(sigmas[i])
-                v_c = adapter.predict(pipe, model, latents, t, call, ctx, negative=False,
-                                      step_index=stage.step_offset + i, sigma=sigma)
-                v_u = None
-                if do_cfg:
-                    v_u = adapter.predict(pipe, model, latents, t, call, ctx, negative=True,
-                                          step_index=stage.step_offset + i, sigma=sigma)
+                # the adapter's branches (cond, and uncond with CFG) and the scale that combines them
+                v_c, v_u, g = adapter.guided_predictions(pipe, model, latents, t, call, ctx, guidance=guidance,
+                                                         step_index=stage.step_offset + i,
+                                                         num_steps=self.plan.total_steps, sigma=sigma)
                 if i == n - 1 and switch_to is not None:
-                    latents = self._reshift(latents, _guide(v_c, v_u, guidance, torch.float32), sigma, switch_to)
+                    latents = self._reshift(latents, _guide(v_c, v_u, g, torch.float32), sigma, switch_to)
                 elif sched is not None:
                     dtype = None if pipeline_steps else torch.float32
                     x = latents if pipeline_steps else latents.to(torch.float32)
-                    latents = sched.step(_guide(v_c, v_u, guidance, dtype), t, x, return_dict=False)[0]
+                    latents = sched.step(_guide(v_c, v_u, g, dtype), t, x, return_dict=False)[0]
                 else:
                     latents = ops.guided_step(latents.to(torch.float32).contiguous(), v_c.to(torch.float32).contiguous(),
                                               None if v_u is None else v_u.to(torch.float32).contiguous(),
-                                              float(guidance), sigma, float(sigmas[i + 1]))
+                                              float(g), sigma, float(sigmas[i + 1]))
                 latents = self._callback(stage.step_offset + i, t, latents)
                 bar.update()
         _reset_caches(model)
