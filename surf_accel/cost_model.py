@@ -177,6 +177,13 @@ MODELS = {
     "wan2.1-14b": TransformerSpec("wan2.1-14b", dim=5120, ffn_dim=13824, num_layers=40, num_heads=40),
     "wan2.1-1.3b": TransformerSpec("wan2.1-1.3b", dim=1536, ffn_dim=8960, num_layers=30, num_heads=12),
     "hunyuanvideo": HunyuanVideoSpec("hunyuanvideo"),
+    # HunyuanVideo-1.5 8.3B: HunyuanVideo15Transformer3DModel()'s defaults in diffusers, which are the
+    # published config (tencent/HunyuanVideo-1.5 transformer/480p_t2v/config.json: hidden_size 2048,
+    # heads_num 16, mm_double_blocks_depth 54, mm_single_blocks_depth 0, mlp_width_ratio 4, patch [1, 1, 1],
+    # text_states_dim 3584, vision_states_dim 1152; in_channels 32 + 32 + 1). One spec per checkpoint
+    # resolution: the 480p and 720p transformers share the shape and differ in their optimal size.
+    "hunyuanvideo-1.5-480p": HunyuanVideo15Spec("hunyuanvideo-1.5-480p"),
+    "hunyuanvideo-1.5-720p": HunyuanVideo15Spec("hunyuanvideo-1.5-720p", family="hunyuanvideo-1.5-720p"),
 }
 # AutoencoderKLWan() default config (= Wan2.1's VAE), measured with measure_vae() on the meta device
 # (5 and 9 frames at 64x64 px): encode 5.33 / 5.19 MFLOP per pixel, decode 8.91 / 8.70.
@@ -193,6 +200,17 @@ HUNYUAN_VAE = VaeSpec(enc_a=11.80e6, enc_b=13.80e6, dec_a=27.60e6, dec_b=25.22e6
 HUNYUAN_FAMILY = FamilySpec("hunyuanvideo", 8, 4, (1, 2, 2), 720 * 1280)
 # HunyuanVideoPipeline: FlowMatchEulerDiscreteScheduler, shift 7.0, on the uniform grid it passes as sigmas
 HUNYUAN_SCHEDULER = SchedulerSpec("euler", 7.0, grid="uniform")
+# AutoencoderKLHunyuanVideo15() default config (= HunyuanVideo-1.5's VAE, 16x spatial, 4x temporal, 32
+# channels), measure_vae(frames=(61, 121), size=(720, 1280)) on the meta device: 1755 / 3077 MFLOP per
+# pixel encode / decode at 121 frames. The fit holds near 121 frames (its mid-block attention over the
+# whole latent video grows faster than linearly, hence the negative intercept).
+HUNYUAN15_VAE = VaeSpec(enc_a=-8.65e6, enc_b=14.70e6, dec_a=6.49e6, dec_b=25.59e6, spatial=16, temporal=4)
+# = integrations.hunyuan_video15: the checkpoints' bucket areas, target_size ** 2 (640 for 480p, 960 for 720p)
+HUNYUAN15_FAMILIES = {res: FamilySpec("hunyuanvideo-1.5", 16, 4, (1, 1, 1), size * size)
+                      for res, size in (("480p", 640), ("720p", 960))}
+# HunyuanVideo15Pipeline: FlowMatchEulerDiscreteScheduler on the uniform grid it passes as sigmas; shift 7.0
+# is Tencent's default flow_shift (the shift does not change a FLOP count)
+HUNYUAN15_SCHEDULER = SchedulerSpec("euler", 7.0, grid="uniform")
 
 
 @dataclass(frozen=True)
@@ -212,6 +230,9 @@ FAMILIES = {
     # guidance-distilled: the pipeline's default call embeds guidance 6.0 and runs one pass per step
     "hunyuanvideo": FamilyDefaults(HUNYUAN_FAMILY, HUNYUAN_SCHEDULER, HUNYUAN_VAE, cfg=False, preset="hunyuan-paper",
                                    frames=129),
+    # the pipeline's guider runs CFG (two passes) unless a distilled checkpoint disables it; 121 frames
+    **{f"hunyuanvideo-1.5-{res}": FamilyDefaults(fam, HUNYUAN15_SCHEDULER, HUNYUAN15_VAE, cfg=True, preset="paper",
+                                                 frames=121) for res, fam in HUNYUAN15_FAMILIES.items()},
 }
 
 
@@ -292,9 +313,11 @@ def _hunyuan15_forward_flops(spec: HunyuanVideo15Spec, L: int, K: int) -> dict:
     d, Lq = spec.dim, spec.text_len
     out = _hunyuan_forward_flops(dataclasses.replace(spec, text_len=spec.joint_text_len, num_refiner_layers=0), L, K)
     per_token = 4 * d * d + 2 * d * spec.mlp_dim
-    extra = Lq * spec.num_refiner_layers * per_token - (spec.joint_text_len - Lq) * spec.text_dim * d
+    # the refiner blocks over the Qwen tokens (and their 2d modulations), whose input projection reads them only
+    extra = spec.num_refiner_layers * (Lq * per_token + 2 * d * d) - (spec.joint_text_len - Lq) * spec.text_dim * d
     extra += spec.text_2_len * (spec.text_2_dim * 2048 + 2048 * 2048 + 2048 * d)
     extra += spec.image_len * (spec.image_dim * spec.image_dim + spec.image_dim * d)
+    extra -= 256 * d + d * d + spec.pooled_dim * d + d * d  # no guidance or pooled-CLIP embedder
     out["linear"] += float(2 * extra)
     out["attention"] += float(spec.num_refiner_layers * 2 * 2 * d * Lq * Lq)
     return out
