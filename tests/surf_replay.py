@@ -53,6 +53,7 @@ class Family:
     channels: Any  # pipe -> latent channels
     condition: Any = None  # (pipe, cond, height, width) -> I2V channels to concatenate, or None
     extra: dict = field(default_factory=dict)
+    combine: Any = None  # (v_cond, v_uncond, g) -> guided velocity; None: v_uncond + g (v_cond - v_uncond)
 
 
 # ---------------------------------------------------------------------------- families
@@ -169,7 +170,7 @@ def replay(pipe, family: Family, r: Recipe, *, height: int, width: int, num_fram
                 v = family.predict(pipe, model, x, t, cond, False)
                 if g > 1:
                     vu = family.predict(pipe, model, x, t, cond, True)
-                    v = vu + g * (v - vu)
+                    v = vu + g * (v - vu) if family.combine is None else family.combine(v, vu, g)
                 if last_to and i == len(sigmas) - 1:
                     return last_to[0](latents, v, float(sigmas[i]))
                 latents = sched.step(v, t, latents, return_dict=False)[0]
