@@ -235,14 +235,35 @@ def tiny_siglip():
     return SiglipVisionModel(cfg).eval(), SiglipImageProcessor(size={"height": 16, "width": 16})
 
 
-def tiny_hv15(i2v: bool = False, shift: float = 5.0, guidance_scale: float = 4.0, **guider_kwargs):
+def tiny_hv15_text_encoders() -> dict:
+    """A 3-layer Qwen2.5-VL text model (16-d; the pipeline reads its third-last hidden state) with the
+    word-level tokenizer and a plain chat template, and a 1-layer ByT5-style T5 encoder (8-d) with
+    ByT5's own (file-free) tokenizer. Slow-ish: the pipeline pads Qwen text to 1108 tokens."""
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    qwen = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        vocab_size=len(VOCAB), hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+        num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}, max_position_embeddings=2048,
+        pad_token_id=0, bos_token_id=1, eos_token_id=1)).eval()
+    tok = tiny_tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    t5 = T5EncoderModel(T5Config(vocab_size=384, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)).eval()
+    return dict(text_encoder=qwen, tokenizer=tok, text_encoder_2=t5, tokenizer_2=ByT5Tokenizer())
+
+
+def tiny_hv15(i2v: bool = False, shift: float = 5.0, guidance_scale: float = 4.0, text_encoders: bool = False,
+              **guider_kwargs):
     """A HunyuanVideo15Pipeline (or ``i2v``: HunyuanVideo15ImageToVideoPipeline) with random weights and
-    the pipeline's ClassifierFreeGuidance guider; 64x64 px, 5 frames in a fraction of a second."""
+    the pipeline's ClassifierFreeGuidance guider; 64x64 px, 5 frames in a fraction of a second.
+    ``text_encoders``: with ``tiny_hv15_text_encoders`` (else calls pass ``hv15_embeds``)."""
     from diffusers import (ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler, HunyuanVideo15ImageToVideoPipeline,
                            HunyuanVideo15Pipeline)
 
-    parts = dict(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
-                 transformer=tiny_hv15_transformer(task_type="i2v" if i2v else "t2v"), vae=tiny_hv15_vae(),
+    parts = dict(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
+    if text_encoders:
+        parts.update(tiny_hv15_text_encoders())
+    parts.update(transformer=tiny_hv15_transformer(task_type="i2v" if i2v else "t2v"), vae=tiny_hv15_vae(),
                  scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
                  guider=ClassifierFreeGuidance(guidance_scale=guidance_scale, **guider_kwargs))
     if i2v:

@@ -387,3 +387,44 @@ def test_bad_call_arguments(t2v):
             t2v(**hv15_kwargs(prompt_embeds_mask=None))
         with pytest.raises(ValueError, match="16-pixel grid"):
             t2v(**hv15_kwargs(height=72, width=64))
+
+
+# ---------------------------------------------------------------------------- text encoders and the CLI
+def test_end_to_end_with_text_encoders_and_a_quoted_glyph_prompt():
+    """Prompts through the pipeline's own Qwen2.5-VL and ByT5 encoding (the quoted text goes to ByT5):
+    identity bit-exact, and a SURF call that encodes each branch once."""
+    pipe = tiny_hv15(text_encoders=True)
+    pipe.tokenizer_max_length = 16  # (instead of 1000 padded Qwen tokens; the template below has no prefix to crop)
+    pipe.prompt_template_encode_start_idx = 0
+    kw = dict(prompt='a red circle "hi"', negative_prompt="ugly", height=64, width=64, num_frames=5,
+              num_inference_steps=2, output_type="latent")
+    ref = pipe(generator=gen(0), **kw).frames
+    assert torch.equal(run(pipe, SurfConfig.identity(), kw), ref)
+    calls = []
+    forward = pipe.text_encoder.forward
+    pipe.text_encoder.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    run(pipe, SMALL, dict(kw, num_inference_steps=4, **BIG))
+    assert len(calls) == 2  # the prompt and the negative prompt, once each for all stages
+
+
+def test_cli_generate_local_folder(tmp_path, capsys, monkeypatch):
+    """`surf-accel generate FOLDER` on a saved HunyuanVideo15Pipeline: --guidance becomes the guider's
+    guidance_scale (the pipeline has no guidance_scale argument); the plan goes to stderr."""
+    from diffusers import ClassifierFreeGuidance
+
+    from surf_accel import cli
+
+    scales = []
+    new = ClassifierFreeGuidance.new
+    monkeypatch.setattr(ClassifierFreeGuidance, "new", lambda self, **kw: scales.append(kw) or new(self, **kw))
+
+    model = tmp_path / "hv15"
+    tiny_hv15(text_encoders=True).save_pretrained(model)
+    out = tmp_path / "v.mp4"
+    rc = cli.main(["generate", str(model), "--prompt", "a red circle", "--height", "64", "--width", "64",
+                   "--frames", "5", "--steps", "4", "--guidance", "3.0", "--dtype", "float32", "--device", "cpu",
+                   "--output", str(out)])
+    assert rc == 0 and out.exists() and out.stat().st_size > 0
+    err = capsys.readouterr().err
+    assert "preview" in err and "refine" in err
+    assert scales == [{"guidance_scale": 3.0}]
