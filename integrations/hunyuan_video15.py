@@ -262,6 +262,22 @@ class HunyuanVideo15Adapter(ScaledLatentsVAE, FamilyAdapter):
             guider.cleanup_models(model)
         return guider(batches)[0], None, 1.0
 
+    # ------------------------------------------------------------------ VAE
+    @staticmethod
+    def _check_vae_batch(pipe, x: torch.Tensor) -> None:
+        if x.shape[0] > 1 and not getattr(pipe.vae, "use_slicing", False):
+            raise ValueError(f"diffusers' {type(pipe.vae).__name__} cannot encode or decode {x.shape[0]} videos at "
+                             "once (its causal attention mask does not broadcast over the batch; the unpatched "
+                             "pipeline fails the same way): call pipe.vae.enable_slicing() first")
+
+    def decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        self._check_vae_batch(pipe, latents)
+        return super().decode(pipe, latents)
+
+    def encode(self, pipe, video: torch.Tensor) -> torch.Tensor:
+        self._check_vae_batch(pipe, video)
+        return super().encode(pipe, video)
+
     def output(self, frames):
         from diffusers.pipelines.hunyuan_video1_5.pipeline_output import HunyuanVideo15PipelineOutput
 

@@ -85,7 +85,7 @@ def test_identity_is_bit_exact_in_the_pipelines_dtype(dtype):
         kw = hv15_kwargs(batch=batch)
         return {k: v.to(dtype) if k.endswith(("embeds", "embeds_2")) else v for k, v in kw.items()}
 
-    kw = kwargs(1)  # diffusers' HunyuanVideo-1.5 VAE decodes one video at a time (its causal mask is per item)
+    kw = kwargs(1)  # (decoding a batch needs pipe.vae.enable_slicing(): test_batches_need_vae_slicing)
     ref = pipe(generator=gen(0), **kw).frames
     out = run(pipe, SurfConfig.identity(), kw)
     assert out.dtype == ref.dtype and np.array_equal(out, ref)
@@ -195,7 +195,7 @@ def test_text_reaches_the_transformer_once_encoded_with_masks(t2v, monkeypatch):
     handle = t2v.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(dict(kw)), with_kwargs=True)
     kw = hv15_kwargs(batch=2, output_type="latent", **BIG)
     try:
-        run(t2v, SMALL.replace(handoff="latent"), kw)  # (diffusers' VAE decodes one video at a time)
+        run(t2v, SMALL.replace(handoff="latent"), kw)  # (no VAE pass: a batch needs enable_slicing otherwise)
     finally:
         handle.remove()
     assert len(calls) == 2 and calls[0] is kw["prompt_embeds"] and calls[1] is kw["negative_prompt_embeds"]
@@ -377,6 +377,23 @@ def test_bad_pipelines_schedulers_and_refiners_refused(t2v, i2v):
     with pytest.raises(ValueError, match="text_embed_2_dim"):
         surf_accel.patch(t2v, SMALL, refiner=tiny_hv15_transformer(text_embed_2_dim=4))
     assert not surf_accel.api.is_patched(t2v)
+
+
+def test_batches_need_vae_slicing():
+    """diffusers' HunyuanVideo-1.5 VAE fails on a batch (unpatched too): a clear error naming the fix;
+    with enable_slicing a two-video SURF call decodes each video as a one-video call does."""
+    pipe = tiny_hv15()
+    kw = hv15_kwargs(batch=2, **BIG)
+    with pytest.raises(ValueError, match="enable_slicing"):
+        run(pipe, SMALL, kw)
+    pipe.vae.enable_slicing()
+    both = run(pipe, SMALL, dict(kw, output_type="latent"))
+    frames = run(pipe, SMALL, kw)
+    assert frames.shape == (2, 5, 128, 128, 3)
+    with torch.no_grad():
+        one = pipe.vae.decode(both[:1] / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    np.testing.assert_allclose(frames[0], pipe.video_processor.postprocess_video(one, output_type="np")[0],
+                               atol=1e-5, rtol=0)
 
 
 def test_bad_call_arguments(t2v):
