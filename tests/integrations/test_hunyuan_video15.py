@@ -445,3 +445,51 @@ def test_cli_generate_local_folder(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "preview" in err and "refine" in err
     assert scales == [{"guidance_scale": 3.0}]
+
+
+# ---------------------------------------------------------------------------- cost model
+def test_forward_flops_match_the_flop_counter():
+    """Linear and attention FLOPs of HunyuanVideo15Spec against torch's counter on a tiny
+    HunyuanVideo15Transformer3DModel (math SDPA: the counter sees the joint-attention matmuls over
+    72 video + 8 Qwen + 4 ByT5 + 5 image tokens, and the refiner's over the 8 Qwen tokens)."""
+    import dataclasses
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from surf_accel.cost_model import HunyuanVideo15Spec, forward_flops
+
+    tr = tiny_hv15_transformer(mlp_ratio=4.0)  # (the token refiner's MLP ratio is fixed at 4 in diffusers)
+    spec = dataclasses.replace(HunyuanVideo15Spec.from_config(tr.config, text_len=8), text_2_len=4, image_len=5)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+        tr(hidden_states=torch.randn(1, 9, 3, 4, 6), timestep=torch.tensor([500.0]),
+           encoder_hidden_states=torch.randn(1, 8, 16), encoder_attention_mask=torch.ones(1, 8),
+           encoder_hidden_states_2=torch.randn(1, 4, 8), encoder_attention_mask_2=torch.ones(1, 4),
+           image_embeds=torch.randn(1, 5, 8))
+    counts = {str(k): v for k, v in fc.get_flop_counts()["Global"].items()}
+    fl = forward_flops(spec, (3, 4, 6))
+    assert fl["linear"] == counts["aten.addmm"] + counts["aten.convolution"]
+    assert fl["attention"] == counts["aten.bmm"] == 2 * 4 * 89 * 89 * 16 + 4 * 8 * 8 * 16
+
+
+def test_spec_is_the_published_8b_config_and_the_estimate_cli(capsys):
+    """MODELS['hunyuanvideo-1.5-*'] is HunyuanVideo15Transformer3DModel()'s defaults (the published
+    config); the 480p/720p entries differ only in the optimal size the estimate plans with."""
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    from surf_accel import cli
+    from surf_accel.cost_model import FAMILIES, MODELS, HunyuanVideo15Spec
+
+    with torch.device("meta"):
+        model = HunyuanVideo15Transformer3DModel()
+    for res in ("480p", "720p"):
+        name = f"hunyuanvideo-1.5-{res}"
+        assert MODELS[name] == HunyuanVideo15Spec.from_config(model.config, name=name, family=name)
+    spec = MODELS["hunyuanvideo-1.5-480p"]
+    blocks = sum(p.numel() for b in model.transformer_blocks for p in b.parameters())
+    assert spec.params == pytest.approx(blocks, rel=1e-3)  # weights (biases left out)
+    assert 8.2e9 < sum(p.numel() for p in model.parameters()) < 8.4e9
+    assert [FAMILIES[f"hunyuanvideo-1.5-{r}"].family.optimal_area for r in ("480p", "720p")] == [640 ** 2, 960 ** 2]
+    assert cli.main(["estimate", "--model", "hunyuanvideo-1.5-480p", "--height", "720", "--width", "1280"]) == 0
+    out = capsys.readouterr().out
+    assert "preview      480x864" in out and "121 frames" in out and "predicted speedup" in out
