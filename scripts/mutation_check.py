@@ -66,7 +66,7 @@ MUTANTS = [
     ("trained refiner with CFG", "surf_accel/runner.py",
      '        if stage.model == "trained_refiner":\n            guidance = 1.0\n', ""),
     ("trained refiner Euler step reversed", "surf_accel/runner.py",
-     "float(guidance), sigma, float(sigmas[i + 1]))", "float(guidance), float(sigmas[i + 1]), sigma)"),
+     "float(g), sigma, float(sigmas[i + 1]))", "float(g), float(sigmas[i + 1]), sigma)"),
     ("window attention never applied", "surf_accel/runner.py",
      "window_context(model, stage.window)", "window_context(model, None)"),
     ("refine_guidance ignored", "surf_accel/planner.py",
@@ -100,7 +100,7 @@ MUTANTS = [
      "encoder_hidden_states=call.prompt_embeds,"),
     ("HunyuanVideo embedded guidance not x1000", "integrations/hunyuan_video.py",
      'dtype=tdtype, device=device) * 1000.0', 'dtype=tdtype, device=device) * 1.0'),
-    ("HunyuanVideo latents not scaled on encode", "integrations/hunyuan_video.py",
+    ("HunyuanVideo latents not scaled on encode", "integrations/base.py",
      "return z * pipe.vae.config.scaling_factor", "return z"),
 ]
 
