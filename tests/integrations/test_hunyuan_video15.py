@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import surf_accel
+import surf_accel.api
 from surf_accel import SurfConfig
 from tests.tiny_pipelines import gen, hv15_kwargs, tiny_hv15, tiny_hv15_transformer, tiny_image
 
@@ -314,6 +315,21 @@ def test_optimal_size_per_checkpoint(t2v, target, request_hw, preview):
                                num_inference_steps=50, config=SurfConfig.preset("paper"))
     assert (plan.stages[0].height, plan.stages[0].width) == preview
     assert plan.stages[1].latent_size == (31, preview[0] // 32, preview[1] // 32)
+
+
+def test_windows_preset_windows_only_the_refine(t2v):
+    """hunyuan15-windows: the paper's plan (40 + 10 of 50 steps) with 8-frame temporal windows on the
+    refine stage alone; the family's default stays the dense paper plan."""
+    from diffusers.configuration_utils import FrozenDict
+
+    pipe = copy.copy(t2v)
+    pipe.transformer = copy.copy(t2v.transformer)
+    pipe.transformer._internal_dict = FrozenDict(t2v.transformer.config, target_size=640)
+    plan = surf_accel.api.plan_for(pipe, height=720, width=1280, num_frames=121, num_inference_steps=50,
+                                   config=SurfConfig.preset("hunyuan15-windows"))
+    assert [(s.name, s.steps, s.window) for s in plan.stages] == [
+        ("preview", 10, None), ("preview_low", 30, None), ("refine", 10, (8, 1000, 1000))]
+    assert SurfConfig.preset(surf_accel.api._adapter_for(t2v).default_preset).window is None
 
 
 def test_identity_plan_matches_the_pipelines_sigmas(t2v):
