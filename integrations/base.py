@@ -16,6 +16,7 @@ a multistep history never crosses a resolution switch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 from dataclasses import dataclass, field
@@ -84,6 +85,18 @@ def scheduler_spec(scheduler) -> SchedulerSpec:
     raise _unsupported_scheduler(scheduler, "not a supported class")
 
 
+def uniform_grid_scheduler_spec(pipe) -> SchedulerSpec:
+    """The planner's view of the scheduler of a pipeline that hands it explicit unshifted sigmas
+    ``linspace(1, 0, n + 1)[:-1]`` (HunyuanVideo, HunyuanVideo-1.5): Euler with a static shift only
+    (UniPC would run the explicit sigmas unshifted, other schedulers reject them)."""
+    sched = pipe.scheduler
+    name = type(sched).__name__
+    if name != "FlowMatchEulerDiscreteScheduler":
+        raise TypeError(f"surf_accel drives {type(pipe).__name__} with FlowMatchEulerDiscreteScheduler only "
+                        f"(the pipeline's own scheduler); got {name}; supported schedulers: {SUPPORTED_SCHEDULERS[0]}")
+    return dataclasses.replace(scheduler_spec(sched), grid="uniform")
+
+
 def stage_scheduler(scheduler, sigmas, device):
     """A fresh scheduler of ``scheduler``'s class for one stage, set to the given (shifted) sigmas.
 
@@ -111,9 +124,11 @@ def diffusers_class(pipe, names) -> Optional[type]:
     return None
 
 
-def noise_latents(call: "PreparedCall", shape: tuple[int, ...], stage) -> torch.Tensor:
+def noise_latents(call: "PreparedCall", shape: tuple[int, ...], stage, dtype: torch.dtype = torch.float32
+                  ) -> torch.Tensor:
     """The first stage's start latent ``(B, C, T, H, W)`` float32: the caller's ``latents`` (checked
-    against ``shape``) or noise drawn exactly as diffusers' ``prepare_latents`` draws it."""
+    against ``shape``) or noise drawn exactly as diffusers' ``prepare_latents`` draws it, in ``dtype``
+    (the pipeline's latent dtype: a caller's latents are rounded to it as the pipeline does)."""
     from diffusers.utils.torch_utils import randn_tensor
 
     shape = tuple(shape)
@@ -121,13 +136,13 @@ def noise_latents(call: "PreparedCall", shape: tuple[int, ...], stage) -> torch.
         if tuple(call.latents.shape) != shape:
             raise ValueError(f"`latents` has shape {tuple(call.latents.shape)}, but the first SURF stage "
                              f"({stage.height}x{stage.width} px) needs {shape}")
-        return call.latents.to(device=call.device, dtype=torch.float32)
+        return call.latents.to(device=call.device, dtype=dtype).to(torch.float32)
     gen = call.generator
     if isinstance(gen, list) and len(gen) != call.batch:
         raise ValueError(f"You have passed a list of generators of length {len(gen)}, but requested an "
                          f"effective batch size of {call.batch}. Make sure the batch size matches the length "
                          "of the generators.")
-    return randn_tensor(shape, generator=gen, device=call.device, dtype=torch.float32)
+    return randn_tensor(shape, generator=gen, device=call.device, dtype=dtype).to(torch.float32)
 
 
 @dataclass
@@ -149,6 +164,22 @@ class PreparedCall:
     callback_inputs: list
     device: torch.device
     extra: dict = field(default_factory=dict)  # family-specific (image, image_embeds, ...)
+
+
+class ScaledLatentsVAE:
+    """VAE latents normalised by ``vae.config.scaling_factor`` alone (HunyuanVideo, HunyuanVideo-1.5);
+    a mixin for ``FamilyAdapter``."""
+
+    def decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents ``(B, C, T, H, W)`` -> video ``(B, 3, F, H_px, W_px)`` in [-1, 1]."""
+        # cast, then unscale: the pipelines' order, so decoding matches them bit for bit
+        latents = self.to_vae(pipe, latents)
+        return pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+
+    def encode(self, pipe, video: torch.Tensor) -> torch.Tensor:
+        """Video ``(B, 3, F, H_px, W_px)`` in [-1, 1] -> scaled latents (the posterior's mode), float32."""
+        z = pipe.vae.encode(self.to_vae(pipe, video)).latent_dist.mode().to(torch.float32)
+        return z * pipe.vae.config.scaling_factor
 
 
 class FamilyAdapter:
@@ -218,6 +249,26 @@ class FamilyAdapter:
         transformer gets); ``model`` and ``guidance`` are the stage's. Default: those, unchanged."""
         return model, guidance
 
+    def guided_predictions(self, pipe, model, latents, timestep, call: PreparedCall, ctx, *, guidance: float,
+                           do_cfg: bool, step_index: int, num_steps: int, sigma: float):
+        """One step's model outputs ``(v_cond, v_uncond or None, g)``, which the runner combines as
+        ``v_uncond + g (v_cond - v_uncond)`` (``v_cond`` alone when ``v_uncond`` is ``None``).
+
+        Default: the cond branch, and the uncond branch where ``do_cfg`` (the stage guides: its
+        guidance > 1; a step's own ``guidance``, e.g. Wan2.2's ``guidance_scale_2``, may be lower), with
+        ``g = guidance``.
+        A family whose pipeline combines the branches itself (a diffusers guider) returns its
+        combined prediction as ``(v, None, 1.0)``. ``step_index`` / ``num_steps``: the step's global
+        index in the call and the call's total steps over all stages.
+        """
+        v_c = self.predict(pipe, model, latents, timestep, call, ctx, negative=False, step_index=step_index,
+                           sigma=sigma)
+        v_u = None
+        if do_cfg:
+            v_u = self.predict(pipe, model, latents, timestep, call, ctx, negative=True, step_index=step_index,
+                               sigma=sigma)
+        return v_c, v_u, guidance
+
     def decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents -> video in [-1, 1], ``(B, 3, F, H, W)``."""
         raise NotImplementedError
@@ -279,11 +330,16 @@ class FamilyAdapter:
         return x.to(get_module_execution_device(pipe.vae), dtype=pipe.vae.dtype)
 
     @staticmethod
-    def branch(model, negative: bool):
-        """The diffusers cache context of one CFG branch (``"cond"`` / ``"uncond"``), where the model has one."""
+    def cache_context(model, name: str):
+        """The model's diffusers cache context ``name``, where it has one (a no-op context otherwise)."""
         if hasattr(model, "cache_context"):
-            return model.cache_context("uncond" if negative else "cond")
+            return model.cache_context(name)
         return contextlib.nullcontext()
+
+    @classmethod
+    def branch(cls, model, negative: bool):
+        """The diffusers cache context of one CFG branch (``"cond"`` / ``"uncond"``), where the model has one."""
+        return cls.cache_context(model, "uncond" if negative else "cond")
 
     def finalize(self, pipe, latents: torch.Tensor, call: PreparedCall, ctx) -> torch.Tensor:
         """Last touch on the output latents before decoding (identity for most families)."""

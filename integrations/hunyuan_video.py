@@ -17,18 +17,16 @@ What is HunyuanVideo-specific here:
   request's size reproduces the unpatched schedule. Each stage's shift follows
   ``SurfConfig.shift_rule`` from the scheduler's shift at the request's size.
 
-Image-to-video variants (``HunyuanVideoImageToVideoPipeline``, SkyReels, FramePack) and
-HunyuanVideo 1.5 are refused with a clear error.
+Image-to-video variants (``HunyuanVideoImageToVideoPipeline``, SkyReels, FramePack) are refused with
+a clear error; HunyuanVideo-1.5 has its own adapter (``integrations.hunyuan_video15``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from surf_accel.integrations.base import (SUPPORTED_SCHEDULERS, FamilyAdapter, PreparedCall, check_diffusers_version,
-                                          diffusers_class, noise_latents, scheduler_spec)
+from surf_accel.integrations.base import (FamilyAdapter, PreparedCall, ScaledLatentsVAE, check_diffusers_version,
+                                          diffusers_class, noise_latents, uniform_grid_scheduler_spec)
 from surf_accel.planner import FamilySpec, Request, SchedulerSpec
 
 # HunyuanVideo's optimal (training) resolution: 720x1280. The released T2V checkpoint is
@@ -41,13 +39,11 @@ REFUSED = {
     "HunyuanVideoImageToVideoPipeline": "an image-to-video pipeline",
     "HunyuanSkyreelsImageToVideoPipeline": "an image-to-video pipeline",
     "HunyuanVideoFramepackPipeline": "an image-to-video (FramePack) pipeline",
-    "HunyuanVideo15Pipeline": "HunyuanVideo 1.5 (another transformer and VAE)",
-    "HunyuanVideo15ImageToVideoPipeline": "HunyuanVideo 1.5 image-to-video",
 }
 TRANSFORMER = "HunyuanVideoTransformer3DModel"
 
 
-class HunyuanVideoAdapter(FamilyAdapter):
+class HunyuanVideoAdapter(ScaledLatentsVAE, FamilyAdapter):
     family = "hunyuanvideo"
     supported_pipelines = SUPPORTED
     refused_pipelines = REFUSED
@@ -76,14 +72,7 @@ class HunyuanVideoAdapter(FamilyAdapter):
         self.scheduler_spec(pipe)  # raises TypeError for an unsupported scheduler
 
     def scheduler_spec(self, pipe) -> SchedulerSpec:
-        sched = pipe.scheduler
-        name = type(sched).__name__
-        if name != "FlowMatchEulerDiscreteScheduler":
-            # the pipeline passes explicit sigmas; UniPC would run them unshifted, other schedulers reject them
-            raise TypeError(f"surf_accel drives HunyuanVideoPipeline with FlowMatchEulerDiscreteScheduler only "
-                            f"(the pipeline's own scheduler); got {name}; supported schedulers: "
-                            f"{SUPPORTED_SCHEDULERS[0]}")
-        return dataclasses.replace(scheduler_spec(sched), grid="uniform")
+        return uniform_grid_scheduler_spec(pipe)
 
     def check_refiner(self, pipe, refiner) -> None:
         """Training-free refine only: ``None`` (the base transformer) or another
@@ -205,18 +194,6 @@ class HunyuanVideoAdapter(FamilyAdapter):
                       guidance=e["guidance"], attention_kwargs=call.attention_kwargs, return_dict=False)
         with self.branch(model, negative):
             return model(**kwargs)[0]
-
-    # ------------------------------------------------------------------ VAE
-    def decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents ``(B, C, T, H, W)`` -> video ``(B, 3, 4 (T - 1) + 1, 8 H, 8 W)`` in [-1, 1]."""
-        # cast, then unscale: the pipeline's order, so decoding matches it bit for bit
-        latents = self.to_vae(pipe, latents)
-        return pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
-
-    def encode(self, pipe, video: torch.Tensor) -> torch.Tensor:
-        """Video ``(B, 3, F, H, W)`` in [-1, 1] -> scaled latents (the posterior's mode), float32."""
-        z = pipe.vae.encode(self.to_vae(pipe, video)).latent_dist.mode().to(torch.float32)
-        return z * pipe.vae.config.scaling_factor
 
     def output(self, frames):
         from diffusers.pipelines.hunyuan_video.pipeline_output import HunyuanVideoPipelineOutput

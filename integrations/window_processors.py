@@ -2,7 +2,8 @@
 
 ``apply_window_attention(transformer, window)`` swaps the self-attention processors of a
 ``WanTransformer3DModel`` (each block's ``attn1``) or the joint video+text attention of a
-``HunyuanVideoTransformer3DModel`` (dual- and single-stream blocks) for ONE shared processor
+``HunyuanVideoTransformer3DModel`` (dual- and single-stream blocks) or a
+``HunyuanVideo15Transformer3DModel`` (its dual-stream blocks) for ONE shared processor
 instance that calls :func:`surf_accel.ops.window_attention`. Blocks alternate shift 0 and
 ``window // 2`` (block 0 unshifted); the per-block choice is a plain bool attribute on each attention
 module, so torch.compile sees at most two variants of a block and never recompiles per block.
@@ -26,7 +27,7 @@ from surf_accel.ops.window_attention import window_attention
 
 STATE_ATTR = "_surf_window_attention"
 SHIFT_ATTR = "_surf_window_shifted"
-SUPPORTED = ("WanTransformer3DModel", "HunyuanVideoTransformer3DModel")
+SUPPORTED = ("WanTransformer3DModel", "HunyuanVideoTransformer3DModel", "HunyuanVideo15Transformer3DModel")
 
 
 @dataclass
@@ -96,8 +97,14 @@ class WanWindowAttnProcessor:
 
 
 class HunyuanVideoWindowAttnProcessor:
-    """Joint video+text attention of HunyuanVideo's dual- and single-stream blocks with shifted
-    windows on the video queries; text tokens attend to everything valid. One instance per model."""
+    """Joint video+text attention of HunyuanVideo's dual- and single-stream blocks (and of
+    HunyuanVideo-1.5's dual-stream blocks, the same projections) with shifted windows on the video
+    queries; text tokens attend to everything valid. One instance per model.
+
+    The text mask comes as HunyuanVideo's ``(B, 1, 1, N + num_text)`` key mask or HunyuanVideo-1.5's
+    ``(B, num_text)`` mask (which diffusers turns into a query-and-key mask: its padded text queries
+    attend to nothing, here to the valid keys; padded text is never a key either way, so the video
+    output is the same)."""
 
     _attention_backend = None
     _parallel_config = None
@@ -136,8 +143,8 @@ class HunyuanVideoWindowAttnProcessor:
         if attention_mask is not None and num_text:
             if attention_mask.dtype != torch.bool:
                 raise RuntimeError(f"expected HunyuanVideo's boolean key mask, got dtype {attention_mask.dtype}")
-            # (B, 1, 1, N + num_text) key mask: video keys are always valid.
-            text_mask = attention_mask.reshape(attention_mask.shape[0], -1)[:, n_video:].contiguous()
+            # the text part of a (B, 1, 1, N + num_text) key mask (video keys always valid) or a (B, num_text) mask
+            text_mask = attention_mask.reshape(attention_mask.shape[0], -1)[:, -num_text:].contiguous()
         state = self.state
         lengths = state.text_lengths if text_mask is not None else None
         out = window_attention(query, key, value, state.current_grid(), state.window,
@@ -172,7 +179,8 @@ def _targets(transformer, kind: str) -> list:
     """The attention modules that get windows, in block order."""
     if kind == "WanTransformer3DModel":
         return [block.attn1 for block in transformer.blocks]
-    return [block.attn for block in (*transformer.transformer_blocks, *transformer.single_transformer_blocks)]
+    return [block.attn for block in (*transformer.transformer_blocks,
+                                     *getattr(transformer, "single_transformer_blocks", ()))]
 
 
 def _patch_sizes(transformer, kind: str) -> tuple[int, int, int]:
@@ -189,18 +197,39 @@ def _check_window(window) -> tuple[int, int, int]:
     return tuple(int(w) for w in window)
 
 
-def _grid_hook(state: WindowState, patch: tuple[int, int, int]):
+def _text_sources(kwargs, kind: str) -> tuple:
+    """The forward inputs the valid text count depends on (a pipeline passes the same objects every step)."""
+    if kind == "HunyuanVideo15Transformer3DModel":
+        return tuple(kwargs.get(k) for k in ("encoder_attention_mask", "encoder_attention_mask_2", "image_embeds"))
+    return (kwargs.get("encoder_attention_mask"),)
+
+
+def _text_lengths(sources: tuple, kind: str) -> tuple[int, ...] | None:
+    """Valid text tokens per batch item: the attention's text mask is a prefix of this many ones."""
+    mask = sources[0]
+    if mask is None:
+        return None
+    n = (mask != 0).sum(1)  # counted as integers: a bfloat16 sum is inexact above 256
+    if kind == "HunyuanVideo15Transformer3DModel":
+        # the transformer joins [valid image, valid ByT5, valid Qwen, padding]; all-zero image states
+        # (text-to-video) are masked out, other image tokens are all valid
+        _, mask_2, image = sources
+        n = n + (mask_2 != 0).sum(1) + (0 if bool(torch.all(image == 0)) else image.shape[1])
+    return tuple(int(x) for x in n.tolist())
+
+
+def _grid_hook(state: WindowState, patch: tuple[int, int, int], kind: str):
     def hook(module, args, kwargs):
         x = kwargs.get("hidden_states", args[0] if args else None)
         if x is None or x.dim() != 5:
             raise RuntimeError("window attention expects the transformer's hidden_states (B, C, T, H, W)")
         _, _, t, h, w = x.shape
         state.grid = (t // patch[0], h // patch[1], w // patch[2])
-        mask = kwargs.get("encoder_attention_mask")
-        if mask is not state.text_source:
-            # HunyuanVideo keeps the first mask.sum(1) text tokens of each item (a prefix mask).
-            state.text_source = mask
-            state.text_lengths = None if mask is None else tuple(int(x) for x in mask.sum(1).tolist())
+        sources = _text_sources(kwargs, kind)
+        old = state.text_source
+        if old is None or len(old) != len(sources) or any(a is not b for a, b in zip(old, sources)):
+            state.text_source = sources
+            state.text_lengths = _text_lengths(sources, kind)
     return hook
 
 
@@ -220,7 +249,7 @@ def apply_window_attention(transformer, window: tuple[int, int, int], *, backend
         state.originals[attn] = attn.processor
         setattr(attn, SHIFT_ATTR, i % 2 == 1)
         attn.set_processor(state.processor)
-    state.hook = transformer.register_forward_pre_hook(_grid_hook(state, _patch_sizes(transformer, kind)),
+    state.hook = transformer.register_forward_pre_hook(_grid_hook(state, _patch_sizes(transformer, kind), kind),
                                                        with_kwargs=True)
     setattr(transformer, STATE_ATTR, state)
 

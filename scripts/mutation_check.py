@@ -111,7 +111,7 @@ MUTANTS = [
      "encoder_hidden_states=call.prompt_embeds,"),
     ("HunyuanVideo embedded guidance not x1000", "integrations/hunyuan_video.py",
      'dtype=tdtype, device=device) * 1000.0', 'dtype=tdtype, device=device) * 1.0'),
-    ("HunyuanVideo latents not scaled on encode", "integrations/hunyuan_video.py",
+    ("HunyuanVideo latents not scaled on encode", "integrations/base.py",
      "return z * pipe.vae.config.scaling_factor", "return z"),
 ]
 

@@ -39,9 +39,10 @@ class _SurfState:
 
 def _adapters() -> list:
     from surf_accel.integrations.hunyuan_video import HunyuanVideoAdapter
+    from surf_accel.integrations.hunyuan_video15 import HunyuanVideo15Adapter
     from surf_accel.integrations.wan import WanAdapter
 
-    return [WanAdapter(), HunyuanVideoAdapter()]
+    return [WanAdapter(), HunyuanVideoAdapter(), HunyuanVideo15Adapter()]
 
 
 def supported_pipelines() -> tuple[str, ...]:

@@ -19,7 +19,7 @@ from typing import Optional
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default=None, help="SurfConfig preset (paper, fast, quality, identity, hunyuan-paper; "
+    p.add_argument("--preset", default=None, help="SurfConfig preset (paper, fast, quality, identity, hunyuan-paper, hunyuan15-windows; "
                    "default: the model family's, paper for Wan2.1 and hunyuan-paper for HunyuanVideo)")
     p.add_argument("--switch-step", type=int, default=None, help="override the preset's switch_step")
     p.add_argument("--preview-steps", type=int, default=None, help="override the preset's preview_steps")
@@ -124,10 +124,16 @@ def cmd_generate(args) -> int:
     adapter = _adapter_for(pipe)  # TypeError naming the supported pipelines
     call_params = inspect.signature(type(pipe).__call__).parameters  # before patching: the pipeline's defaults
     frames = args.frames if args.frames is not None else call_params["num_frames"].default
-    kwargs = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
-                  num_frames=frames, num_inference_steps=args.steps, output_type="np")
+    kwargs = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, num_frames=frames,
+                  num_inference_steps=args.steps, output_type="np")
+    sized = "height" in call_params  # HunyuanVideo15ImageToVideoPipeline sizes the call from its image
+    if sized:
+        kwargs.update(height=args.height, width=args.width)
     if args.guidance is not None:
-        kwargs["guidance_scale"] = args.guidance
+        if "guidance_scale" in call_params:
+            kwargs["guidance_scale"] = args.guidance
+        else:  # HunyuanVideo-1.5: classifier-free guidance is the pipeline's guider
+            pipe.register_modules(guider=pipe.guider.new(guidance_scale=args.guidance))
     if args.guidance_2 is not None:  # Wan2.2 A14B's low-noise expert (the pipeline refuses it elsewhere)
         kwargs["guidance_scale_2"] = args.guidance_2
     if args.true_cfg_scale is not None:
@@ -155,12 +161,15 @@ def cmd_generate(args) -> int:
         _save_video(video, f"{root}_baseline{ext or '.mp4'}", fps)
     cfg = _config_from(args, adapter.default_preset)
     with surf_accel.patched(pipe, cfg):
-        plan = surf_accel.api.plan_for(pipe, height=args.height, width=args.width, num_frames=frames,
-                                       num_inference_steps=args.steps)
-        print(plan.describe(), file=sys.stderr)
+        if sized:
+            plan = surf_accel.api.plan_for(pipe, height=args.height, width=args.width, num_frames=frames,
+                                           num_inference_steps=args.steps)
+            print(plan.describe(), file=sys.stderr)
         t0 = time.perf_counter()
         video = pipe(generator=gen(), **kwargs).frames[0]
         times["surf"] = time.perf_counter() - t0
+        if not sized:
+            print(pipe._surf_last_plan.describe(), file=sys.stderr)
     _save_video(video, args.output, fps)
     print(f"wrote {args.output}")
     for k, v in times.items():
@@ -265,19 +274,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surf-accel", description="SURF video-diffusion acceleration for diffusers")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="generate a video from a local diffusers Wan2.1, Wan2.2 or HunyuanVideo "
-                       "folder with SURF")
-    g.add_argument("model", help="local diffusers model folder (WanPipeline, WanImageToVideoPipeline or "
-                   "HunyuanVideoPipeline)")
+    g = sub.add_parser("generate", help="generate a video from a local diffusers Wan2.1, Wan2.2, HunyuanVideo or "
+                       "HunyuanVideo-1.5 folder with SURF")
+    g.add_argument("model", help="local diffusers model folder (WanPipeline, WanImageToVideoPipeline, "
+                   "HunyuanVideoPipeline, HunyuanVideo15Pipeline or HunyuanVideo15ImageToVideoPipeline)")
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative-prompt", default=None, help="HunyuanVideo uses it only with --true-cfg-scale > 1")
     g.add_argument("--image", default=None, help="first frame (image-to-video pipelines)")
-    g.add_argument("--height", type=int, default=720)
+    g.add_argument("--height", type=int, default=720, help="(HunyuanVideo-1.5 I2V: ignored, the pipeline sizes "
+                   "the video from the image)")
     g.add_argument("--width", type=int, default=1280)
     g.add_argument("--frames", type=int, default=None, help="default: the pipeline's (Wan 81, HunyuanVideo 129)")
     g.add_argument("--steps", type=int, default=50)
     g.add_argument("--guidance", type=float, default=None, help="guidance_scale (default: the pipeline's; Wan: "
-                   "classifier-free guidance 5.0, HunyuanVideo: embedded guidance 6.0)")
+                   "classifier-free guidance 5.0, HunyuanVideo: embedded guidance 6.0, HunyuanVideo-1.5: its "
+                   "guider's guidance_scale)")
     g.add_argument("--guidance-2", type=float, default=None, help="Wan2.2 A14B only: guidance_scale_2 of the "
                    "low-noise expert (default: --guidance, as the pipeline does)")
     g.add_argument("--true-cfg-scale", type=float, default=None,
@@ -296,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("estimate", help="FLOPs per stage, baseline vs SURF, for a published model config")
     e.add_argument("--model", default="wan2.1-14b", help="wan2.1-14b, wan2.1-1.3b, wan2.2-a14b (two 14B experts, "
-                   "one per step), wan2.2-ti2v-5b or hunyuanvideo (13B)")
+                   "one per step), wan2.2-ti2v-5b, hunyuanvideo (13B), hunyuanvideo-1.5-480p or hunyuanvideo-1.5-720p "
+                   "(8.3B; the checkpoint's optimal size)")
     e.add_argument("--height", type=int, required=True)
     e.add_argument("--width", type=int, required=True)
     e.add_argument("--frames", type=int, default=None, help="default: the model's (Wan2.1 81, HunyuanVideo 129)")

@@ -271,4 +271,13 @@ PRESETS: dict[str, tuple[SurfConfig, str]] = {
         "call's steps as the preview switching after 25% of them, factor 2, pixel handoff, refine for 20% of the "
         "call's steps with temporal windows of 11 latent frames (whole H and W)",
     ),
+    # HunyuanVideo-1.5 at its default 121 frames (31 latent frames): the paper's plan plus temporal refine
+    # windows of 8 latent frames (whole H and W; blocks 8 + 8 + 8 + 7, shifted 4 + 8 + 8 + 8 + 3), the
+    # estimate rows of benchmarks/results/estimate_hunyuanvideo15.md. Opt-in: the family's default stays
+    # `paper` (dense refine) until the window's effect on quality is measured on real weights.
+    "hunyuan15-windows": (
+        SurfConfig(reshift="paper", window=(8, 1000, 1000), name="hunyuan15-windows"),
+        "the paper's plan for HunyuanVideo-1.5 with temporal refine windows of 8 latent frames (whole H and W; "
+        "not measured for quality yet: the family's default is paper)",
+    ),
 }

@@ -112,6 +112,47 @@ class HunyuanVideoSpec:
 
 
 @dataclass(frozen=True)
+class HunyuanVideo15Spec(HunyuanVideoSpec):
+    """A HunyuanVideo15Transformer3DModel's shape: dual-stream blocks only, joint attention over the
+    video and ``text_len`` Qwen2.5-VL + ``text_2_len`` ByT5 + ``image_len`` SigLIP tokens (the
+    padded lengths: dense kernels compute the masked ones too; T2V passes zero image states)."""
+
+    dim: int = 2048
+    num_heads: int = 16
+    num_layers: int = 54
+    num_single_layers: int = 0
+    text_len: int = 1000  # the pipeline's tokenizer_max_length (Qwen tokens after the template crop)
+    text_dim: int = 3584
+    pooled_dim: int = 3584  # the token refiner pools the Qwen states
+    in_channels: int = 65  # latents, condition latents, mask
+    out_channels: int = 32
+    patch_size: tuple[int, int, int] = (1, 1, 1)
+    text_2_len: int = 256  # tokenizer_2_max_length (ByT5)
+    text_2_dim: int = 1472
+    image_len: int = 729  # vision_num_semantic_tokens (SigLIP)
+    image_dim: int = 1152
+    family: str = "hunyuanvideo-1.5-480p"
+
+    @property
+    def joint_text_len(self) -> int:
+        return self.text_len + self.text_2_len + self.image_len
+
+    @classmethod
+    def from_config(cls, cfg, name: str = "custom", text_len: int = 1000,
+                    family: str = "hunyuanvideo-1.5-480p") -> "HunyuanVideo15Spec":
+        """From a ``HunyuanVideo15Transformer3DModel`` config (dict or FrozenDict)."""
+        g = cfg.get if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
+        p = int(g("patch_size"))
+        return cls(name, dim=int(g("num_attention_heads") * g("attention_head_dim")),
+                   num_heads=int(g("num_attention_heads")), num_layers=int(g("num_layers")),
+                   num_refiner_layers=int(g("num_refiner_layers")), mlp_ratio=float(g("mlp_ratio")),
+                   text_len=int(text_len), text_dim=int(g("text_embed_dim")), pooled_dim=int(g("text_embed_dim")),
+                   in_channels=int(g("in_channels")), out_channels=int(g("out_channels")),
+                   patch_size=(int(g("patch_size_t")), p, p), text_2_dim=int(g("text_embed_2_dim")),
+                   image_dim=int(g("image_embed_dim")), family=family)
+
+
+@dataclass(frozen=True)
 class VaeSpec:
     """FLOPs per output pixel: ``a + b * (frames - 1)`` for encode and decode."""
 
@@ -145,6 +186,13 @@ MODELS = {
     # Wan-AI/Wan2.2-TI2V-5B-Diffusers transformer config): 24 heads x 128, ffn 14336, 30 layers, 48 channels
     "wan2.2-ti2v-5b": TransformerSpec("wan2.2-ti2v-5b", dim=3072, ffn_dim=14336, num_layers=30, num_heads=24,
                                       in_channels=48, out_channels=48, family="wan2.2-ti2v"),
+    # HunyuanVideo-1.5 8.3B: HunyuanVideo15Transformer3DModel()'s defaults in diffusers, which are the
+    # published config (tencent/HunyuanVideo-1.5 transformer/480p_t2v/config.json: hidden_size 2048,
+    # heads_num 16, mm_double_blocks_depth 54, mm_single_blocks_depth 0, mlp_width_ratio 4, patch [1, 1, 1],
+    # text_states_dim 3584, vision_states_dim 1152; in_channels 32 + 32 + 1). One spec per checkpoint
+    # resolution: the 480p and 720p transformers share the shape and differ in their optimal size.
+    "hunyuanvideo-1.5-480p": HunyuanVideo15Spec("hunyuanvideo-1.5-480p"),
+    "hunyuanvideo-1.5-720p": HunyuanVideo15Spec("hunyuanvideo-1.5-720p", family="hunyuanvideo-1.5-720p"),
 }
 # AutoencoderKLWan() default config (= Wan2.1's VAE), measured with measure_vae() on the meta device
 # (5 and 9 frames at 64x64 px): encode 5.33 / 5.19 MFLOP per pixel, decode 8.91 / 8.70.
@@ -169,6 +217,17 @@ WAN22_VAE = VaeSpec(enc_a=4.64e6, enc_b=3.49e6, dec_a=22.78e6, dec_b=18.39e6, sp
 WAN22_TI2V_FAMILY = FamilySpec("wan2.2-ti2v", 16, 4, (1, 2, 2), 704 * 1280)
 # The A14B experts keep Wan2.1's VAE and 480p optimal size. Flow shifts do not change FLOP counts.
 WAN22_A14B_FAMILY = FamilySpec("wan2.2-a14b", 8, 4, (1, 2, 2), 480 * 832)
+# AutoencoderKLHunyuanVideo15() default config (= HunyuanVideo-1.5's VAE, 16x spatial, 4x temporal, 32
+# channels), measure_vae(frames=(61, 121), size=(720, 1280)) on the meta device: 1755 / 3077 MFLOP per
+# pixel encode / decode at 121 frames. The fit holds near 121 frames (its mid-block attention over the
+# whole latent video grows faster than linearly, hence the negative intercept).
+HUNYUAN15_VAE = VaeSpec(enc_a=-8.65e6, enc_b=14.70e6, dec_a=6.49e6, dec_b=25.59e6, spatial=16, temporal=4)
+# = integrations.hunyuan_video15: the checkpoints' bucket areas, target_size ** 2 (640 for 480p, 960 for 720p)
+HUNYUAN15_FAMILIES = {res: FamilySpec("hunyuanvideo-1.5", 16, 4, (1, 1, 1), size * size)
+                      for res, size in (("480p", 640), ("720p", 960))}
+# HunyuanVideo15Pipeline: FlowMatchEulerDiscreteScheduler on the uniform grid it passes as sigmas; shift 7.0
+# is Tencent's default flow_shift (the shift does not change a FLOP count)
+HUNYUAN15_SCHEDULER = SchedulerSpec("euler", 7.0, grid="uniform")
 
 
 @dataclass(frozen=True)
@@ -191,6 +250,9 @@ FAMILIES = {
     # Wan2.2: 81 frames at 16 fps for A14B, 121 at 24 fps for TI2V-5B (the published generate defaults)
     "wan2.2-a14b": FamilyDefaults(WAN22_A14B_FAMILY, WAN_SCHEDULER, WAN_VAE, cfg=True, preset="paper", frames=81),
     "wan2.2-ti2v": FamilyDefaults(WAN22_TI2V_FAMILY, WAN_SCHEDULER, WAN22_VAE, cfg=True, preset="paper", frames=121),
+    # the pipeline's guider runs CFG (two passes) unless a distilled checkpoint disables it; 121 frames
+    **{f"hunyuanvideo-1.5-{res}": FamilyDefaults(fam, HUNYUAN15_SCHEDULER, HUNYUAN15_VAE, cfg=True, preset="paper",
+                                                 frames=121) for res, fam in HUNYUAN15_FAMILIES.items()},
 }
 
 
@@ -264,10 +326,31 @@ def _hunyuan_forward_flops(spec: HunyuanVideoSpec, L: int, K: int) -> dict:
     return {"linear": float(2 * linear), "attention": float(attention), "tokens": L}
 
 
+def _hunyuan15_forward_flops(spec: HunyuanVideo15Spec, L: int, K: int) -> dict:
+    """HunyuanVideo's count over the joint text (``joint_text_len`` tokens in every block), with the
+    token refiner over the Qwen tokens only and the ByT5 (in -> 2048 -> 2048 -> d) and SigLIP
+    (in -> in -> d) projections."""
+    import dataclasses
+
+    d, Lq = spec.dim, spec.text_len
+    out = _hunyuan_forward_flops(dataclasses.replace(spec, text_len=spec.joint_text_len, num_refiner_layers=0), L, K)
+    per_token = 4 * d * d + 2 * d * spec.mlp_dim
+    # the refiner blocks over the Qwen tokens (and their 2d modulations), whose input projection reads them only
+    extra = spec.num_refiner_layers * (Lq * per_token + 2 * d * d) - (spec.joint_text_len - Lq) * spec.text_dim * d
+    extra += spec.text_2_len * (spec.text_2_dim * 2048 + 2048 * 2048 + 2048 * d)
+    extra += spec.image_len * (spec.image_dim * spec.image_dim + spec.image_dim * d)
+    extra -= 256 * d + d * d + spec.pooled_dim * d + d * d  # no guidance or pooled-CLIP embedder
+    out["linear"] += float(2 * extra)
+    out["attention"] += float(spec.num_refiner_layers * 2 * 2 * d * Lq * Lq)
+    return out
+
+
 def forward_flops(spec: TransformerSpec | HunyuanVideoSpec, latent_size: tuple[int, int, int],
                   window: Optional[tuple[int, int, int]] = None) -> dict:
     """FLOPs of one transformer forward at a latent size ``(T, H, W)``: ``{"linear", "attention"}``."""
     L, K = _grid_and_keys(spec, latent_size, window)
+    if isinstance(spec, HunyuanVideo15Spec):
+        return _hunyuan15_forward_flops(spec, L, K)
     if isinstance(spec, HunyuanVideoSpec):
         return _hunyuan_forward_flops(spec, L, K)
     pt, ph, pw = spec.patch_size

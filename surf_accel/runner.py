@@ -188,7 +188,8 @@ class StageRunner:
             raise ValueError(f"stage {stage.name!r} uses guidance {guidance} but the call has no negative "
                              "embeddings (it runs without classifier-free guidance); set refine_guidance <= 1 or "
                              "call with classifier-free guidance (Wan: guidance_scale > 1; HunyuanVideo: "
-                             "true_cfg_scale > 1 and a negative prompt)")
+                             "true_cfg_scale > 1 and a negative prompt; HunyuanVideo-1.5: an enabled guider with "
+                             "guidance_scale > 1)")
         # every model the stage can run (a two-expert pipeline routes steps to either) keeps its own
         # cache state and gets the stage's resets and windows
         models = adapter.stage_models(pipe, call, stage, model, self.plan.config)
@@ -205,12 +206,10 @@ class StageRunner:
                 pipe._current_timestep = t
                 sigma = float(sigmas[i])
                 step_model, g = adapter.step_model(pipe, call, stage, model, t, guidance, self.plan.config)
-                v_c = adapter.predict(pipe, step_model, latents, t, call, ctx, negative=False,
-                                      step_index=stage.step_offset + i, sigma=sigma)
-                v_u = None
-                if do_cfg:
-                    v_u = adapter.predict(pipe, step_model, latents, t, call, ctx, negative=True,
-                                          step_index=stage.step_offset + i, sigma=sigma)
+                # the adapter's branches (cond, and uncond with CFG) and the scale that combines them
+                v_c, v_u, g = adapter.guided_predictions(pipe, step_model, latents, t, call, ctx, guidance=g,
+                                                         do_cfg=do_cfg, step_index=stage.step_offset + i,
+                                                         num_steps=self.plan.total_steps, sigma=sigma)
                 if i == n - 1 and switch_to is not None:
                     latents = self._reshift(latents, _guide(v_c, v_u, g, torch.float32), sigma, switch_to)
                 elif sched is not None:

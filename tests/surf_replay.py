@@ -58,6 +58,7 @@ class Family:
     # Wan2.2 expand_timesteps: (latents, condition, t) -> (model input, timestep); ``None``: the above
     inputs: Any = None
     finalize: Any = None  # (latents, condition) -> the latents the pipeline decodes; None: as they are
+    combine: Any = None  # (v_cond, v_uncond, g) -> guided velocity; None: v_uncond + g (v_cond - v_uncond)
 
 
 # ---------------------------------------------------------------------------- families
@@ -231,7 +232,7 @@ def replay(pipe, family: Family, r: Recipe, *, height: int, width: int, num_fram
                 v = family.predict(pipe, mdl, x, t_in, cond, False)
                 if g > 1:  # CFG or not: the call's guidance_scale decides, as in the pipeline
                     vu = family.predict(pipe, mdl, x, t_in, cond, True)
-                    v = vu + g_t * (v - vu)
+                    v = vu + g_t * (v - vu) if family.combine is None else family.combine(v, vu, g_t)
                 if last_to and i == len(sigmas) - 1:
                     return last_to[0](latents, v, float(sigmas[i]))
                 latents = sched.step(v, t, latents, return_dict=False)[0]

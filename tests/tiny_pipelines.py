@@ -241,3 +241,103 @@ def hunyuan_embeds(batch: int = 1, seed: int = 0, valid: int = 5, negative: bool
     return {f"{prefix}prompt_embeds": torch.randn(batch, HY_TEXT_LEN, 16, generator=g),
             f"{prefix}prompt_attention_mask": mask,
             f"{prefix}pooled_prompt_embeds": torch.randn(batch, 8, generator=g)}
+
+
+# ---------------------------------------------------------------------------- HunyuanVideo-1.5
+# Shapes in the spirit of diffusers' own HunyuanVideo-1.5 fast tests: a 16x-spatial / 4x-temporal
+# AutoencoderKLHunyuanVideo15 with 4 latent channels, a 2-block HunyuanVideo15Transformer3DModel with the
+# real model's patch 1 (sizes on the 16-pixel grid), a tiny SigLIP for I2V. No text encoders: the calls
+# pass the Qwen2.5-VL (16-d) and ByT5 (8-d) states with their masks (hv15_embeds).
+HV15_TEXT_LEN, HV15_TEXT2_LEN = 8, 4
+
+
+def tiny_hv15_vae():
+    from diffusers import AutoencoderKLHunyuanVideo15
+
+    torch.manual_seed(0)
+    return AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8, 8, 8, 8, 8), layers_per_block=1,
+                                       spatial_compression_ratio=16, temporal_compression_ratio=4).eval()
+
+
+def tiny_hv15_transformer(seed: int = 0, **overrides):
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    torch.manual_seed(seed)
+    cfg = dict(in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
+               num_refiner_layers=1, mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=16,
+               text_embed_2_dim=8, image_embed_dim=8, rope_axes_dim=(2, 2, 4), target_size=64)
+    cfg.update(overrides)
+    return HunyuanVideo15Transformer3DModel(**cfg).eval()
+
+
+def tiny_siglip():
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(0)
+    cfg = SiglipVisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                             image_size=16, patch_size=4)
+    return SiglipVisionModel(cfg).eval(), SiglipImageProcessor(size={"height": 16, "width": 16})
+
+
+def tiny_hv15_text_encoders() -> dict:
+    """A 3-layer Qwen2.5-VL text model (16-d; the pipeline reads its third-last hidden state) with the
+    word-level tokenizer and a plain chat template, and a 1-layer ByT5-style T5 encoder (8-d) with
+    ByT5's own (file-free) tokenizer. Slow-ish: the pipeline pads Qwen text to 1108 tokens."""
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    qwen = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        vocab_size=len(VOCAB), hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+        num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}, max_position_embeddings=2048,
+        pad_token_id=0, bos_token_id=1, eos_token_id=1)).eval()
+    tok = tiny_tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    t5 = T5EncoderModel(T5Config(vocab_size=384, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)).eval()
+    return dict(text_encoder=qwen, tokenizer=tok, text_encoder_2=t5, tokenizer_2=ByT5Tokenizer())
+
+
+def tiny_hv15(i2v: bool = False, shift: float = 5.0, guidance_scale: float = 4.0, text_encoders: bool = False,
+              **guider_kwargs):
+    """A HunyuanVideo15Pipeline (or ``i2v``: HunyuanVideo15ImageToVideoPipeline) with random weights and
+    the pipeline's ClassifierFreeGuidance guider; 64x64 px, 5 frames in a fraction of a second.
+    ``text_encoders``: with ``tiny_hv15_text_encoders`` (else calls pass ``hv15_embeds``)."""
+    from diffusers import (ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler, HunyuanVideo15ImageToVideoPipeline,
+                           HunyuanVideo15Pipeline)
+
+    parts = dict(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
+    if text_encoders:
+        parts.update(tiny_hv15_text_encoders())
+    parts.update(transformer=tiny_hv15_transformer(task_type="i2v" if i2v else "t2v"), vae=tiny_hv15_vae(),
+                 scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
+                 guider=ClassifierFreeGuidance(guidance_scale=guidance_scale, **guider_kwargs))
+    if i2v:
+        enc, proc = tiny_siglip()
+        pipe = HunyuanVideo15ImageToVideoPipeline(image_encoder=enc, feature_extractor=proc, **parts)
+    else:
+        pipe = HunyuanVideo15Pipeline(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def hv15_embeds(batch: int = 1, seed: int = 0, valid: int = 5, valid_2: int = 2, negative: bool = False) -> dict:
+    """Precomputed text for the tiny HunyuanVideo-1.5 transformer: Qwen states ``(B, 8, 16)`` with a
+    right-padded mask of ``valid`` ones, ByT5 states ``(B, 4, 8)`` with ``valid_2`` ones."""
+    g = torch.Generator().manual_seed(seed)
+    p = "negative_" if negative else ""
+    mask = torch.zeros(batch, HV15_TEXT_LEN, dtype=torch.long)
+    mask[:, :valid] = 1
+    mask_2 = torch.zeros(batch, HV15_TEXT2_LEN, dtype=torch.long)
+    mask_2[:, :valid_2] = 1
+    return {f"{p}prompt_embeds": torch.randn(batch, HV15_TEXT_LEN, 16, generator=g), f"{p}prompt_embeds_mask": mask,
+            f"{p}prompt_embeds_2": torch.randn(batch, HV15_TEXT2_LEN, 8, generator=g),
+            f"{p}prompt_embeds_mask_2": mask_2}
+
+
+def hv15_kwargs(batch: int = 1, cfg: bool = True, **overrides) -> dict:
+    """Call arguments for ``tiny_hv15`` (T2V at 64x64 unless overridden; drop height/width for I2V)."""
+    kw = dict(height=64, width=64, num_frames=5, num_inference_steps=4, output_type="np")
+    kw.update(hv15_embeds(batch, seed=1, valid=5, valid_2=2))
+    if cfg:
+        kw.update(hv15_embeds(batch, seed=2, valid=3, valid_2=1, negative=True))
+    kw.update(overrides)
+    return kw
