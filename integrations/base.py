@@ -262,11 +262,15 @@ class FamilyAdapter:
 
         return x.to(get_module_execution_device(pipe.vae), dtype=pipe.vae.dtype)
 
-    @staticmethod
-    def branch(model, negative: bool):
-        """The diffusers cache context of one CFG branch (``"cond"`` / ``"uncond"``), where the model has one."""
+    branch_names: ClassVar[tuple[str, str]] = ("cond", "uncond")  # cache_context names, as the family's pipeline
+
+    def branch(self, model, negative: bool):
+        """The diffusers cache context of one CFG branch (``branch_names``), where the model has one, with the
+        SURF stage's step index, step count and sigma (``integrations.accelerators.stages``)."""
         if hasattr(model, "cache_context"):
-            return model.cache_context("uncond" if negative else "cond")
+            from surf_accel.integrations.accelerators.stages import cache_context_kwargs
+
+            return model.cache_context(self.branch_names[negative], **cache_context_kwargs(model))
         return contextlib.nullcontext()
 
     def finalize(self, pipe, latents: torch.Tensor, call: PreparedCall, ctx) -> torch.Tensor:

@@ -15,7 +15,8 @@ Per call: prompts (and the I2V image) are encoded once by the adapter; then for 
 
 Every random draw comes from the caller's generator, in a fixed order (first-stage noise, reshift
 noise, refine noise), so a seed gives one video. Diffusers caches get ``cache_context`` per branch
-(in the adapter) and a reset at every stage. An interrupted call (``pipe._interrupt``) stops
+(in the adapter, with the stage's step index, step count and sigma) and every accelerator is told
+each stage's start and end (``integrations.accelerators.stages``): no cache state crosses a stage. An interrupted call (``pipe._interrupt``) stops
 denoising and returns what there is at the request's size: latents of a smaller stage go through
 the handoff (without noise) first.
 """
@@ -39,11 +40,6 @@ def _randn(shape, call):
     from diffusers.utils.torch_utils import randn_tensor
 
     return randn_tensor(tuple(shape), generator=call.generator, device=call.device, dtype=torch.float32)
-
-
-def _reset_caches(model) -> None:
-    if getattr(model, "is_cache_enabled", False) and hasattr(model, "_reset_stateful_cache"):
-        model._reset_stateful_cache()
 
 
 def window_context(model, window):
@@ -100,6 +96,10 @@ class StageRunner:
     def run(self):
         pipe, call, plan = self.pipe, self.call, self.plan
         pipe._num_timesteps = plan.total_steps
+        from surf_accel.integrations.accelerators import StageProtocol
+
+        # every accelerator on every transformer the stages use, checked before any compute
+        self.protocol = StageProtocol(plan, [self.model_for(s) for s in plan.stages], cfg=call.do_cfg)
         latents: Optional[torch.Tensor] = None
         ctx = None
         # per-stage conditioning by pixel size: a refine at the preview's size (request = optimal size)
@@ -183,14 +183,15 @@ class StageRunner:
                              "embeddings (it runs without classifier-free guidance); set refine_guidance <= 1 or "
                              "call with classifier-free guidance (Wan: guidance_scale > 1; HunyuanVideo: "
                              "true_cfg_scale > 1 and a negative prompt)")
-        _reset_caches(model)
-        with window_context(model, stage.window), _progress(pipe, stage) as bar:
+        with self.protocol.stage([model], self.plan.stages.index(stage)) as info, \
+                window_context(model, stage.window), _progress(pipe, stage) as bar:
             for i in range(n):
                 if pipe.interrupt:
                     continue
                 t = timesteps[i]
                 pipe._current_timestep = t
                 sigma = float(sigmas[i])
+                self.protocol.step([model], info, i, sigma, t)
                 v_c = adapter.predict(pipe, model, latents, t, call, ctx, negative=False,
                                       step_index=stage.step_offset + i, sigma=sigma)
                 v_u = None
@@ -209,7 +210,6 @@ class StageRunner:
                                               float(guidance), sigma, float(sigmas[i + 1]))
                 latents = self._callback(stage.step_offset + i, t, latents)
                 bar.update()
-        _reset_caches(model)
         return latents
 
     def _callback(self, index, t, latents):
