@@ -144,7 +144,8 @@ class TeaCacheConfig:
             if m.transformer != cls:
                 raise ValueError(f"TeaCache coefficients {key!r} are for a {m.transformer}, not this {cls}; use "
                                  f"one of {', '.join(k for k, v in MODELS.items() if v.transformer == cls)}")
-            if m.in_channels != transformer.config.in_channels:
+            channels = {v.in_channels for v in MODELS.values() if v.transformer == cls}
+            if transformer.config.in_channels in channels and m.in_channels != transformer.config.in_channels:
                 raise ValueError(f"TeaCache coefficients {key!r} are for a {m.in_channels}-channel "
                                  f"({'image' if m.in_channels == 36 else 'text'}-to-video) {cls}; this one reads "
                                  f"{transformer.config.in_channels} channels")
