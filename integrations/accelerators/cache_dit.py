@@ -28,7 +28,9 @@ class CacheDiT(Accelerator):
         raise ValueError(
             "cache-dit is enabled on this pipeline's transformer; its cache contexts span one pipeline call and would "
             "carry DBCache state across SURF's resolution switches (cache-dit has no public per-stage refresh). "
-            "Call cache_dit.disable_cache(pipe) before using SURF, and use surf_accel's TeaCache "
+            "Call cache_dit.disable_cache(pipe) before using SURF (it wraps the pipeline class's __call__: undo in the "
+            "reverse order of enabling, surf_accel.unpatch first if SURF was patched after cache-dit), and use "
+            "surf_accel's TeaCache "
             "(surf_accel.integrations.accelerators.apply_teacache) or diffusers' FirstBlockCacheConfig, which "
             "SURF resets at every stage")
 
