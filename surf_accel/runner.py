@@ -16,8 +16,8 @@ Per call: prompts (and the I2V image) are encoded once by the adapter; then for 
 Every random draw comes from the caller's generator, in a fixed order (first-stage noise, reshift
 noise, refine noise), so a seed gives one video. Diffusers caches get ``cache_context`` per branch
 (in the adapter, with the stage's step index, step count and sigma) and every accelerator is told
-each stage's start and end (``integrations.accelerators.stages``): no cache state crosses a stage. An interrupted call (``pipe._interrupt``) stops
-denoising and returns what there is at the request's size: latents of a smaller stage go through
+each stage's start and end (``integrations.accelerators.stages``): no cache state crosses a stage.
+An interrupted call (``pipe._interrupt``) stops denoising and returns what there is at the request's size: latents of a smaller stage go through
 the handoff (without noise) first.
 """
 

@@ -5,15 +5,23 @@ Found on a model however they were enabled (``transformer.enable_cache(config)``
 registers. The protocol (``stages``) resets every stateful hook at each stage's start and end; what
 each cache needs beyond that, and what is refused (diffusers 0.42):
 
-| cache | under SURF |
-|---|---|
-| FirstBlockCache | right per stage: per-branch state from ``cache_context``, the first step of a stage always computed |
-| PyramidAttentionBroadcast | right per stage: its window is on the model timestep (SURF sets ``pipe.current_timestep``), its counter restarts at each stage so the stage's first call computes |
-| TaylorSeer | right per stage (warm-up ``disable_cache_before_step`` per stage); refused with ``disable_cache_after_step``, a call-long step index |
-| SeaCache | right per stage: ``cache_context`` carries the stage's step index, step count and sigma, so its retention and end steps apply to every stage; refused where it has no indicator for the model (it would silently run uncached) |
-| FasterCache | attention cache only, on guidance-distilled models (HunyuanVideo, ``is_guidance_distilled=True``): its counter is seeded per stage so each stage's first call computes (reset alone restarts inside the skip window with an empty cache and crashes); its CFG cache needs batched uncond/cond inputs, which these adapters never build, so it is refused otherwise |
-| MagCache | refused unless the plan is one stage of the call's own schedule (``SurfConfig.identity()``): its ``mag_ratios`` and ``retention_ratio`` are calibrated for one ``num_inference_steps``-long schedule |
-| TextKVCache | resolution-independent (text keys/values); reset per stage |
+- FirstBlockCache: right per stage (per-branch state from ``cache_context``; a stage's first step
+  always computes).
+- PyramidAttentionBroadcast: right per stage (its window is on the model timestep, which SURF sets as
+  ``pipe.current_timestep``; its counter restarts at each stage, so the stage's first call computes).
+- TaylorSeer: right per stage (warm-up ``disable_cache_before_step`` per stage); refused with
+  ``disable_cache_after_step``, a call-long step index.
+- SeaCache: right per stage (``cache_context`` carries the stage's step index, step count and sigma,
+  so its retention and end steps apply to every stage); refused where it has no indicator for the
+  model (it would silently run uncached).
+- FasterCache: its attention cache on guidance-distilled models (HunyuanVideo,
+  ``is_guidance_distilled=True``, one pass per step), the counter seeded per stage so each stage's
+  first call computes (reset alone restarts inside the skip window with an empty cache and crashes);
+  its CFG cache needs the uncond/cond inputs batched, which these adapters never do: refused.
+- MagCache: refused unless the plan is one stage of the call's own schedule
+  (``SurfConfig.identity()``): ``mag_ratios`` and ``retention_ratio`` are calibrated for one
+  ``num_inference_steps``-long schedule.
+- TextKVCache: resolution-independent (text keys/values); reset per stage.
 """
 
 from __future__ import annotations
@@ -87,15 +95,17 @@ class DiffusersCache(Accelerator):
                 raise ValueError("FasterCache's CFG cache needs the uncond and cond inputs batched in one transformer "
                                  f"call; the SURF adapter for {cls} calls each branch separately. Set "
                                  "FasterCacheConfig(is_guidance_distilled=True) on a guidance-distilled model "
-                                 "(HunyuanVideo) to use its attention cache, or use FirstBlockCacheConfig / TeaCache")
+                                 "(HunyuanVideo) to use its attention cache, or use FirstBlockCacheConfig or "
+                                 "TeaCache")
             if not model.config.get("guidance_embeds", False):
                 raise ValueError(f"FasterCacheConfig(is_guidance_distilled=True) is for guidance-distilled models "
                                  f"(HunyuanVideo); {cls} is not one, and its CFG branches would share one attention "
                                  "cache. Use FirstBlockCacheConfig or TeaCache")
             if cfg:
                 raise ValueError("FasterCache's attention cache is shared by every call of the model, so with a second "
-                                 "(true CFG) pass the uncond branch would reuse the cond branch's attention. Call without "
-                                 "true classifier-free guidance or use FirstBlockCacheConfig / TeaCache (per branch)")
+                                 "(true CFG) pass the uncond branch would reuse the cond branch's attention. Call "
+                                 "without true classifier-free guidance or use FirstBlockCacheConfig / TeaCache (per "
+                                 "branch)")
 
     def stage_start(self, model, stage: StageInfo) -> None:
         if self.name == "FasterCache":

@@ -230,9 +230,10 @@ class _TeaCacheShared:
         state.calls += 1
         ind = indicator.detach().float()
         if state.previous is not None and state.previous.shape != ind.shape:
-            raise RuntimeError(f"TeaCache state crossed a resolution change (indicator {tuple(state.previous.shape)} -> "
-                               f"{tuple(ind.shape)}) without a reset; reset the transformer's stateful hooks "
-                               "(`transformer._reset_stateful_cache()`) between resolutions")
+            raise RuntimeError(f"TeaCache state crossed a resolution change (indicator "
+                               f"{tuple(state.previous.shape)} -> {tuple(ind.shape)}) without a reset; reset the "
+                               "transformer's stateful hooks (`transformer._reset_stateful_cache()`) between "
+                               "resolutions")
         forced = state.previous is None or state.residual is None or i < self.retention or i == n - 1
         if forced:
             compute = True

@@ -29,7 +29,8 @@ class _Recorder(ModelHook):
 
     def pre_forward(self, module, *args, **kwargs):
         c = self.manager.context
-        self.seen.append((c.name, c.step_index, c.num_inference_steps, c.sigma, float(kwargs["hidden_states"].shape[-1])))
+        width = float(kwargs["hidden_states"].shape[-1])
+        self.seen.append((c.name, c.step_index, c.num_inference_steps, c.sigma, width))
         return args, kwargs
 
     def reset_state(self, module):
