@@ -114,11 +114,12 @@ NEVER = {"fbc": lambda fam: FirstBlockCacheConfig(threshold=-1.0),
 
 @pytest.mark.parametrize("fam", ["wan", "hy"])
 @pytest.mark.parametrize("kind", list(NEVER))
-@pytest.mark.parametrize("way", ["enable_cache", "apply"])
-@pytest.mark.parametrize("order", ["cache_first", "surf_first"])
+@pytest.mark.parametrize("way, order", [("enable_cache", "cache_first"), ("apply", "surf_first"),
+                                        ("apply", "cache_first")])
 def test_never_skipping_cache_equals_surf_alone(request, fam, kind, way, order):
     """Both ways of enabling, before or after patching: the stages run with the cache's state reset at
-    each (apply_first_block_cache used to crash at the first switch)."""
+    each (apply_first_block_cache used to crash at the first switch; the patch order does not matter
+    since SURF patches the pipeline and the cache the transformer)."""
     pipe = request.getfixturevalue(fam)
     kw = WAN_KW if fam == "wan" else HY_CALL
     with surf_accel.patched(pipe, STAGED):
@@ -203,3 +204,24 @@ def test_two_diffusers_caches_refused(wan):
     apply_taylorseer_cache(wan.transformer, TaylorSeerCacheConfig(cache_identifiers=_TAYLOR_TARGETS["wan"]))
     with pytest.raises(ValueError, match=r"more than one cache installed \(FirstBlockCache, TaylorSeer\)"):
         frames(wan, WAN_KW)
+
+
+def test_faster_cache_computes_each_stage_start_then_follows_its_rule(hy):
+    """FasterCache (spatial range 2, window -1 < t < 900) on HunyuanVideo: per stage the first call
+    computes (its counter is seeded with the range), later calls inside the window compute every 2nd
+    call; replayed by hand on the recorded timesteps, counted at the first block's query projection."""
+    tr = hy.transformer
+    surf_accel.patch(hy, STAGED)
+    tr.enable_cache(_skipping("hy", "fastercache", hy))
+    ts = []
+    h = tr.register_forward_pre_hook(lambda m, a: ts.append(float(hy.current_timestep)))
+    q = Calls(tr.transformer_blocks[0].attn.to_q)
+    frames(hy, HY_CALL)
+    h.remove()
+    q.remove()
+    want, k = 0, 0
+    for _, n in STAGE_STEPS:
+        for it in range(2, 2 + n):  # one pass per step; the counter starts at the range, 2
+            want += not (-1 < ts[k] < 900) or it % 2 == 0
+            k += 1
+    assert k == len(ts) == 12 and q.n == want and want < 12
