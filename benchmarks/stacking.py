@@ -199,7 +199,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--prompt-stride", type=int, default=2, help="every k-th prompt of the fixed set of 32")
+    p.add_argument("--prompt-stride", type=int, default=5, help="every k-th prompt of the fixed set of 32 (5: 7 "
+                   "prompts covering every colour and direction; a multiple of 4 would keep one direction)")
     p.add_argument("--batch", type=int, default=8, help="prompts per pipeline call")
     p.add_argument("--pipeline", type=Path, default=None, help="pipeline folder (default: the shipped one)")
     p.add_argument("--threads", type=int, default=1)
