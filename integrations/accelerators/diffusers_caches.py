@@ -21,7 +21,8 @@ each cache needs beyond that, and what is refused (diffusers 0.42):
 - MagCache: refused unless the plan is one stage of the call's own schedule
   (``SurfConfig.identity()``): ``mag_ratios`` and ``retention_ratio`` are calibrated for one
   ``num_inference_steps``-long schedule.
-- TextKVCache: resolution-independent (text keys/values); reset per stage.
+- TextKVCache: refused where it caches nothing (diffusers 0.42 hooks NucleusMoE-Image blocks only); it
+  is resolution-independent (text keys/values) and reset per stage where it applies.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ HOOK_NAMES = {
     "sea_cache_root": "SeaCache",
     "taylorseer_cache": "TaylorSeer",
     "text_kv_cache_transformer": "TextKVCache",
+    "text_kv_cache_block": "TextKVCache",
 }
 
 
@@ -82,6 +84,10 @@ class DiffusersCache(Accelerator):
                                  "call-long schedule; SURF restarts the count at every stage. Set "
                                  "disable_cache_after_step=None (its warm-up, disable_cache_before_step, applies per "
                                  "stage)")
+        if kind == "TextKVCache" and "text_kv_cache_block" not in self.hooks:
+            raise ValueError(f"TextKVCache caches the text keys/values of NucleusMoE-Image blocks only; on this {cls} "
+                             "it hooks no block and would run uncached. Remove it (transformer.disable_cache()) and "
+                             "use FirstBlockCacheConfig or TeaCache")
         if kind == "SeaCache":
             root = self.hooks["sea_cache_root"][0]
             if root.raw_vision_callback is None:

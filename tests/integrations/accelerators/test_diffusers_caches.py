@@ -186,6 +186,12 @@ def test_refusals_name_the_setting(wan, hy):
         with pytest.raises(ValueError, match=msg):
             frames(wan, WAN_KW)
         tr.disable_cache()
+    from diffusers.hooks import TextKVCacheConfig
+
+    tr.enable_cache(TextKVCacheConfig())  # a NucleusMoE-Image cache: nothing to cache on Wan
+    with pytest.raises(ValueError, match="NucleusMoE-Image blocks only"):
+        frames(wan, WAN_KW)
+    tr.disable_cache()
     # SeaCache has an indicator for Wan text-to-video only: on HunyuanVideo it would run uncached
     surf_accel.patch(hy, STAGED)
     hy.transformer.enable_cache(SeaCacheConfig())
