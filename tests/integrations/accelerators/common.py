@@ -18,11 +18,6 @@ HY_CALL = dict(HY_KW, height=64, width=64, num_inference_steps=8, prompt=None,
 HY_CFG = dict(HY_CALL, true_cfg_scale=3.0)  # true CFG: a second pass
 
 
-def branches(kw) -> tuple[str, ...]:
-    return ("cond", "uncond") if kw.get("guidance_scale", 1) > 1 and "negative_prompt" in kw \
-        or kw.get("true_cfg_scale", 1) > 1 else ("cond",)
-
-
 def frames(pipe, kw, seed=0):
     return pipe(generator=torch.Generator().manual_seed(seed), **kw).frames
 
