@@ -17,8 +17,8 @@ Every random draw comes from the caller's generator, in a fixed order (first-sta
 noise, refine noise), so a seed gives one video. Diffusers caches get ``cache_context`` per branch
 (in the adapter, with the stage's step index, step count and sigma) and every accelerator is told
 each stage's start and end (``integrations.accelerators.stages``): no cache state crosses a stage.
-An interrupted call (``pipe._interrupt``) stops denoising and returns what there is at the request's size: latents of a smaller stage go through
-the handoff (without noise) first.
+An interrupted call (``pipe._interrupt``) stops denoising and returns what there is at the request's
+size: latents of a smaller stage go through the handoff (without noise) first.
 """
 
 from __future__ import annotations
