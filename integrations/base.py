@@ -329,17 +329,21 @@ class FamilyAdapter:
 
         return x.to(get_module_execution_device(pipe.vae), dtype=pipe.vae.dtype)
 
+    branch_names: ClassVar[tuple[str, str]] = ("cond", "uncond")  # cache_context names, as the family's pipeline
+
     @staticmethod
     def cache_context(model, name: str):
-        """The model's diffusers cache context ``name``, where it has one (a no-op context otherwise)."""
+        """The model's diffusers cache context ``name`` with the SURF stage's step index, step count and
+        sigma (``integrations.accelerators.stages``), where it has one (a no-op context otherwise)."""
         if hasattr(model, "cache_context"):
-            return model.cache_context(name)
+            from surf_accel.integrations.accelerators.stages import cache_context_kwargs
+
+            return model.cache_context(name, **cache_context_kwargs(model))
         return contextlib.nullcontext()
 
-    @classmethod
-    def branch(cls, model, negative: bool):
-        """The diffusers cache context of one CFG branch (``"cond"`` / ``"uncond"``), where the model has one."""
-        return cls.cache_context(model, "uncond" if negative else "cond")
+    def branch(self, model, negative: bool):
+        """The diffusers cache context of one CFG branch (``branch_names``)."""
+        return self.cache_context(model, self.branch_names[negative])
 
     def finalize(self, pipe, latents: torch.Tensor, call: PreparedCall, ctx) -> torch.Tensor:
         """Last touch on the output latents before decoding (identity for most families)."""

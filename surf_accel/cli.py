@@ -148,6 +148,11 @@ def cmd_generate(args) -> int:
         kwargs["image"] = load_image(args.image)
     if args.max_sequence_length:
         kwargs["max_sequence_length"] = args.max_sequence_length
+    if args.cache:
+        from surf_accel.integrations.accelerators.spec import install_cache
+
+        # before the baseline too: --baseline then compares the cache alone with SURF + the cache
+        print(f"cache: {install_cache(pipe, args.cache)}", file=sys.stderr)
 
     def gen():
         return torch.Generator(device="cpu").manual_seed(args.seed)
@@ -302,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="bfloat16")
     g.add_argument("--device", default="cuda" if _cuda() else "cpu")
     g.add_argument("--offload", action="store_true", help="enable_model_cpu_offload")
+    g.add_argument("--cache", default=None, metavar="SPEC", help="a cache on the transformer, stacked with SURF: "
+                   "teacache:THRESHOLD (published coefficients picked from the model's config), fbc:THRESHOLD "
+                   "(diffusers FirstBlockCache), seacache[:THRESHOLD]; magcache and cache-dit are refused")
     _add_config_args(g)
     g.set_defaults(func=cmd_generate)
 

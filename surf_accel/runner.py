@@ -15,8 +15,10 @@ Per call: prompts (and the I2V image) are encoded once by the adapter; then for 
 
 Every random draw comes from the caller's generator, in a fixed order (first-stage noise, reshift
 noise, refine noise), so a seed gives one video. Diffusers caches get ``cache_context`` per branch
-(in the adapter) and a reset at every stage, on every model the stage can run. The adapter may pick
-the model and guidance of each step (``step_model``: Wan2.2's two experts by timestep). An
+(in the adapter, with the stage's step index, step count and sigma) and every accelerator is told
+each stage's start and end (``integrations.accelerators.stages``) on every model the stage can run:
+no cache state crosses a stage. The adapter may pick the model and guidance of each step
+(``step_model``: Wan2.2's two experts by timestep). An
 interrupted call (``pipe._interrupt``) stops denoising and returns what there is at the request's
 size: latents of a smaller stage go through the handoff (without noise) first.
 """
@@ -40,11 +42,6 @@ def _randn(shape, call):
     from diffusers.utils.torch_utils import randn_tensor
 
     return randn_tensor(tuple(shape), generator=call.generator, device=call.device, dtype=torch.float32)
-
-
-def _reset_caches(model) -> None:
-    if getattr(model, "is_cache_enabled", False) and hasattr(model, "_reset_stateful_cache"):
-        model._reset_stateful_cache()
 
 
 def window_context(model, window):
@@ -101,6 +98,11 @@ class StageRunner:
     def run(self):
         pipe, call, plan = self.pipe, self.call, self.plan
         pipe._num_timesteps = plan.total_steps
+        from surf_accel.integrations.accelerators import StageProtocol
+
+        # every accelerator on every transformer the stages use, checked before any compute
+        self.protocol = StageProtocol(plan, [m for s in plan.stages for m in self.adapter.stage_models(
+            pipe, call, s, self.model_for(s), plan.config)], cfg=call.do_cfg)
         latents: Optional[torch.Tensor] = None
         ctx = None
         # per-stage conditioning by pixel size: a refine at the preview's size (request = optimal size)
@@ -191,11 +193,10 @@ class StageRunner:
                              "true_cfg_scale > 1 and a negative prompt; HunyuanVideo-1.5: an enabled guider with "
                              "guidance_scale > 1)")
         # every model the stage can run (a two-expert pipeline routes steps to either) keeps its own
-        # cache state and gets the stage's resets and windows
+        # cache state and gets the stage's accelerator events and windows
         models = adapter.stage_models(pipe, call, stage, model, self.plan.config)
-        for m in models:
-            _reset_caches(m)
         with contextlib.ExitStack() as stack:
+            info = stack.enter_context(self.protocol.stage(models, self.plan.stages.index(stage)))
             for m in models:
                 stack.enter_context(window_context(m, stage.window))
             bar = stack.enter_context(_progress(pipe, stage))
@@ -205,6 +206,7 @@ class StageRunner:
                 t = timesteps[i]
                 pipe._current_timestep = t
                 sigma = float(sigmas[i])
+                self.protocol.step(models, info, i, sigma, t)
                 step_model, g = adapter.step_model(pipe, call, stage, model, t, guidance, self.plan.config)
                 # the adapter's branches (cond, and uncond with CFG) and the scale that combines them
                 v_c, v_u, g = adapter.guided_predictions(pipe, step_model, latents, t, call, ctx, guidance=g,
@@ -222,8 +224,6 @@ class StageRunner:
                                               float(g), sigma, float(sigmas[i + 1]))
                 latents = self._callback(stage.step_offset + i, t, latents)
                 bar.update()
-        for m in models:
-            _reset_caches(m)
         return latents
 
     def _callback(self, index, t, latents):

@@ -1,0 +1,43 @@
+"""``--cache SPEC`` of ``surf-accel generate``: one cache on the pipeline's transformer, by name."""
+
+from __future__ import annotations
+
+FORMS = "teacache:THRESHOLD, fbc:THRESHOLD, seacache[:THRESHOLD], magcache, cache-dit"
+
+
+def _threshold(name: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"--cache {name}:{value}: the threshold must be a number (forms: {FORMS})") from None
+
+
+def install_cache(pipe, spec: str) -> str:
+    """Install the cache ``spec`` names on ``pipe.transformer``; returns what was installed.
+    ``ValueError`` naming the accepted forms for anything else."""
+    name, _, value = spec.partition(":")
+    name = name.strip().lower()
+    tr = pipe.transformer
+    if name == "teacache" and value:
+        from surf_accel.integrations.accelerators.teacache import TeaCacheConfig, apply_teacache
+
+        apply_teacache(tr, TeaCacheConfig(threshold=_threshold(name, value)))  # coefficients from the config
+        return f"TeaCache (threshold {value}, {tr._surf_teacache.indicator} indicator)"
+    if name == "fbc" and value:
+        from diffusers import FirstBlockCacheConfig
+
+        tr.enable_cache(FirstBlockCacheConfig(threshold=_threshold(name, value)))
+        return f"FirstBlockCache (threshold {value})"
+    if name == "seacache":
+        from diffusers import SeaCacheConfig
+
+        tr.enable_cache(SeaCacheConfig(threshold=_threshold(name, value)) if value else SeaCacheConfig())
+        return "SeaCache"
+    if name == "magcache":
+        raise ValueError("--cache magcache: MagCache needs mag_ratios calibrated for the model and its whole "
+                         "num_inference_steps-long schedule, which SURF's stages do not run; use --cache teacache:T "
+                         "or --cache fbc:T")
+    if name == "cache-dit":
+        raise ValueError("--cache cache-dit: cache-dit's cache contexts span one pipeline call and would cross SURF's "
+                         "resolution switches; use --cache teacache:T or --cache fbc:T")
+    raise ValueError(f"--cache {spec!r}: unknown form; use one of {FORMS}")
