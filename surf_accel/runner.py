@@ -59,6 +59,19 @@ def window_context(model, window):
     return windowed_attention(model, tuple(window))
 
 
+def stage_attention(model, stage: Stage, config):
+    """The attention context of one stage (docs/design.md 4.1): shifted windows for a windowed refine,
+    ``config.preview_attention``'s sparse pattern for the preview stages, else nothing: the model keeps
+    the user's processors and attention backend. Each gives back exactly what was there."""
+    if stage.window is not None:
+        return window_context(model, stage.window)
+    if config.preview_attention is not None and stage.name.startswith("preview"):
+        from surf_accel.integrations.accelerators.sparse_attention import sparse_attention
+
+        return sparse_attention(model, config.preview_attention)
+    return contextlib.nullcontext()
+
+
 def _progress(pipe, stage: Stage):
     from tqdm.auto import tqdm
 
@@ -184,7 +197,7 @@ class StageRunner:
                              "call with classifier-free guidance (Wan: guidance_scale > 1; HunyuanVideo: "
                              "true_cfg_scale > 1 and a negative prompt)")
         _reset_caches(model)
-        with window_context(model, stage.window), _progress(pipe, stage) as bar:
+        with stage_attention(model, stage, self.plan.config), _progress(pipe, stage) as bar:
             for i in range(n):
                 if pipe.interrupt:
                     continue

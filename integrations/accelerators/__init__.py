@@ -1,0 +1,1 @@
+"""Accelerators SURF stacks with (installed as surf_accel.integrations.accelerators)."""
