@@ -63,6 +63,7 @@ def stage_attention(model, stage: Stage, config):
     """The attention context of one stage (docs/design.md 4.1): shifted windows for a windowed refine,
     ``config.preview_attention``'s sparse pattern for the preview stages, else nothing: the model keeps
     the user's processors and attention backend. Each gives back exactly what was there."""
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper: processors go on the module it compiles
     if stage.window is not None:
         return window_context(model, stage.window)
     if config.preview_attention is not None and stage.name.startswith("preview"):
@@ -197,7 +198,10 @@ class StageRunner:
                              "call with classifier-free guidance (Wan: guidance_scale > 1; HunyuanVideo: "
                              "true_cfg_scale > 1 and a negative prompt)")
         _reset_caches(model)
-        with stage_attention(model, stage, self.plan.config), _progress(pipe, stage) as bar:
+        from surf_accel.integrations.accelerators.compile import compile_watch
+
+        with stage_attention(model, stage, self.plan.config), compile_watch(pipe, model, stage, timesteps[0]), \
+                _progress(pipe, stage) as bar:
             for i in range(n):
                 if pipe.interrupt:
                     continue
