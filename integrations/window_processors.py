@@ -226,7 +226,14 @@ def install_processors(transformer, kind: str, state: WindowState, proc_cls, sta
                        shifted_blocks: bool) -> None:
     """One shared ``proc_cls(state)`` on every target attention module of ``transformer`` (the
     originals kept in ``state``), the grid hook, and ``state`` at ``transformer.<state_attr>``;
-    ``shifted_blocks`` marks odd blocks shifted."""
+    ``shifted_blocks`` marks odd blocks shifted. Refused under diffusers' context parallelism: its hooks
+    hand each rank a shard of the token sequence, while these processors attend over the whole grid."""
+    parallel = getattr(transformer, "_parallel_config", None)
+    if getattr(parallel, "context_parallel_config", None) is not None:
+        raise NotImplementedError(
+            "shifted-window and sparse attention do not run under diffusers' context parallelism "
+            "(enable_parallelism(ContextParallelConfig(...))): each rank holds a shard of the token sequence; "
+            "use SurfConfig(window=None, preview_attention=None) with context parallelism")
     state.processor = proc_cls(state)
     for i, attn in enumerate(_targets(transformer, kind)):
         state.originals[attn] = attn.processor
