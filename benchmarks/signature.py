@@ -7,9 +7,9 @@ SURF aims to keep); naive low resolution (32 px from the start, frames upsampled
 with UniPC and with Euler; SURF in the toy setting (``surf_accel.toyworld.surf_config()``) and one
 change at a time: every reshift mode, predicted re-noise, pixel handoff, temporal refine windows,
 refine start, switch step, no refine, refine without guidance, a sparse preview (two sliding-tile
-patterns). Every run of one seed draws its first noise from the same generator, so a SURF run starts from exactly the optimal-size base run's noise
-(its first ``switch_step`` steps are that run's) and a fewer-steps run from the target-size base
-run's: the "layout distance" column is the mean distance (frame fractions) between the object tracks
+patterns). Every run of one seed draws its first noise from the same generator, so a SURF run
+starts from exactly the optimal-size base run's noise (its first ``switch_step`` steps are that
+run's) and a fewer-steps run from the target-size base run's: the "layout distance" column is the mean distance (frame fractions) between the object tracks
 of a run and of that same-noise base run.
 
 Speed is process CPU time on one intra-op thread (``time.process_time``), so that a shard running
