@@ -9,8 +9,8 @@ change at a time: every reshift mode, predicted re-noise, pixel handoff, tempora
 refine start, switch step, no refine, refine without guidance, a sparse preview (two sliding-tile
 patterns). Every run of one seed draws its first noise from the same generator, so a SURF run
 starts from exactly the optimal-size base run's noise (its first ``switch_step`` steps are that
-run's) and a fewer-steps run from the target-size base run's: the "layout distance" column is the mean distance (frame fractions) between the object tracks
-of a run and of that same-noise base run.
+run's) and a fewer-steps run from the target-size base run's: the "layout distance" column is the
+mean distance (frame fractions) between the object tracks of a run and of that same-noise base run.
 
 Speed is process CPU time on one intra-op thread (``time.process_time``), so that a shard running
 beside another process on a 2-core machine still measures its own work; wall time and the load
