@@ -25,7 +25,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
+
+if TYPE_CHECKING:
+    from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
 
 # "consistent": (1 - s_low) down(x0) + s_low eps (docs/design.md 1.2); "paper": down(x0) + s_k eps with the
 # preview schedule's s_k (the paper as written); "additive_low": down(x0) + s_low eps (neither: the
@@ -113,7 +116,7 @@ class SurfConfig:
     refine_start: float = 0.7
     refine_guidance: Optional[float] = None
     window: Optional[tuple[int, int, int]] = None
-    preview_attention: Optional[object] = None
+    preview_attention: Optional["SparsePattern"] = None
     shift_rule: str = "sqrt_tokens"
     shifts: Optional[tuple[Optional[float], Optional[float], Optional[float]]] = None
     step_precision: str = "pipeline"

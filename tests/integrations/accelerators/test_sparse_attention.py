@@ -297,3 +297,23 @@ def test_gpu_fast_path_compiled_flex_matches_masked_attention(dtype):
     torch_err = (_sdpa(q, k, v, mask).double() - ref).abs().max()
     out = sa.attend(q, k, v, grid, pattern, num_text, tm)
     assert (out.double() - ref).abs().max() <= 2 * torch_err + SLACK[dtype]
+
+
+def test_hunyuan_surf_with_sparse_preview():
+    """HunyuanVideo through SURF: a covering pattern is SURF alone; a local one still never attends
+    padded text (changing the embeddings there changes nothing) while a valid token matters."""
+    from tests.integrations.test_hunyuan_video import SMALL, embeds_kwargs, run
+    from tests.tiny_pipelines import tiny_hunyuan_t2v
+
+    pipe = tiny_hunyuan_t2v()
+    kw = {**embeds_kwargs(height=64, width=64), "output_type": "latent"}  # preview grids (2, 2, 2), (2, 1, 1)
+    plain = run(pipe, SMALL, kw)
+    torch.testing.assert_close(run(pipe, SMALL.replace(preview_attention=DENSE), kw), plain, atol=1e-5, rtol=1e-5)
+    cfg = SMALL.replace(preview_attention=LOCAL)
+    ref = run(pipe, cfg, kw)
+    noisy = kw["prompt_embeds"].clone()
+    noisy[:, 5:] += 100.0  # the padded positions
+    torch.testing.assert_close(run(pipe, cfg, {**kw, "prompt_embeds": noisy}), ref, atol=1e-5, rtol=0)
+    changed = kw["prompt_embeds"].clone()
+    changed[:, :5] += 1.0
+    assert (run(pipe, cfg, {**kw, "prompt_embeds": changed}) - ref).abs().max() > 1e-4
