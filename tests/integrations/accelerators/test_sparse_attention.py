@@ -251,8 +251,8 @@ def test_user_attention_backend_serves_the_preview_and_is_kept(pipe, monkeypatch
 def test_wan_transformer_sparse_pattern(pipe):
     model = pipe.transformer
     x = torch.randn(1, 16, 3, 10, 6, generator=gen(2))  # token grid (3, 5, 3)
-    kw = dict(hidden_states=x, timestep=torch.tensor([700.0]), encoder_hidden_states=torch.randn(1, 16, 32, generator=gen(3)),
-              return_dict=False)
+    kw = dict(hidden_states=x, timestep=torch.tensor([700.0]), return_dict=False,
+              encoder_hidden_states=torch.randn(1, 16, 32, generator=gen(3)))
     with torch.no_grad():
         ref = model(**kw)[0]
         with sa.sparse_attention(model, SparsePattern((1, 5, 1), (3, 1, 3), 0)):
