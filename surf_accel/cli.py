@@ -29,6 +29,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimal-size", type=int, nargs=2, metavar=("H", "W"), default=None)
     p.add_argument("--window", type=int, nargs=3, metavar=("WT", "WH", "WW"), default=None,
                    help="shifted-window size in tokens for the refine stage")
+    p.add_argument("--sparse-preview", type=int, nargs=7, metavar=("TT", "TH", "TW", "WT", "WH", "WW", "G"),
+                   default=None, help="sparse preview attention: tiles of TTxTHxTW tokens, a window of WTxWHxWW "
+                   "tiles, the first G latent frames global (SurfConfig.preview_attention)")
 
 
 def _config_from(args, default_preset: str):
@@ -45,6 +48,11 @@ def _config_from(args, default_preset: str):
         changes["optimal_size"] = tuple(args.optimal_size)
     if getattr(args, "window", None):
         changes["window"] = tuple(args.window)
+    if getattr(args, "sparse_preview", None):
+        from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
+
+        sp = args.sparse_preview
+        changes["preview_attention"] = SparsePattern(tuple(sp[:3]), tuple(sp[3:6]), sp[6])
     return cfg.replace(**changes) if changes else cfg
 
 

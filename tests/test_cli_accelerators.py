@@ -58,3 +58,20 @@ def test_generate_with_group_offload(tmp_path, capsys):
                    "--refine-steps", "1", "--window", "1", "2", "2"])
     assert rc == 0, capsys.readouterr().err
     assert out.exists() and os.path.getsize(out) > 0
+
+
+def test_sparse_preview_flag(capsys):
+    from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
+
+    args = cli.build_parser().parse_args(["estimate", "--height", "720", "--width", "1280",
+                                          "--sparse-preview", "3", "5", "13", "3", "3", "3", "1"])
+    assert cli._config_from(args, "paper").preview_attention == SparsePattern((3, 5, 13), (3, 3, 3), 1)
+    speedups = []
+    for extra in ([], ["--sparse-preview", "3", "5", "13", "3", "3", "3", "1"]):
+        assert cli.main(["estimate", "--height", "720", "--width", "1280", *extra]) == 0
+        speedups.append(float(capsys.readouterr().out.split("predicted speedup ")[1].split("x")[0]))
+    assert speedups[1] > speedups[0]
+    # a tile that does not fit the 720p preview grid (21, 30, 52): the fix, not a traceback
+    assert cli.main(["estimate", "--height", "720", "--width", "1280", "--sparse-preview", "1", "1", "5", "1", "1",
+                     "1", "0"]) == 2
+    assert "does not divide the W axis" in capsys.readouterr().err

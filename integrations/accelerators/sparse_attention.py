@@ -78,6 +78,23 @@ class SparsePattern:
             raise ValueError(f"SparsePattern global_frames={self.global_frames} exceeds the grid's {grid[0]} latent "
                              "frames; use global_frames <= the latent frame count (0 for none)")
 
+    def keys_per_query(self, grid: Sequence[int]) -> float:
+        """Mean video keys a video query attends to on ``grid`` (the cost model's ``K``), counted per
+        temporal tile: a window holds the same number of H and W tokens everywhere (it slides inward)."""
+        self.check_grid(grid)
+        (T, H, W), (tt, th, tw), (wt, wh, ww), g = grid, self.tile, self.window, self.global_frames
+        hw_local = min(wh, H // th) * th * min(ww, W // tw) * tw
+        n_t = T // tt
+        total = g * H * W * (T * H * W)  # global queries see every key
+        for c, start in enumerate(_window_starts(n_t, wt).tolist()):
+            lo, hi = start * tt, (start + min(wt, n_t)) * tt  # the window's frames
+            local_frames = hi - lo
+            overlap = max(0, min(hi, g) - lo)  # window frames that are global anyway
+            keys = (local_frames - overlap) * hw_local + g * H * W
+            queries = sum(1 for f in range(c * tt, (c + 1) * tt) if f >= g) * H * W
+            total += queries * keys
+        return total / (T * H * W)
+
 
 def _window_starts(n_tiles: int, window: int) -> torch.Tensor:
     """First tile of each tile's window along one axis, slid inward at the edges."""

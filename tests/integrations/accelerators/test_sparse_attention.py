@@ -317,3 +317,36 @@ def test_hunyuan_surf_with_sparse_preview():
     changed = kw["prompt_embeds"].clone()
     changed[:, :5] += 1.0
     assert (run(pipe, cfg, {**kw, "prompt_embeds": changed}) - ref).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("grid, pattern", [
+    ((5, 7, 9), SparsePattern((1, 7, 3), (3, 1, 1), 1)),
+    ((7, 3, 9), SparsePattern((1, 3, 3), (3, 1, 2), 2)),
+    ((6, 4, 6), SparsePattern((3, 2, 2), (1, 3, 2), 2)),  # global frames part of a temporal tile
+    ((4, 4, 4), SparsePattern((1, 1, 1), (9, 9, 9), 0)),  # dense
+], ids=str)
+def test_keys_per_query_counts_the_hand_mask(grid, pattern):
+    n = grid[0] * grid[1] * grid[2]
+    mask = hand_mask(grid, pattern)[0, :n, :n]
+    assert pattern.keys_per_query(grid) == pytest.approx(mask.sum().item() / n, rel=1e-12)
+
+
+def test_cost_model_counts_the_sparse_preview():
+    from surf_accel.cost_model import MODELS, estimate, forward_flops
+
+    spec = MODELS["wan2.1-14b"]
+    latent = (21, 60, 104)  # 480x832, 81 frames: token grid (21, 30, 52)
+    dense = forward_flops(spec, latent)
+    assert forward_flops(spec, latent, sparse=SparsePattern((1, 1, 1), (99, 99, 99), 0)) == dense
+    pattern = SparsePattern((3, 5, 13), (3, 3, 3), 1)
+    sparse = forward_flops(spec, latent, sparse=pattern)
+    L = 21 * 30 * 52
+    K = pattern.keys_per_query((21, 30, 52))
+    cross = spec.num_layers * 2 * 2 * L * spec.text_len * spec.dim
+    assert sparse["linear"] == dense["linear"]
+    assert sparse["attention"] - cross == pytest.approx((dense["attention"] - cross) * K / L, rel=1e-12)
+    # only the preview stages change: the refine is the same with or without the pattern
+    cfg = SurfConfig.preset("paper").replace(window=(4, 1000, 1000))
+    a, b = (estimate("wan2.1-14b", 720, 1280, 81, c) for c in (cfg, cfg.replace(preview_attention=pattern)))
+    assert [s.attention < t.attention for s, t in zip(b.surf, a.surf)] == [True, True, False]
+    assert b.surf[2].attention == a.surf[2].attention and b.speedup > a.speedup
