@@ -6,12 +6,12 @@ Rows: the base model at the target size (speed reference) and at its optimal siz
 SURF aims to keep); naive low resolution (32 px from the start, frames upsampled); 30% of the steps
 with UniPC and with Euler; SURF in the toy setting (``surf_accel.toyworld.surf_config()``) and one
 change at a time: every reshift mode, predicted re-noise, pixel handoff, temporal refine windows,
-refine start, switch step, no refine, refine without guidance; the trained toy refiner
-(``surf_accel.toyworld.load_refiner``) at its 10 steps, at 5 and 8, and without windows. Every run of one seed draws its first
-noise from the same generator, so a SURF run starts from exactly the optimal-size base run's noise
-(its first ``switch_step`` steps are that run's) and a fewer-steps run from the target-size base
-run's: the "layout distance" column is the mean distance (frame fractions) between the object tracks
-of a run and of that same-noise base run.
+refine start, switch step, no refine, refine without guidance, a sparse preview (two sliding-tile
+patterns); the trained toy refiner (``surf_accel.toyworld.load_refiner``) at its 10 steps, at 5 and 8,
+and without windows. Every run of one seed draws its first noise from the same generator, so a SURF
+run starts from exactly the optimal-size base run's noise (its first ``switch_step`` steps are that
+run's) and a fewer-steps run from the target-size base run's: the "layout distance" column is the
+mean distance (frame fractions) between the object tracks of a run and of that same-noise base run.
 
 Speed is process CPU time on one intra-op thread (``time.process_time``), so that a shard running
 beside another process on a 2-core machine still measures its own work; wall time and the load
@@ -41,6 +41,7 @@ import _record
 import surf_accel
 from surf_accel import metrics
 from surf_accel.config import SurfConfig
+from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
 from surf_accel.toyworld import (DEFAULT_GUIDANCE, DEFAULT_STEPS, EVAL_PROMPTS, FLOW_SHIFT, NUM_FRAMES, OPTIMAL_SIZE,
                                  PREVIEW_SIZE, REFINE_WINDOW, TARGET_SIZE, load_pipeline, load_refiner,
                                  surf_config)
@@ -77,6 +78,12 @@ def runs(steps: int) -> list[Run]:
         ("SURF, switch_step 10", toy.replace(switch_step=10)),
         ("SURF, no refine (32 px preview, upsampled)", toy.replace(refine_steps=0, window=None)),
     ]
+    # the sparse preview (docs/design.md 4.1) on the toy's preview grids, (5, 8, 8) tokens at 64 px and
+    # (5, 4, 4) at 32 px: tiles of 2x2 tokens with a 3x3x3-tile window (34% / 60% of the keys, then the
+    # first frame), and 4x4 tiles with a temporal 3-tile window (15% / 60%)
+    surf += [(f"SURF + sparse preview, tile {tile}, window {win}, 1 global frame",
+              toy.replace(preview_attention=SparsePattern(tile, win, 1)))
+             for tile, win in (((1, 2, 2), (3, 3, 3)), ((1, 4, 4), (3, 1, 1)))]
     # the trained refiner (its own 10 steps unless refine_steps says otherwise), windowed as trained
     trained = [("SURF, trained refiner", toy), ("SURF, trained refiner, 5 steps", toy.replace(refine_steps=5)),
                ("SURF, trained refiner, 8 steps", toy.replace(refine_steps=8)),

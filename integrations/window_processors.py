@@ -147,9 +147,8 @@ class HunyuanVideoWindowAttnProcessor:
             text_mask = attention_mask.reshape(attention_mask.shape[0], -1)[:, -num_text:].contiguous()
         state = self.state
         lengths = state.text_lengths if text_mask is not None else None
-        out = window_attention(query, key, value, state.current_grid(), state.window,
-                               state.shift(getattr(attn, SHIFT_ATTR, False)), num_text=num_text,
-                               text_mask=text_mask, text_lengths=lengths, backend=state.backend)
+        out = self.attend(query, key, value, state.current_grid(), state.window,
+                          state.shift(getattr(attn, SHIFT_ATTR, False)), num_text, text_mask, lengths)
         out = out.flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is None:
             return out
@@ -159,6 +158,12 @@ class HunyuanVideoWindowAttnProcessor:
         if getattr(attn, "to_add_out", None) is not None:
             text_out = attn.to_add_out(text_out)
         return out, text_out
+
+    def attend(self, query, key, value, grid, window, shift, num_text, text_mask, text_lengths) -> torch.Tensor:
+        """Joint attention of ``(B, S, heads, D)`` q, k, v (video t-major on ``grid``, then ``num_text``
+        text tokens, valid where ``text_mask``) -> ``(B, S, heads, D)``."""
+        return window_attention(query, key, value, grid, window, shift, num_text=num_text, text_mask=text_mask,
+                                text_lengths=text_lengths, backend=self.state.backend)
 
 
 def _kind(transformer) -> str:
@@ -242,22 +247,36 @@ def apply_window_attention(transformer, window: tuple[int, int, int], *, backend
     if state is not None:
         state.window, state.backend = window, backend
         return
-    state = WindowState(window, backend)
     proc_cls = WanWindowAttnProcessor if kind == "WanTransformer3DModel" else HunyuanVideoWindowAttnProcessor
+    install_processors(transformer, kind, WindowState(window, backend), proc_cls, STATE_ATTR, shifted_blocks=True)
+
+
+def install_processors(transformer, kind: str, state: WindowState, proc_cls, state_attr: str, *,
+                       shifted_blocks: bool) -> None:
+    """One shared ``proc_cls(state)`` on every target attention module of ``transformer`` (the
+    originals kept in ``state``), the grid hook, and ``state`` at ``transformer.<state_attr>``;
+    ``shifted_blocks`` marks odd blocks shifted. Refused under diffusers' context parallelism: its hooks
+    hand each rank a shard of the token sequence, while these processors attend over the whole grid."""
+    parallel = getattr(transformer, "_parallel_config", None)
+    if getattr(parallel, "context_parallel_config", None) is not None:
+        raise NotImplementedError(
+            "shifted-window and sparse attention do not run under diffusers' context parallelism "
+            "(enable_parallelism(ContextParallelConfig(...))): each rank holds a shard of the token sequence; "
+            "use SurfConfig(window=None, preview_attention=None) with context parallelism")
     state.processor = proc_cls(state)
     for i, attn in enumerate(_targets(transformer, kind)):
         state.originals[attn] = attn.processor
-        setattr(attn, SHIFT_ATTR, i % 2 == 1)
+        if shifted_blocks:
+            setattr(attn, SHIFT_ATTR, i % 2 == 1)
         attn.set_processor(state.processor)
     state.hook = transformer.register_forward_pre_hook(_grid_hook(state, _patch_sizes(transformer, kind), kind),
                                                        with_kwargs=True)
-    setattr(transformer, STATE_ATTR, state)
+    setattr(transformer, state_attr, state)
 
 
-def remove_window_attention(transformer) -> None:
-    """Put back the original processor objects and drop the grid hook (no-op if not applied)."""
-    _kind(transformer)
-    state = getattr(transformer, STATE_ATTR, None)
+def restore_processors(transformer, state_attr: str) -> None:
+    """Undo ``install_processors``: the original processor objects back, the hook dropped (no-op if absent)."""
+    state = getattr(transformer, state_attr, None)
     if state is None:
         return
     for attn, original in state.originals.items():
@@ -265,7 +284,13 @@ def remove_window_attention(transformer) -> None:
         if hasattr(attn, SHIFT_ATTR):
             delattr(attn, SHIFT_ATTR)
     state.hook.remove()
-    delattr(transformer, STATE_ATTR)
+    delattr(transformer, state_attr)
+
+
+def remove_window_attention(transformer) -> None:
+    """Put back the original processor objects and drop the grid hook (no-op if not applied)."""
+    _kind(transformer)
+    restore_processors(transformer, STATE_ATTR)
 
 
 @contextlib.contextmanager

@@ -31,6 +31,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="shifted-window size in tokens for the refine stage")
     p.add_argument("--refine-expert", choices=("low", "high", "route"), default=None,
                    help="two-expert pipelines (Wan2.2 A14B): the refine's expert (default: the preset's, low)")
+    p.add_argument("--sparse-preview", type=int, nargs=7, metavar=("TT", "TH", "TW", "WT", "WH", "WW", "G"),
+                   default=None, help="sparse preview attention: tiles of TTxTHxTW tokens, a window of WTxWHxWW "
+                   "tiles, the first G latent frames global (SurfConfig.preview_attention)")
 
 
 def _config_from(args, default_preset: str):
@@ -48,6 +51,11 @@ def _config_from(args, default_preset: str):
         changes["optimal_size"] = tuple(args.optimal_size)
     if getattr(args, "window", None):
         changes["window"] = tuple(args.window)
+    if getattr(args, "sparse_preview", None):
+        from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
+
+        sp = args.sparse_preview
+        changes["preview_attention"] = SparsePattern(tuple(sp[:3]), tuple(sp[3:6]), sp[6])
     return cfg.replace(**changes) if changes else cfg
 
 
@@ -90,7 +98,7 @@ def cmd_estimate(args) -> int:
 
 
 # ---------------------------------------------------------------------------- generate
-def _load_pipeline(path: str, dtype: str, device: str, offload: bool):
+def _load_pipeline(path: str, dtype: str, device: str, offload: Optional[str], compile_mode: Optional[str] = None):
     import torch
     from diffusers import DiffusionPipeline
 
@@ -98,11 +106,28 @@ def _load_pipeline(path: str, dtype: str, device: str, offload: bool):
         raise SystemExit(f"surf-accel generate: {path!r} is not a local diffusers model folder")
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True)
-    if offload:
+    _offload_and_compile(pipe, device, offload, compile_mode)
+    return pipe
+
+
+def _offload_and_compile(pipe, device: str, offload: Optional[str], compile_mode: Optional[str]) -> None:
+    """``--offload model|sequential|group`` (diffusers' own offloading) and ``--compile regional|full``
+    (``compile_repeated_blocks()`` or the whole transformer in place), as a user would set them up."""
+    import torch
+
+    if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif offload == "group":
+        pipe.enable_group_offload(onload_device=torch.device(device), offload_device=torch.device("cpu"),
+                                  offload_type="block_level", num_blocks_per_group=1)
     else:
         pipe.to(device)
-    return pipe
+    if compile_mode == "regional":
+        pipe.transformer.compile_repeated_blocks()
+    elif compile_mode == "full":
+        pipe.transformer.compile()
 
 
 def _save_video(frames, path: str, fps: int) -> None:
@@ -120,7 +145,7 @@ def cmd_generate(args) -> int:
     import surf_accel
     from surf_accel.api import _adapter_for
 
-    pipe = _load_pipeline(args.model, args.dtype, args.device, args.offload)
+    pipe = _load_pipeline(args.model, args.dtype, args.device, args.offload, args.compile)
     adapter = _adapter_for(pipe)  # TypeError naming the supported pipelines
     call_params = inspect.signature(type(pipe).__call__).parameters  # before patching: the pipeline's defaults
     frames = args.frames if args.frames is not None else call_params["num_frames"].default
@@ -306,7 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--baseline", action="store_true", help="also run the unpatched pipeline and print both times")
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="bfloat16")
     g.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    g.add_argument("--offload", action="store_true", help="enable_model_cpu_offload")
+    g.add_argument("--offload", nargs="?", const="model", choices=("model", "sequential", "group"), default=None,
+                   help="diffusers offloading: model (enable_model_cpu_offload, the default of a bare --offload), "
+                   "sequential (enable_sequential_cpu_offload) or group (block-level group offloading)")
+    g.add_argument("--compile", nargs="?", const="regional", choices=("regional", "full"), default=None,
+                   help="torch.compile the transformer: regional (compile_repeated_blocks, the default of a bare "
+                   "--compile) or full; SURF compiles once per stage resolution, never per step")
     g.add_argument("--cache", default=None, metavar="SPEC", help="a cache on the transformer, stacked with SURF: "
                    "teacache:THRESHOLD (published coefficients picked from the model's config), fbc:THRESHOLD "
                    "(diffusers FirstBlockCache), seacache[:THRESHOLD]; magcache and cache-dit are refused")

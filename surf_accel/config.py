@@ -28,7 +28,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
+
+if TYPE_CHECKING:
+    from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
 
 # "consistent": (1 - s_low) down(x0) + s_low eps (docs/design.md 1.2); "paper": down(x0) + s_k eps with the
 # preview schedule's s_k (the paper as written); "additive_low": down(x0) + s_low eps (neither: the
@@ -85,6 +88,10 @@ class SurfConfig:
         A trained refiner ignores it (it starts at ``s = 1`` from ``z_lr`` itself).
     refine_guidance: classifier-free guidance of the training-free refiner; ``None`` = the call's.
     window: shifted-window size ``(wt, wh, ww)`` in tokens for the refine stage, or ``None``.
+    preview_attention: a ``surf_accel.integrations.accelerators.sparse_attention.SparsePattern`` for
+        the preview stages' self-attention (sliding-tile local + global, flex_attention block masks
+        rebuilt per resolution), or ``None``: the preview keeps the transformer's own processors and
+        attention backend (docs/design.md 4.1).
     shift_rule: how the flow shift follows resolution. ``"sqrt_tokens"``: the pipeline's scheduler
         shift holds at the request's token count and scales with ``sqrt(tokens / request_tokens)``
         (the resolution-dependent shift of SD3; on Wan2.1 it maps 5.0 at 720p to 3.3 at 480p,
@@ -120,6 +127,7 @@ class SurfConfig:
     refine_start: float = 0.7
     refine_guidance: Optional[float] = None
     window: Optional[tuple[int, int, int]] = None
+    preview_attention: Optional["SparsePattern"] = None
     shift_rule: str = "sqrt_tokens"
     shifts: Optional[tuple[Optional[float], Optional[float], Optional[float]]] = None
     step_precision: str = "pipeline"
@@ -171,6 +179,13 @@ class SurfConfig:
             if not (isinstance(w, (tuple, list)) and len(w) == 3 and all(_is_int(v) and v >= 1 for v in w)):
                 raise ValueError(f"window must be None or (wt, wh, ww) of ints >= 1 (tokens after patchify), got {w!r}")
             object.__setattr__(self, "window", tuple(int(v) for v in w))
+        if self.preview_attention is not None:
+            from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
+
+            if not isinstance(self.preview_attention, SparsePattern):
+                raise ValueError("preview_attention must be None or a SparsePattern(tile, window, global_frames) "
+                                 "from surf_accel.integrations.accelerators.sparse_attention, got "
+                                 f"{self.preview_attention!r}")
         if self.shifts is not None:
             sh = self.shifts
             if not (isinstance(sh, (tuple, list)) and len(sh) == 3 and all(

@@ -300,11 +300,14 @@ def measure_vae(vae, frames=(5, 9), size=(64, 64), device="meta") -> VaeSpec:
     return VaeSpec(enc[0] - eb * (f0 - 1), eb, dec[0] - db * (f0 - 1), db, int(spatial), int(temporal))
 
 
-def _grid_and_keys(spec, latent_size, window) -> tuple[int, int]:
-    """Video tokens ``L`` and keys per video query ``K`` (``L`` dense, the window's tokens windowed)."""
+def _grid_and_keys(spec, latent_size, window, sparse=None) -> tuple[int, float]:
+    """Video tokens ``L`` and keys per video query ``K`` (``L`` dense, the window's tokens windowed,
+    the mean over queries of a sparse preview pattern's keys)."""
     pt, ph, pw = spec.patch_size
     grid = (math.ceil(latent_size[0] / pt), latent_size[1] // ph, latent_size[2] // pw)
     L = grid[0] * grid[1] * grid[2]
+    if sparse is not None:
+        return L, sparse.keys_per_query(grid)
     K = L if window is None else math.prod(min(w, g) for w, g in zip(window, grid))
     return L, K
 
@@ -346,9 +349,10 @@ def _hunyuan15_forward_flops(spec: HunyuanVideo15Spec, L: int, K: int) -> dict:
 
 
 def forward_flops(spec: TransformerSpec | HunyuanVideoSpec, latent_size: tuple[int, int, int],
-                  window: Optional[tuple[int, int, int]] = None) -> dict:
-    """FLOPs of one transformer forward at a latent size ``(T, H, W)``: ``{"linear", "attention"}``."""
-    L, K = _grid_and_keys(spec, latent_size, window)
+                  window: Optional[tuple[int, int, int]] = None, sparse=None) -> dict:
+    """FLOPs of one transformer forward at a latent size ``(T, H, W)``: ``{"linear", "attention"}``;
+    ``sparse``: a ``SparsePattern`` on the video self-attention (``SurfConfig.preview_attention``)."""
+    L, K = _grid_and_keys(spec, latent_size, window, sparse)
     if isinstance(spec, HunyuanVideo15Spec):
         return _hunyuan15_forward_flops(spec, L, K)
     if isinstance(spec, HunyuanVideoSpec):
@@ -455,8 +459,8 @@ class Estimate:
         return "\n".join(lines)
 
 
-def _stage_cost(spec: TransformerSpec, stage: Stage, cfg_passes: int, name_model: str) -> StageCost:
-    fl = forward_flops(spec, stage.latent_size, stage.window)
+def _stage_cost(spec: TransformerSpec, stage: Stage, cfg_passes: int, name_model: str, sparse=None) -> StageCost:
+    fl = forward_flops(spec, stage.latent_size, stage.window, sparse if stage.name.startswith("preview") else None)
     k = stage.steps * cfg_passes
     return StageCost(stage.name, (stage.height, stage.width), fl["tokens"], stage.steps, cfg_passes,
                      k * fl["linear"], k * fl["attention"], name_model)
@@ -515,7 +519,7 @@ def estimate_plan(plan: Plan, spec: TransformerSpec | HunyuanVideoSpec, *, passe
         if s.model == "refiner_transformer":
             est.surf.append(_stage_cost(refiner, s, p if refiner_passes is None else refiner_passes, refiner.name))
         else:
-            est.surf.append(_stage_cost(spec, s, p, spec.name))
+            est.surf.append(_stage_cost(spec, s, p, spec.name, config.preview_attention))
     f = req.num_frames
     est.baseline_vae = {"vae decode": vae.decode_flops(f, req.height, req.width)} if decode_output else {}
     out = plan.stages[-1]

@@ -57,6 +57,20 @@ def window_context(model, window):
     return windowed_attention(model, tuple(window))
 
 
+def stage_attention(model, stage: Stage, config):
+    """The attention context of one stage (docs/design.md 4.1): shifted windows for a windowed refine,
+    ``config.preview_attention``'s sparse pattern for the preview stages, else nothing: the model keeps
+    the user's processors and attention backend. Each gives back exactly what was there."""
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper: processors go on the module it compiles
+    if stage.window is not None:
+        return window_context(model, stage.window)
+    if config.preview_attention is not None and stage.name.startswith("preview"):
+        from surf_accel.integrations.accelerators.sparse_attention import sparse_attention
+
+        return sparse_attention(model, config.preview_attention)
+    return contextlib.nullcontext()
+
+
 def _progress(pipe, stage: Stage):
     from tqdm.auto import tqdm
 
@@ -192,13 +206,16 @@ class StageRunner:
                              "call with classifier-free guidance (Wan: guidance_scale > 1; HunyuanVideo: "
                              "true_cfg_scale > 1 and a negative prompt; HunyuanVideo-1.5: an enabled guider with "
                              "guidance_scale > 1)")
+        from surf_accel.integrations.accelerators.compile import compile_watch
+
         # every model the stage can run (a two-expert pipeline routes steps to either) keeps its own
-        # cache state and gets the stage's accelerator events and windows
+        # cache state and gets the stage's accelerator events, attention and compile watch
         models = adapter.stage_models(pipe, call, stage, model, self.plan.config)
         with contextlib.ExitStack() as stack:
             info = stack.enter_context(self.protocol.stage(models, self.plan.stages.index(stage)))
             for m in models:
-                stack.enter_context(window_context(m, stage.window))
+                stack.enter_context(stage_attention(m, stage, self.plan.config))
+                stack.enter_context(compile_watch(pipe, m, stage, timesteps[0]))
             bar = stack.enter_context(_progress(pipe, stage))
             for i in range(n):
                 if pipe.interrupt:

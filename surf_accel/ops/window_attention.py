@@ -328,6 +328,34 @@ def _partition_impl(q, k, v, grid, window, shift, num_text, text_mask, text_leng
 FLEX_BLOCK = 128
 
 
+def flex_block_tables(groups: torch.Tensor, allowed: torch.Tensor, partial_keys: torch.Tensor | None,
+                      device: torch.device, block: int = FLEX_BLOCK):
+    """The block structure of a token-pair mask that factors through groups: query ``i`` may attend to
+    key ``j`` iff ``allowed[groups[i], groups[j]]``. ``groups (S,)`` int64 in ``[0, G)``, ``allowed
+    (G, G)`` bool; ``partial_keys (S,)`` bool (or None) marks keys whose validity is decided per batch
+    item by the mask_mod (a block holding one is never "full"). Counting allowed token pairs per block
+    pair (one-hot occupancy ``O``, ``O A O^T``) lists a block if it holds one and marks it full if it
+    holds ``block**2`` (padding holds none, so a partial last block is never full). Returns
+    (kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices) shaped (1, 1, nb[, nb])."""
+    s = groups.numel()
+    nb = -(-s // block)
+    occ = torch.zeros(nb, allowed.shape[0], dtype=torch.float64)
+    occ.index_put_((torch.arange(s) // block, groups.cpu()), torch.ones(s, dtype=torch.float64), accumulate=True)
+    pairs = occ @ allowed.cpu().double() @ occ.T
+    full = pairs == block * block
+    if partial_keys is not None:
+        has_partial = torch.zeros(nb, dtype=torch.bool).index_put_((torch.arange(s) // block,), partial_keys.cpu(),
+                                                                   accumulate=True)
+        full &= ~has_partial[None, :]
+    partial = (pairs > 0) & ~full
+
+    def blocks(m: torch.Tensor):
+        order = torch.argsort((~m).to(torch.int8), dim=1, stable=True).to(torch.int32)  # allowed blocks first
+        return m.sum(1).to(torch.int32)[None, None].to(device), order[None, None].to(device)
+
+    return (*blocks(partial), *blocks(full))
+
+
 @functools.lru_cache(maxsize=32)
 def _flex_tables(grid: tuple[int, int, int], window: tuple[int, int, int], shift: tuple[int, int, int],
                  num_text: int, key_mask: bool, device: torch.device):
@@ -343,32 +371,16 @@ def _flex_tables(grid: tuple[int, int, int], window: tuple[int, int, int], shift
     ids[:n] = vid
     ids[n:s] = -1
     n_win = int(vid.max()) + 1
-    block = torch.arange(s) // FLEX_BLOCK
-    occ = torch.zeros(nb, n_win + 1)  # tokens per (block, window); last column: text tokens
-    occ.index_put_((block, torch.where(ids[:s] >= 0, ids[:s], n_win)), torch.ones(s), accumulate=True)
-    video_occ = occ[:, :n_win] > 0
-    has_text = occ[:, n_win] > 0
-    complete = occ.sum(1) == FLEX_BLOCK
-    all_text = occ[:, n_win] == FLEX_BLOCK
-    some = ((video_occ.float() @ video_occ.float().T) > 0) | has_text[:, None] | has_text[None, :]
-    single = complete & ~has_text & (video_occ.sum(1) == 1)
-    win = video_occ.float().argmax(1)
-    full = single[:, None] & single[None, :] & (win[:, None] == win[None, :])
-    # Text queries see every valid key; without a key mask every key is valid.
-    full |= all_text[:, None] & complete[None, :] & (~has_text[None, :] if key_mask else True)
-    if not key_mask:
-        full |= complete[:, None] & all_text[None, :]
-    partial = some & ~full
-
-    def blocks(m: torch.Tensor):
-        order = torch.argsort((~m).to(torch.int8), dim=1, stable=True).to(torch.int32)  # allowed blocks first
-        return m.sum(1).to(torch.int32)[None, None].to(device), order[None, None].to(device)
-
-    return (ids.to(torch.int32).to(device), *blocks(partial), *blocks(full))
+    # groups: one per window, the last one text (sees and is seen by every token)
+    allowed = torch.eye(n_win + 1, dtype=torch.bool)
+    allowed[n_win, :] = allowed[:, n_win] = True
+    groups = torch.where(ids[:s] >= 0, ids[:s], n_win)
+    text_keys = (ids[:s] == -1) if key_mask else None
+    return (ids.to(torch.int32).to(device), *flex_block_tables(groups, allowed, text_keys, device))
 
 
 @functools.cache
-def _compiled_flex():
+def compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
     return torch.compile(flex_attention, dynamic=False)
 
@@ -400,7 +412,7 @@ def flex_window_attention(q, k, v, grid, window, shift, num_text=0, text_mask=No
 
     bm = BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod,
                                   seq_lengths=(s, s))
-    fn = _compiled_flex() if (q.is_cuda if compiled is None else compiled) else flex_attention
+    fn = compiled_flex() if (q.is_cuda if compiled is None else compiled) else flex_attention
     out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=bm)
     return out.transpose(1, 2).contiguous()
 
