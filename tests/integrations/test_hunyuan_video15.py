@@ -144,9 +144,9 @@ def test_guider_state_and_cache_contexts_follow_the_whole_surf_call(t2v):
             states.append((step, num_inference_steps, float(timestep)))
         return set_state(step=step, num_inference_steps=num_inference_steps, timestep=timestep)
 
-    def record_context(name):
+    def record_context(name, **step_fields):  # SURF also passes the stage's step fields (the stage protocol)
         contexts.append(name)
-        return cache_context(name)
+        return cache_context(name, **step_fields)
 
     guider.set_state, model.cache_context = record_state, record_context
     try:
