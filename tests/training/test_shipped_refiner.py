@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import surf_accel.toyworld as tw
-from surf_accel.refiner import Refiner
 
 REFINER_DIR = Path(tw.__file__).parent / "refiner"
 pytestmark = pytest.mark.skipif(not (REFINER_DIR / "config.json").is_file(), reason="no shipped toy refiner")
