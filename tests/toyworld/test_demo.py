@@ -12,11 +12,15 @@ from surf_accel.toyworld.demo import check_prompt, compare_image
 
 
 @pytest.mark.skipif(not pipeline_available(), reason="toy pipeline not shipped")
-def test_demo_writes_videos_image_and_speedup(tmp_path, capsys):
+@pytest.mark.parametrize("flag, refiner", [([], "the trained toy refiner (10 steps"),
+                                           (["--training-free"], "training-free")])
+def test_demo_writes_videos_image_and_speedup(tmp_path, capsys, flag, refiner):
     import imageio.v3 as iio
 
-    assert cli_main(["demo", "--out", str(tmp_path), "--steps", "4", "--prompt", "a blue square moving down"]) == 0
+    assert cli_main(["demo", "--out", str(tmp_path), "--steps", "4", "--prompt", "a blue square moving down",
+                     *flag]) == 0
     out = capsys.readouterr().out
+    assert re.search(r"^refiner: " + re.escape(refiner), out, re.M)
     base_s = float(re.search(r"^baseline: ([0-9.]+) s$", out, re.M).group(1))
     surf_s = float(re.search(r"^SURF: +([0-9.]+) s$", out, re.M).group(1))
     speedup = float(re.search(r"^speedup: ([0-9.]+)x$", out, re.M).group(1))
