@@ -69,22 +69,29 @@ def test_guidance_2_defaults_to_guidance():
 
 
 def test_each_expert_gets_its_own_stage_resets(monkeypatch):
-    """Cache state stays per expert and each gets the resets of every stage it can run in: both in the
-    preview stages, only the low-noise expert in the default refine."""
+    """Cache state stays per expert and each gets the resets of every stage it can run in (the stage
+    protocol's, at each stage's start and end): both in the preview stages, only the low-noise expert
+    in the default refine."""
+    from surf_accel.integrations.accelerators import stages
+
     pipe = tiny_wan22_a14b()
+    names = {id(pipe.transformer): "high", id(pipe.transformer_2): "low"}
     resets = {"high": 0, "low": 0}
-    for name, m in (("high", pipe.transformer), ("low", pipe.transformer_2)):
-        monkeypatch.setattr(type(m), "is_cache_enabled", property(lambda self: True))
-        m._reset_stateful_cache = (lambda name=name: resets.__setitem__(name, resets[name] + 1))
+    real = stages.reset_stateful_hooks
+
+    def counting(model):
+        resets[names[id(model)]] += 1
+        real(model)
+
+    monkeypatch.setattr(stages, "reset_stateful_hooks", counting)
     with surf_accel.patched(pipe, SMALL):
         pipe(generator=gen(0), **dict(T2V_KW, height=64, width=64, output_type="latent"))
-    # start + end of preview, preview_low (both experts), refine (low only), + 1 each from the
-    # pipeline's own maybe_free_model_hooks at the end
-    assert resets == {"high": 4 + 1, "low": 6 + 1}
+    # start + end of preview, preview_low (both experts), refine (low only)
+    assert resets == {"high": 4, "low": 6}
     resets.update(high=0, low=0)
     with surf_accel.patched(pipe, SMALL.replace(refine_expert="route")):
         pipe(generator=gen(0), **dict(T2V_KW, height=64, width=64, output_type="latent"))
-    assert resets == {"high": 6 + 1, "low": 6 + 1}
+    assert resets == {"high": 6, "low": 6}
 
 
 def test_ti2v_geometry_from_the_pipeline():

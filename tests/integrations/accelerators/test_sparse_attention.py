@@ -232,6 +232,9 @@ def test_user_attention_backend_serves_the_preview_and_is_kept(pipe, monkeypatch
         return original(query, key, value, **kwargs)
 
     monkeypatch.setitem(_AttentionBackendRegistry._backends, name, recording)
+    # diffusers' set_attention_backend also sets the process-wide active backend, which
+    # reset_attention_backend leaves set: restore it so later tests get the default again
+    monkeypatch.setattr(_AttentionBackendRegistry, "_active_backend", _AttentionBackendRegistry._active_backend)
     t = pipe.transformer
     t.set_attention_backend(name.value)
     try:
