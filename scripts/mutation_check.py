@@ -69,7 +69,7 @@ MUTANTS = [
     ("trained refiner Euler step reversed", "surf_accel/runner.py",
      "float(g), sigma, float(sigmas[i + 1]))", "float(g), float(sigmas[i + 1]), sigma)"),
     ("window attention never applied", "surf_accel/runner.py",
-     "window_context(m, stage.window)", "window_context(m, None)"),
+     "return window_context(model, stage.window)", "return window_context(model, None)"),
     ("refine_guidance ignored", "surf_accel/planner.py",
      "guidance=config.refine_guidance, use_scheduler=use_sched", "guidance=None, use_scheduler=use_sched"),
     ("interrupt keeps the preview size", "surf_accel/runner.py",
