@@ -210,20 +210,24 @@ def combine(parts: list[dict], out: Path, argv) -> None:
         "|---|---|---|---|---|---|---|---|", *lines])
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def shard_parser(description: str, results: Path) -> argparse.ArgumentParser:
+    """The arguments every sharded toy benchmark takes (this one and ``stacking.py``): generation
+    settings, threads, and the shard / combine / output files."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--prompt-stride", type=int, default=1, help="every k-th prompt of the fixed set of 32")
     p.add_argument("--batch", type=int, default=8, help="prompts per pipeline call")
-    p.add_argument("--only", nargs="*", default=None, help="run only rows whose name starts with one of these")
     p.add_argument("--pipeline", type=Path, default=None, help="pipeline folder (default: the shipped one)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="write this shard's raw results here (no table)")
     p.add_argument("--combine", type=Path, nargs="+", default=None, help="shards' JSON files -> the table")
-    p.add_argument("--out", type=Path, default=RESULTS)
-    a = p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=results)
+    return p
+
+
+def run_sharded(a, argv, measure, combine) -> int:
+    """``--combine`` shards into the table, or measure one shard: to ``--json`` or straight to the table."""
     if a.combine:
         combine([json.loads(f.read_text()) for f in a.combine], a.out, argv)
         return 0
@@ -233,6 +237,13 @@ def main(argv=None) -> int:
     else:
         combine([part], a.out, argv)
     return 0
+
+
+def main(argv=None) -> int:
+    p = shard_parser(__doc__.split("\n")[0], RESULTS)
+    p.add_argument("--prompt-stride", type=int, default=1, help="every k-th prompt of the fixed set of 32")
+    p.add_argument("--only", nargs="*", default=None, help="run only rows whose name starts with one of these")
+    return run_sharded(p.parse_args(argv), argv, measure, combine)
 
 
 if __name__ == "__main__":

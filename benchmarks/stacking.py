@@ -19,8 +19,6 @@ the toy; FirstBlockCache is diffusers' own.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -195,28 +193,10 @@ def combine(parts: list[dict], out: Path, argv) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p = signature.shard_parser(__doc__.split("\n")[0], RESULTS)
     p.add_argument("--prompt-stride", type=int, default=5, help="every k-th prompt of the fixed set of 32 (5: 7 "
                    "prompts covering every colour and direction; a multiple of 4 would keep one direction)")
-    p.add_argument("--batch", type=int, default=8, help="prompts per pipeline call")
-    p.add_argument("--pipeline", type=Path, default=None, help="pipeline folder (default: the shipped one)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", type=Path, default=None, help="write this shard's raw results here (no table)")
-    p.add_argument("--combine", type=Path, nargs="+", default=None, help="shards' JSON files -> the table")
-    p.add_argument("--out", type=Path, default=RESULTS)
-    a = p.parse_args(argv)
-    if a.combine:
-        combine([json.loads(f.read_text()) for f in a.combine], a.out, argv)
-        return 0
-    part = measure(a)
-    if a.json:
-        a.json.write_text(json.dumps(part))
-    else:
-        combine([part], a.out, argv)
-    return 0
+    return signature.run_sharded(p.parse_args(argv), argv, measure, combine)
 
 
 if __name__ == "__main__":
