@@ -16,21 +16,10 @@ import surf_accel
 from surf_accel import SurfConfig
 from tests.integrations.accelerators.common import HY_CALL, HY_CFG, STAGE_STEPS, STAGED, WAN_KW, Calls, assert_equal, \
     frames
-from tests.tiny_pipelines import tiny_hunyuan_t2v, tiny_wan_t2v
 
 APPLY = {FirstBlockCacheConfig: apply_first_block_cache, PyramidAttentionBroadcastConfig:
          apply_pyramid_attention_broadcast, FasterCacheConfig: apply_faster_cache, MagCacheConfig: apply_mag_cache,
          SeaCacheConfig: apply_sea_cache, TaylorSeerCacheConfig: apply_taylorseer_cache}
-
-
-@pytest.fixture(scope="module")
-def wan():
-    return tiny_wan_t2v()
-
-
-@pytest.fixture(scope="module")
-def hy():
-    return tiny_hunyuan_t2v()
 
 
 def _remove_all(model):

@@ -12,19 +12,9 @@ from surf_accel.integrations.accelerators import (TEACACHE_MODELS, TeaCacheConfi
                                                   teacache_stats)
 from tests.integrations.accelerators.common import HY_CALL, HY_CFG, STAGE_STEPS, STAGED, WAN_KW, Calls, assert_equal, \
     frames
-from tests.tiny_pipelines import tiny_hunyuan_t2v, tiny_wan_i2v, tiny_wan_t2v
+from tests.tiny_pipelines import tiny_wan_i2v
 
 NEVER = -1e9  # accumulated change is never below this: every call computes
-
-
-@pytest.fixture(scope="module")
-def wan():
-    return tiny_wan_t2v()
-
-
-@pytest.fixture(scope="module")
-def hy():
-    return tiny_hunyuan_t2v()
 
 
 @pytest.fixture(autouse=True)
