@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-import _record
+from surf_accel.bench import record as _record
 import surf_accel
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_overhead.md"

@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-import _record  # noqa: E402
+from surf_accel.bench import record as _record  # noqa: E402
 from _timing import seconds  # noqa: E402
 import ops as ops_bench  # noqa: E402
 import window_attention as window_bench  # noqa: E402

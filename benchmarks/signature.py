@@ -8,16 +8,12 @@ with UniPC and with Euler; SURF in the toy setting (``surf_accel.toyworld.surf_c
 change at a time: every reshift mode, predicted re-noise, pixel handoff, temporal refine windows,
 refine start, switch step, no refine, refine without guidance, a sparse preview (two sliding-tile
 patterns); the trained toy refiner (``surf_accel.toyworld.load_refiner``) at its 10 steps, at 5 and 8,
-and without windows. Every run of one seed draws its first noise from the same generator, so a SURF
-run starts from exactly the optimal-size base run's noise (its first ``switch_step`` steps are that
-run's) and a fewer-steps run from the target-size base run's: the "layout distance" column is the
-mean distance (frame fractions) between the object tracks of a run and of that same-noise base run.
-
-Speed is process CPU time on one intra-op thread (``time.process_time``), so that a shard running
-beside another process on a 2-core machine still measures its own work; wall time and the load
-average are recorded too. Each seed runs in its own process (``--seeds S --json PART``), and
-``--combine PART...`` writes the table: accuracies and distances pooled over every video with
-bootstrap intervals over videos, speedups as the mean of the per-seed ratios with their range.
+and without windows. The "layout distance" column is the mean distance (frame fractions) between
+the object tracks of a run and of its same-noise base run (a SURF run's first ``switch_step`` steps
+are the optimal-size base run's; a fewer-steps run starts from the target-size base run's noise).
+Timing, seeds and shards: ``surf_accel.bench.toy``; wall time and the load average are recorded too.
+Accuracies and distances are pooled over every video with bootstrap intervals over videos, speedups
+are the mean of the per-seed ratios with their range.
 
     python benchmarks/signature.py --seeds 0 --json /tmp/sig0.json   # one per seed, in parallel
     python benchmarks/signature.py --combine /tmp/sig0.json /tmp/sig1.json /tmp/sig2.json
@@ -26,38 +22,20 @@ bootstrap intervals over videos, speedups as the mean of the per-seed ratios wit
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
-import _record
-import surf_accel
 from surf_accel import metrics
-from surf_accel.config import SurfConfig
+from surf_accel.bench import record as _record
+from surf_accel.bench.toy import Run, add_shard_arguments, fmt, generate, run_sharded, upsample
 from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
-from surf_accel.toyworld import (DEFAULT_GUIDANCE, DEFAULT_STEPS, EVAL_PROMPTS, FLOW_SHIFT, NUM_FRAMES, OPTIMAL_SIZE,
-                                 PREVIEW_SIZE, REFINE_WINDOW, TARGET_SIZE, load_pipeline, load_refiner,
-                                 surf_config)
+from surf_accel.toyworld import (EVAL_PROMPTS, NUM_FRAMES, OPTIMAL_SIZE, PREVIEW_SIZE, REFINE_WINDOW, TARGET_SIZE,
+                                 load_pipeline, load_refiner, surf_config)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "signature.md"
-
-
-@dataclass(frozen=True)
-class Run:
-    name: str
-    size: int                       # generation size (px) of a plain run; SURF always outputs TARGET_SIZE
-    steps: int
-    config: Optional[SurfConfig] = None
-    reference: Optional[str] = None  # same-noise base run for the layout distance
-    solver: str = "unipc"            # the pipeline's scheduler for this run
-    trained: bool = False            # SURF with the shipped trained toy refiner (toyworld.load_refiner)
 
 
 def runs(steps: int) -> list[Run]:
@@ -99,37 +77,6 @@ def runs(steps: int) -> list[Run]:
     ]
 
 
-def upsample(frames: np.ndarray, size: int) -> np.ndarray:
-    """(B, T, h, w, 3) -> (B, T, size, size, 3), bilinear."""
-    if frames.shape[2] == size:
-        return frames
-    b, t, h, w, c = frames.shape
-    x = torch.from_numpy(frames).reshape(b * t, h, w, c).permute(0, 3, 1, 2)
-    y = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return y.permute(0, 2, 3, 1).reshape(b, t, size, size, c).clamp(0, 1).numpy()
-
-
-def generate(pipe, unipc_config, run: Run, prompts, seed: int, guidance: float, refiner=None):
-    """(B, T, H, W, 3) frames in [0, 1], CPU seconds and wall seconds for one batch of prompts;
-    ``unipc_config``: the shipped pipeline's scheduler config; ``refiner``: the trained refiner of
-    ``run.trained`` rows."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
-
-    # Plain runs use the shift the model was trained with at their size; SURF runs set their own shifts.
-    shift = FLOW_SHIFT[run.size]
-    if run.solver == "euler":
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
-    else:
-        pipe.scheduler = UniPCMultistepScheduler.from_config(unipc_config, flow_shift=shift)
-    c0, t0 = time.process_time(), time.perf_counter()
-    patch = surf_accel.patched(pipe, run.config, refiner=refiner if run.trained else None)
-    with patch if run.config is not None else contextlib.nullcontext():
-        frames = pipe(prompt=list(prompts), height=run.size, width=run.size, num_frames=NUM_FRAMES,
-                      num_inference_steps=run.steps, guidance_scale=guidance, output_type="np",
-                      generator=torch.Generator().manual_seed(seed)).frames
-    return frames, time.process_time() - c0, time.perf_counter() - t0
-
-
 def measure(a) -> dict:
     """Every row for ``a.seeds``: per-video labels and distances, CPU and wall seconds per row."""
     torch.set_num_threads(a.threads)
@@ -169,10 +116,6 @@ def measure(a) -> dict:
             "steps": a.steps, "guidance": a.guidance, "batch": a.batch, "toy": str(surf_config())}
 
 
-def _fmt(mean, lo, hi, scale=100.0, digits=1) -> str:
-    return f"{scale * mean:.{digits}f} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
-
-
 def combine(parts: list[dict], out: Path, argv) -> None:
     order = parts[0]["order"]
     base = order[0]
@@ -185,9 +128,9 @@ def combine(parts: list[dict], out: Path, argv) -> None:
         dist = "-"
         if rows[0]["reference"] is not None:
             d = metrics.bootstrap_ci(sum((r["distance"] for r in rows), []))
-            dist = f"{_fmt(*d, scale=1.0, digits=3)} ({rows[0]['reference']})"
+            dist = f"{fmt(*d, scale=1.0, digits=3)} ({rows[0]['reference']})"
         lines.append(f"| {name} | {cpu:.2f} | {np.mean(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
-                     + " | ".join(_fmt(*metrics.bootstrap_ci(pooled[k])) for k in ("colour", "shape", "direction",
+                     + " | ".join(fmt(*metrics.bootstrap_ci(pooled[k])) for k in ("colour", "shape", "direction",
                                                                                   "all"))
                      + f" | {dist} |")
     p0 = parts[0]
@@ -210,37 +153,9 @@ def combine(parts: list[dict], out: Path, argv) -> None:
         "|---|---|---|---|---|---|---|---|", *lines])
 
 
-def shard_parser(description: str, results: Path) -> argparse.ArgumentParser:
-    """The arguments every sharded toy benchmark takes (this one and ``stacking.py``): generation
-    settings, threads, and the shard / combine / output files."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--batch", type=int, default=8, help="prompts per pipeline call")
-    p.add_argument("--pipeline", type=Path, default=None, help="pipeline folder (default: the shipped one)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", type=Path, default=None, help="write this shard's raw results here (no table)")
-    p.add_argument("--combine", type=Path, nargs="+", default=None, help="shards' JSON files -> the table")
-    p.add_argument("--out", type=Path, default=results)
-    return p
-
-
-def run_sharded(a, argv, measure, combine) -> int:
-    """``--combine`` shards into the table, or measure one shard: to ``--json`` or straight to the table."""
-    if a.combine:
-        combine([json.loads(f.read_text()) for f in a.combine], a.out, argv)
-        return 0
-    part = measure(a)
-    if a.json:
-        a.json.write_text(json.dumps(part))
-    else:
-        combine([part], a.out, argv)
-    return 0
-
-
 def main(argv=None) -> int:
-    p = shard_parser(__doc__.split("\n")[0], RESULTS)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_shard_arguments(p, RESULTS)
     p.add_argument("--prompt-stride", type=int, default=1, help="every k-th prompt of the fixed set of 32")
     p.add_argument("--only", nargs="*", default=None, help="run only rows whose name starts with one of these")
     return run_sharded(p.parse_args(argv), argv, measure, combine)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-import _record
+from surf_accel.bench import record as _record
 from surf_accel import metrics
 from surf_accel.toyworld import (DEFAULT_GUIDANCE, DEFAULT_STEPS, EVAL_PROMPTS, FLOW_SHIFT, NUM_FRAMES, OPTIMAL_SIZE,
                                  PREVIEW_SIZE, TARGET_SIZE, load_pipeline, world)

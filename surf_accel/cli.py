@@ -1,4 +1,4 @@
-"""``surf-accel``: generate, estimate, info, demo, train-refiner.
+"""``surf-accel``: generate, estimate, info, demo, bench, train-refiner.
 
     surf-accel generate ./Wan2.1-T2V-1.3B-Diffusers --prompt "a cat" --height 720 --width 1280 \\
         --frames 81 --preset paper --output cat.mp4 [--baseline]
@@ -6,6 +6,7 @@
     surf-accel estimate --model wan2.1-14b --height 720 --width 1280 --frames 81 --preset paper
     surf-accel estimate --model hunyuanvideo --height 720 --width 1280 --frames 129
     surf-accel info
+    surf-accel bench --seeds 0 1 2 --out stacking.md
     surf-accel train-refiner refiner.yaml
 """
 
@@ -367,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
 
     _add_demo(sub)
+    b = sub.add_parser("bench", help="the stack table on the shipped toy model (CPU): SURF with caches and a sparse "
+                       "preview, speedup and signature")
+    from surf_accel.bench import stacking
+
+    stacking.add_arguments(b)
+    b.set_defaults(func=stacking.main)
     _add_train_refiner(sub)
     return parser
 
@@ -383,6 +390,7 @@ def _cuda() -> bool:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # recorded by benchmarks
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, NotImplementedError) as e:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 FORMS = "teacache:THRESHOLD, fbc:THRESHOLD, seacache[:THRESHOLD], magcache, cache-dit"
 
 
@@ -12,16 +14,20 @@ def _threshold(name: str, value: str) -> float:
         raise ValueError(f"--cache {name}:{value}: the threshold must be a number (forms: {FORMS})") from None
 
 
-def install_cache(pipe, spec: str) -> str:
+def install_cache(pipe, spec: str, *, teacache_fit: Optional[tuple[str, Sequence[float]]] = None) -> str:
     """Install the cache ``spec`` names on ``pipe.transformer``; returns what was installed.
-    ``ValueError`` naming the accepted forms for anything else."""
+    ``ValueError`` naming the accepted forms for anything else. ``teacache_fit``: (indicator,
+    coefficients) for a model TeaCache published none for (the toy world), instead of the published
+    polynomial picked from the model's config."""
     name, _, value = spec.partition(":")
     name = name.strip().lower()
     tr = pipe.transformer
     if name == "teacache" and value:
         from surf_accel.integrations.accelerators.teacache import TeaCacheConfig, apply_teacache
 
-        apply_teacache(tr, TeaCacheConfig(threshold=_threshold(name, value)))  # coefficients from the config
+        indicator, coefficients = teacache_fit or (None, None)  # None: published, picked from the config
+        apply_teacache(tr, TeaCacheConfig(threshold=_threshold(name, value), indicator=indicator,
+                                          coefficients=coefficients))
         return f"TeaCache (threshold {value}, {tr._surf_teacache.indicator} indicator)"
     if name == "fbc" and value:
         from diffusers import FirstBlockCacheConfig

@@ -11,10 +11,12 @@ from pathlib import Path
 import torch
 
 
-def provenance(argv: list[str] | None, machine_note: str = "") -> list[str]:
-    """Markdown bullet lines: UTC date, machine and torch build, and the command that ran."""
+def provenance(argv: list[str] | None, machine_note: str = "", program: str | None = None) -> list[str]:
+    """Markdown bullet lines: UTC date, machine and torch build, and the command that ran (``program``:
+    how it was started, e.g. ``surf-accel bench``; default ``python`` and the script)."""
     args = sys.argv[1:] if argv is None else argv
-    cmd = "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *args])
+    prog = program or f"python {shlex.quote(sys.argv[0])}"
+    cmd = " ".join([prog, *(shlex.quote(x) for x in args)])
     return [f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
             f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}, "
             f"torch {torch.__version__}{machine_note}",
