@@ -223,6 +223,9 @@ class _TeaCacheShared:
         i = state.calls % n
         return i, n
 
+    # Eager under torch.compile: the rule's running sums and per-call records would otherwise be guarded
+    # on as constants and recompile the block every step; the compiled code sees only the decision.
+    @torch.compiler.disable
     def decide(self, indicator: torch.Tensor) -> bool:
         """TeaCache's rule for the current call of the current branch; True: compute the blocks."""
         state: _BranchState = self.states.get_state()
