@@ -1,16 +1,19 @@
-"""Offload with SURF (with its per-stage attention: a sparse preview and a windowed refine): diffusers'
-group offloading and model CPU offload serve every transformer call in order and leave the result
-unchanged. What the CPU cannot show is GPU-marked: sequential CPU offload (accelerate's meta-device
+"""Offload with SURF (with its per-stage attention: a sparse preview and a windowed refine, and with a
+cache): diffusers' group offloading and model CPU offload serve every transformer call in order and
+leave the result unchanged. What the CPU cannot show is GPU-marked: sequential CPU offload (accelerate's meta-device
 round trip fails on this CPU torch even without SURF: ``set_module_tensor_to_device`` raises a
 ``TypeError`` from ``Parameter.__new__``), weights really moving between devices, and group
 offloading's CUDA-stream prefetch (it records the first forward's layer order and prefetches by it)."""
 
 import pytest
 import torch
+from diffusers import FirstBlockCacheConfig
 
 import surf_accel
 from surf_accel import SurfConfig
+from surf_accel.integrations.accelerators import TeaCacheConfig, apply_teacache, teacache_stats
 from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
+from tests.integrations.accelerators.common import STAGED, WAN_KW
 from tests.test_api import offload_recorder
 from tests.tiny_pipelines import T2V_KW, gen, tiny_wan_t2v
 
@@ -18,6 +21,8 @@ KW = {**T2V_KW, "height": 64, "width": 64, "num_frames": 9, "output_type": "late
 CFG = SurfConfig(optimal_size=(32, 32), preview_steps=4, switch_step=2, refine_steps=2, handoff="pixel",
                  window=(1, 2, 2), preview_attention=SparsePattern((1, 1, 1), (1, 1, 1), 1))
 CALLS = 2 * (4 + 2)  # transformer calls: (preview + refine steps) x 2 CFG branches
+CACHE_KW = {**WAN_KW, "output_type": "latent"}  # STAGED: three 4-step stages
+CACHE_CALLS = 2 * 12
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +116,51 @@ def test_offload_on_gpu_equals_surf_without_offload(mode):
         out = pipe(generator=torch.Generator("cuda").manual_seed(0), **KW).frames
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     assert next(pipe.transformer.parameters()).device.type in ("cpu", "meta")
+
+
+def _teacache(tr):
+    apply_teacache(tr, TeaCacheConfig(threshold=1e9, coefficients=(1.0, 0.0), indicator="temb", retention_steps=0))
+
+
+def _fbc(tr):
+    tr.enable_cache(FirstBlockCacheConfig(threshold=0.6))
+
+
+@pytest.mark.parametrize("cache_first", [True, False], ids=["cache-then-offload", "offload-then-cache"])
+@pytest.mark.parametrize("install", [_teacache, _fbc], ids=["teacache", "first-block-cache"])
+@pytest.mark.parametrize("offload", ["group", "model"])
+def test_offload_with_a_cache_equals_the_cache_without_offload(offload, install, cache_first, monkeypatch):
+    """SURF + a cache under diffusers' offloading (hooks installed in either order): the result and the
+    cache's decisions of SURF + the cache without offload, the offload hooks still serving each call."""
+    ref_pipe = tiny_wan_t2v("euler")
+    install(ref_pipe.transformer)
+    with surf_accel.patched(ref_pipe, STAGED):
+        ref = ref_pipe(generator=gen(0), **CACHE_KW).frames
+        alone = None if install is _fbc else teacache_stats(ref_pipe.transformer)
+
+    pipe = tiny_wan_t2v("euler")
+    t = pipe.transformer
+    if cache_first:
+        install(t)
+    if offload == "group":
+        t.enable_group_offload(onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                               offload_type="block_level", num_blocks_per_group=1)
+        seen = _record_group_onloads(monkeypatch, t)
+    else:
+        pipe.enable_model_cpu_offload(device="cpu")
+        seen = offload_recorder(monkeypatch, pipe, ("transformer",))
+    if not cache_first:
+        install(t)
+    with surf_accel.patched(pipe, STAGED):
+        out = pipe(generator=gen(0), **CACHE_KW).frames
+        if alone is not None:
+            assert teacache_stats(t) == alone
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    if offload == "model":
+        assert seen == ["transformer"] * CACHE_CALLS
+    elif install is _fbc:  # FirstBlockCache always runs the first block
+        assert seen.count("blocks.0") == CACHE_CALLS
+    else:  # TeaCache's hooks inside the offload hooks: every call onloads; outside: computed calls only
+        computed = sum(d["computed"] for v in alone.values() for d in v.values())
+        assert computed < CACHE_CALLS
+        assert seen.count("blocks.1") == (CACHE_CALLS if cache_first else computed)
