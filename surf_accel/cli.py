@@ -340,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "--compile) or full; SURF compiles once per stage resolution, never per step")
     g.add_argument("--cache", default=None, metavar="SPEC", help="a cache on the transformer, stacked with SURF: "
                    "teacache:THRESHOLD (published coefficients picked from the model's config), fbc:THRESHOLD "
-                   "(diffusers FirstBlockCache), seacache[:THRESHOLD]; magcache and cache-dit are refused")
+                   "(diffusers FirstBlockCache), seacache[:THRESHOLD], cache-dit[:THRESHOLD] (its DBCache on the transformer, "
+                   "cache-dit's other defaults; pip install cache-dit); magcache is refused")
     _add_config_args(g)
     g.set_defaults(func=cmd_generate)
 

@@ -1,18 +1,29 @@
-"""cache-dit (``pip install cache-dit``, an optional dependency) under SURF: refused, with the reason.
+"""cache-dit (``pip install cache-dit``, an optional dependency) under SURF.
 
-cache-dit 1.5's ``cache_dit.enable_cache(pipe)`` replaces the transformer's ``forward`` (marking it
-``_is_cached``) and wraps the pipeline *class*'s ``__call__`` so that its DBCache contexts are reset
-once per pipeline call. SURF runs several stages at different resolutions inside one call, so those
-contexts (residual caches, warm-up and step counters) would cross every resolution switch; and when
-cache-dit wraps the class before ``surf_accel.patch``, SURF's call never enters the wrapper at all.
-Refreshing cache-dit's contexts per stage needs its private context manager (``_context_manager``,
-``reset_context``) and is not done here, so a cache-dit transformer is refused at the call with the
-alternatives named. Nothing here imports cache-dit: the check reads the marks it leaves.
+cache-dit 1.5 offers two ways in. ``cache_dit.enable_cache(pipe)`` replaces the transformer's
+``forward`` and wraps the pipeline *class*'s ``__call__`` so that its DBCache contexts are rebuilt
+once per pipeline call: inside a SURF call they would cross every resolution switch (and when
+cache-dit wraps the class before ``surf_accel.patch``, SURF's call never enters the wrapper at all),
+so that way is refused with the fix named. ``cache_dit.enable_cache(pipe.transformer,
+cache_config=DBCacheConfig(...))`` (the transformer-only way) keeps *persistent* contexts that its
+public ``cache_dit.refresh_context(transformer, num_inference_steps=N)`` rebuilds: SURF calls it at
+every stage start with the stage's step count, so each stage starts from fresh contexts (warm-up,
+step counters, cached residuals), exactly as a call of that many steps would, and at the end of the
+call with the call's own step count (what cache-dit asks of a caller whose step count changes).
+
+cache-dit tells the CFG branches apart by call parity (``enable_separate_cfg``: the even calls of a
+step are the conditional ones, unless ``cfg_compute_first``); SURF's adapters call the conditional
+branch first, so a stage with another number of passes per step than the config expects (a refine
+without guidance, true CFG on HunyuanVideo) is refused with the setting named. Nothing here imports
+cache-dit until a cache-dit transformer is found: the check reads the marks it leaves.
 """
 
 from __future__ import annotations
 
-from surf_accel.integrations.accelerators.stages import DETECTORS, Accelerator
+from surf_accel.integrations.accelerators.stages import DETECTORS, Accelerator, StageInfo
+
+_ALTERNATIVES = ("surf_accel's TeaCache (surf_accel.integrations.accelerators.apply_teacache) or diffusers' "
+                 "FirstBlockCacheConfig, which SURF resets at every stage")
 
 
 def is_cache_dit(model) -> bool:
@@ -20,19 +31,56 @@ def is_cache_dit(model) -> bool:
     return bool(getattr(model, "_is_cached", False)) and hasattr(model, "_original_forward")
 
 
+def _cache_configs(model) -> list:
+    """The DBCache config of each of the transformer's cache contexts (``cache_dit.summary``)."""
+    import cache_dit
+
+    stats = cache_dit.summary(model, logging=False)
+    return [s.cache_options["cache_config"] for s in stats if s.cache_options.get("cache_config") is not None]
+
+
 class CacheDiT(Accelerator):
     is_cache = True
     name = "cache-dit"
 
     def check(self, plan, model, *, cfg: bool) -> None:
-        raise ValueError(
-            "cache-dit is enabled on this pipeline's transformer; its cache contexts span one pipeline call and would "
-            "carry DBCache state across SURF's resolution switches (cache-dit has no public per-stage refresh). "
-            "Call cache_dit.disable_cache(pipe) before using SURF (it wraps the pipeline class's __call__: undo in the "
-            "reverse order of enabling, surf_accel.unpatch first if SURF was patched after cache-dit), and use "
-            "surf_accel's TeaCache "
-            "(surf_accel.integrations.accelerators.apply_teacache) or diffusers' FirstBlockCacheConfig, which "
-            "SURF resets at every stage")
+        manager = getattr(model, "_context_manager", None)
+        if manager is None or not manager.persistent_context:
+            raise ValueError(
+                "cache-dit is enabled on the whole pipeline (cache_dit.enable_cache(pipe)); its cache contexts span "
+                "one pipeline call and would carry DBCache state across SURF's resolution switches. Enable it on the "
+                "transformer instead, which SURF refreshes at every stage: cache_dit.disable_cache(pipe) (undo in "
+                "the reverse order of enabling, surf_accel.unpatch first if SURF was patched after cache-dit), then "
+                "cache_dit.enable_cache(pipe.transformer, cache_config=DBCacheConfig(...)); or use " + _ALTERNATIVES)
+        for config in _cache_configs(model):
+            if config.cfg_compute_first:
+                raise ValueError("DBCacheConfig(cfg_compute_first=True) expects the unconditional branch first in "
+                                 "each step; SURF calls the conditional branch first, as the pipelines do. Set "
+                                 "cfg_compute_first=False")
+            separate = bool(config.enable_separate_cfg)
+            for s in plan.stages:
+                if s.model == "trained_refiner":
+                    continue  # another model: cache-dit is not on it
+                two = (s.guidance > 1.0) if s.guidance is not None else cfg
+                if two != separate:
+                    raise ValueError(
+                        f"cache-dit on this {type(model).__name__} is set up for {2 if separate else 1} transformer "
+                        f"pass(es) per step (DBCacheConfig(enable_separate_cfg={separate})), but SURF's {s.name} "
+                        f"stage makes {2 if two else 1}; cache-dit would take one branch's calls for the other's. "
+                        + ("Set SurfConfig(refine_guidance=None) to keep guidance in the refine, or "
+                           if s.guidance is not None else "")
+                        + f"enable cache-dit with DBCacheConfig(enable_separate_cfg={two})")
+
+    def stage_start(self, model, stage: StageInfo) -> None:
+        import cache_dit
+
+        cache_dit.refresh_context(model, num_inference_steps=stage.steps)
+
+    def stage_end(self, model, stage: StageInfo) -> None:
+        import cache_dit
+
+        # left as cache-dit expects it for a call of the request's step count (the next stage refreshes again)
+        cache_dit.refresh_context(model, num_inference_steps=stage.request_steps)
 
 
 def _detect(model) -> list[Accelerator]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-FORMS = "teacache:THRESHOLD, fbc:THRESHOLD, seacache[:THRESHOLD], magcache, cache-dit"
+FORMS = "teacache:THRESHOLD, fbc:THRESHOLD, seacache[:THRESHOLD], cache-dit[:THRESHOLD] (magcache is refused)"
 
 
 def _threshold(name: str, value: str) -> float:
@@ -44,6 +44,14 @@ def install_cache(pipe, spec: str, *, teacache_fit: Optional[tuple[str, Sequence
                          "num_inference_steps-long schedule, which SURF's stages do not run; use --cache teacache:T "
                          "or --cache fbc:T")
     if name == "cache-dit":
-        raise ValueError("--cache cache-dit: cache-dit's cache contexts span one pipeline call and would cross SURF's "
-                         "resolution switches; use --cache teacache:T or --cache fbc:T")
+        try:
+            import cache_dit
+        except ImportError:
+            raise ValueError("--cache cache-dit needs cache-dit installed (pip install cache-dit), or use --cache "
+                             "teacache:T or --cache fbc:T") from None
+        # on the transformer (persistent contexts, refreshed by SURF per stage); cache-dit's other defaults
+        cfg = cache_dit.DBCacheConfig(residual_diff_threshold=_threshold(name, value)) if value else \
+            cache_dit.DBCacheConfig()
+        cache_dit.enable_cache(tr, cache_config=cfg)
+        return f"cache-dit DBCache on the transformer (residual_diff_threshold {cfg.residual_diff_threshold})"
     raise ValueError(f"--cache {spec!r}: unknown form; use one of {FORMS}")

@@ -47,12 +47,13 @@ class StageInfo:
     total_steps: int  # steps of the whole call (all stages)
     num_stages: int
     sigmas: tuple[float, ...]  # steps + 1 levels (see planner.Stage)
+    request_steps: int  # the call's num_inference_steps
 
     @classmethod
     def from_plan(cls, plan, index: int) -> "StageInfo":
         s = plan.stages[index]
         return cls(index, s.name, s.height, s.width, tuple(s.latent_size), s.steps, s.step_offset,
-                   plan.total_steps, len(plan.stages), tuple(s.sigmas))
+                   plan.total_steps, len(plan.stages), tuple(s.sigmas), plan.request.num_inference_steps)
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def detect(model) -> list[Accelerator]:
                          "allows one cache per model and two would each skip work the other relies on. Keep one: "
                          "`transformer.disable_cache()` removes a diffusers cache, "
                          "`surf_accel.integrations.accelerators.remove_teacache(transformer)` TeaCache, "
-                         "`cache_dit.disable_cache(pipe)` cache-dit")
+                         "`cache_dit.disable_cache(pipe.transformer)` (or `(pipe)`, the way it was enabled) cache-dit")
     return found
 
 

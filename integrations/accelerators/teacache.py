@@ -358,7 +358,7 @@ def apply_teacache(transformer, config: TeaCacheConfig) -> None:
     if present:
         raise ValueError(f"{type(transformer).__name__} already has a cache installed ({present[0].name}); diffusers "
                          "allows one cache per model. Remove it first (`transformer.disable_cache()`, "
-                         "`remove_teacache(transformer)`, `cache_dit.disable_cache(pipe)`)")
+                         "`remove_teacache(transformer)`, `cache_dit.disable_cache(transformer)`)")
     shared = _TeaCacheShared(transformer, config)
     blocks = _blocks(transformer)
     if len(blocks) < 2:

@@ -35,6 +35,7 @@ from surf_accel.bench import record
 from surf_accel.bench.toy import Run, add_shard_arguments, fmt, generate, run_sharded
 from surf_accel.config import SurfConfig
 from surf_accel.integrations.accelerators import current_step, remove_teacache
+from surf_accel.integrations.accelerators.cache_dit import is_cache_dit
 from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
 from surf_accel.integrations.accelerators.spec import install_cache
 from surf_accel.toyworld import EVAL_PROMPTS, NUM_FRAMES, TARGET_SIZE, load_pipeline, load_refiner, surf_config
@@ -76,6 +77,10 @@ def _remove_caches(tr) -> None:
     remove_teacache(tr)
     if tr.is_cache_enabled:
         tr.disable_cache()
+    if is_cache_dit(tr):
+        import cache_dit
+
+        cache_dit.disable_cache(tr)
 
 
 class _CallCounter:

@@ -32,7 +32,6 @@ def test_bad_spec_through_the_cli(model, tmp_path, capsys):
     ("teacache:0.2", "no published TeaCache coefficients match"),  # a tiny Wan is no published checkpoint
     ("teacache:fast", "the threshold must be a number"),
     ("magcache", "mag_ratios"),
-    ("cache-dit", "cross SURF's resolution switches"),
     ("fbc", "unknown form"),
 ])
 def test_bad_cache_specs(spec, msg):
