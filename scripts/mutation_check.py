@@ -1,5 +1,6 @@
-"""Mutation check of SURF's core modules: seed one plausible fault at a time into a copy of the tree
-and run the tests that should catch it; a mutant the suite lets through is a hole in the tests.
+"""Mutation check of SURF's core modules and the stacking layer: seed one plausible fault at a time
+into a copy of the tree and run the tests that should catch it; a mutant the suite lets through is a
+hole in the tests.
 
 Each mutant replaces one exact snippet (which must occur exactly once) in one file. The copy is the
 committed tree (``git archive HEAD``: uncommitted edits are not checked) plus the built extension,
@@ -30,7 +31,9 @@ TESTS = ["tests/test_surf_replay.py", "tests/test_runner.py", "tests/test_planne
          "tests/integrations/test_hunyuan_video.py", "tests/test_cost_model.py", "tests/test_surf_replay_wan22.py",
          "tests/integrations/test_wan22.py"]
 
-# (name, file, original snippet, mutated snippet)
+STACKING_TESTS = ["tests/integrations/accelerators", "tests/bench"]
+
+# (name, file, original snippet, mutated snippet[, tests to run instead of --tests])
 MUTANTS = [
     ("pixel handoff discards the preview", "surf_accel/refiner.py",
      "video = adapter.decode(pipe, preview).to(torch.float32)",
@@ -113,6 +116,34 @@ MUTANTS = [
      'dtype=tdtype, device=device) * 1000.0', 'dtype=tdtype, device=device) * 1.0'),
     ("HunyuanVideo latents not scaled on encode", "integrations/base.py",
      "return z * pipe.vae.config.scaling_factor", "return z"),
+    # the stacking layer (issue 12): its own tests
+    ("stage protocol never resets the caches' state", "integrations/accelerators/stages.py",
+     "    reg.reset_stateful_hooks(recurse=True)", "    pass", STACKING_TESTS),
+    ("apply_* caches left out of cache_context", "integrations/accelerators/stages.py",
+     "    reg.invalidate_child_registries_cache()\n    reg.reset", "    reg.reset", STACKING_TESTS),
+    ("cache_context step index counted over the call", "integrations/accelerators/stages.py",
+     "return dict(step_index=self.index,", "return dict(step_index=self.stage.step_offset + self.index,",
+     STACKING_TESTS),
+    ("two caches on one model allowed", "integrations/accelerators/stages.py",
+     "if len(caches) > 1:", "if len(caches) > 2:", STACKING_TESTS),
+    ("TeaCache skips a stage's last step", "integrations/accelerators/teacache.py",
+     "or i < self.retention or i == n - 1", "or i < self.retention", STACKING_TESTS),
+    ("TeaCache threshold comparison reversed", "integrations/accelerators/teacache.py",
+     "compute = not state.accumulated < self.config.threshold", "compute = state.accumulated < self.config.threshold",
+     STACKING_TESTS),
+    ("TeaCache's rule traced by torch.compile", "integrations/accelerators/teacache.py",
+     "    @torch.compiler.disable\n    def decide", "    def decide", STACKING_TESTS),
+    ("FasterCache counter restarts inside its skip window", "integrations/accelerators/diffusers_caches.py",
+     "hook.state.iteration = hook.block_skip_range", "hook.state.iteration = 0", STACKING_TESTS),
+    ("MagCache allowed across SURF's stages", "integrations/accelerators/diffusers_caches.py",
+     'if kind == "MagCache" and not _is_single_schedule(plan):', "if False:", STACKING_TESTS),
+    ("cache-dit contexts not refreshed at a stage start", "integrations/accelerators/cache_dit.py",
+     "cache_dit.refresh_context(model, num_inference_steps=stage.steps)", "pass", STACKING_TESTS),
+    ("compile watch silent", "integrations/accelerators/compile.py", "if len(set(late)) >= 3:", "if False:",
+     STACKING_TESTS),
+    ("stack table counts computed calls as skipped", "surf_accel/bench/stacking.py",
+     "return {s: 1.0 - computed[s] / calls[s] for s in calls}", "return {s: computed[s] / calls[s] for s in calls}",
+     STACKING_TESTS),
 ]
 
 
@@ -127,7 +158,8 @@ def make_copy(dest: Path) -> None:
 
 
 def run_mutant(copy: Path, mutant, tests: list[str]) -> tuple[str, float, str]:
-    name, rel, old, new = mutant
+    name, rel, old, new = mutant[:4]
+    tests = mutant[4] if len(mutant) > 4 else tests
     path = copy / rel
     text = path.read_text()
     if text.count(old) != 1:
@@ -157,7 +189,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="surf_mutants_") as tmp:
         copy = Path(tmp) / "tree"
         make_copy(copy)
-        baseline = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *a.tests],
+        every = list(dict.fromkeys(t for m in mutants for t in (m[4] if len(m) > 4 else a.tests)))
+        baseline = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *every],
                                   cwd=copy, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(copy)})
         if baseline.returncode != 0:
             print(baseline.stdout[-3000:])
@@ -167,11 +200,12 @@ def main(argv=None) -> int:
             rows.append((m[0], m[1], verdict, secs, test))
             print(f"{verdict:9s} {secs:6.1f} s  {m[0]} ({m[1]})  {test}", flush=True)
     killed = sum(r[2] == "killed" for r in rows)
-    lines = [f"# Mutation check of the SURF core ({killed}/{len(rows)} killed)", "",
+    lines = [f"# Mutation check of the SURF core and the stacking layer ({killed}/{len(rows)} killed)", "",
              f"- commit checked: {commit}; date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
              f"{os.cpu_count()} cores, {platform.platform()}",
              f"- command: `python scripts/{Path(__file__).name} {' '.join(argv or sys.argv[1:])}`".rstrip(),
-             f"- tests run per mutant (stopping at the first failure): {' '.join(a.tests)}", "",
+             f"- tests run per mutant (stopping at the first failure): {' '.join(a.tests)}; the stacking layer's "
+             f"mutants: {' '.join(STACKING_TESTS)}", "",
              "| mutant | file | verdict | seconds | first failing test |", "|---|---|---|---|---|",
              *(f"| {n} | `{f}` | {v} | {s:.0f} | {t and f'`{t}`'} |" for n, f, v, s, t in rows)]
     a.out.parent.mkdir(parents=True, exist_ok=True)
