@@ -126,17 +126,24 @@ def _fbc(tr):
     tr.enable_cache(FirstBlockCacheConfig(threshold=0.6))
 
 
+def _cache_dit(tr):
+    cache_dit = pytest.importorskip("cache_dit", reason="cache-dit is an optional dependency")
+    cache_dit.enable_cache(tr, cache_config=cache_dit.DBCacheConfig(
+        Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.3, max_warmup_steps=1))
+
+
 @pytest.mark.parametrize("cache_first", [True, False], ids=["cache-then-offload", "offload-then-cache"])
-@pytest.mark.parametrize("install", [_teacache, _fbc], ids=["teacache", "first-block-cache"])
+@pytest.mark.parametrize("install", [_teacache, _fbc, _cache_dit], ids=["teacache", "first-block-cache", "cache-dit"])
 @pytest.mark.parametrize("offload", ["group", "model"])
 def test_offload_with_a_cache_equals_the_cache_without_offload(offload, install, cache_first, monkeypatch):
     """SURF + a cache under diffusers' offloading (hooks installed in either order): the result and the
     cache's decisions of SURF + the cache without offload, the offload hooks still serving each call."""
     ref_pipe = tiny_wan_t2v("euler")
-    install(ref_pipe.transformer)
     with surf_accel.patched(ref_pipe, STAGED):
+        alone_out = ref_pipe(generator=gen(0), **CACHE_KW).frames
+        install(ref_pipe.transformer)
         ref = ref_pipe(generator=gen(0), **CACHE_KW).frames
-        alone = None if install is _fbc else teacache_stats(ref_pipe.transformer)
+        alone = teacache_stats(ref_pipe.transformer) if install is _teacache else None
 
     pipe = tiny_wan_t2v("euler")
     t = pipe.transformer
@@ -156,9 +163,10 @@ def test_offload_with_a_cache_equals_the_cache_without_offload(offload, install,
         if alone is not None:
             assert teacache_stats(t) == alone
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    assert not torch.equal(out, alone_out)  # the cache skipped work
     if offload == "model":
         assert seen == ["transformer"] * CACHE_CALLS
-    elif install is _fbc:  # FirstBlockCache always runs the first block
+    elif install is not _teacache:  # FirstBlockCache and cache-dit's Fn_compute_blocks=1 always run the first block
         assert seen.count("blocks.0") == CACHE_CALLS
     else:  # TeaCache's hooks inside the offload hooks: every call onloads; outside: computed calls only
         computed = sum(d["computed"] for v in alone.values() for d in v.values())
