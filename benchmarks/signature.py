@@ -30,10 +30,10 @@ import torch
 
 from surf_accel import metrics
 from surf_accel.bench import record as _record
-from surf_accel.bench.toy import Run, add_shard_arguments, fmt, generate, run_sharded, upsample
+from surf_accel.bench.toy import Run, add_shard_arguments, fmt, generate, run_sharded, setup, upsample
 from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
-from surf_accel.toyworld import (EVAL_PROMPTS, NUM_FRAMES, OPTIMAL_SIZE, PREVIEW_SIZE, REFINE_WINDOW, TARGET_SIZE,
-                                 load_pipeline, load_refiner, surf_config)
+from surf_accel.toyworld import (NUM_FRAMES, OPTIMAL_SIZE, PREVIEW_SIZE, REFINE_WINDOW, TARGET_SIZE, load_refiner,
+                                 surf_config)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "signature.md"
 
@@ -79,13 +79,8 @@ def runs(steps: int) -> list[Run]:
 
 def measure(a) -> dict:
     """Every row for ``a.seeds``: per-video labels and distances, CPU and wall seconds per row."""
-    torch.set_num_threads(a.threads)
-    prompts = list(EVAL_PROMPTS[:: a.prompt_stride])
-    pipe = load_pipeline(torch.float32, path=a.pipeline)
-    pipe.set_progress_bar_config(disable=True)
-    unipc_config = pipe.scheduler.config
+    pipe, unipc_config, prompts = setup(a)
     refiner = load_refiner(torch.float32)
-    generate(pipe, unipc_config, Run("warm-up", PREVIEW_SIZE, 2), prompts[:1], 0, a.guidance)
     all_runs = runs(a.steps)
     if a.only:
         keep = {r.name for r in all_runs if any(r.name.startswith(o) for o in a.only)} | {all_runs[0].name}

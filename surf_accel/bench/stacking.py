@@ -32,13 +32,13 @@ import torch
 
 from surf_accel import metrics
 from surf_accel.bench import record
-from surf_accel.bench.toy import Run, add_shard_arguments, fmt, generate, run_sharded
+from surf_accel.bench.toy import Run, add_shard_arguments, fmt, generate, run_sharded, setup
 from surf_accel.config import SurfConfig
 from surf_accel.integrations.accelerators import current_step, remove_teacache
 from surf_accel.integrations.accelerators.cache_dit import is_cache_dit
 from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
 from surf_accel.integrations.accelerators.spec import install_cache
-from surf_accel.toyworld import EVAL_PROMPTS, NUM_FRAMES, TARGET_SIZE, load_pipeline, load_refiner, surf_config
+from surf_accel.toyworld import NUM_FRAMES, TARGET_SIZE, load_refiner, surf_config
 
 # chosen on the toy: benchmarks/results/stacking.md says how
 DEFAULT_CACHES = ("teacache:0.15", "fbc:0.08")
@@ -110,16 +110,11 @@ def _sparse(a) -> Optional[SparsePattern]:
 
 
 def measure(a) -> dict:
-    torch.set_num_threads(a.threads)
-    prompts = list(EVAL_PROMPTS[:: a.prompt_stride])
-    pipe = load_pipeline(torch.float32, path=a.pipeline)
-    pipe.set_progress_bar_config(disable=True)
-    unipc = pipe.scheduler.config
+    pipe, unipc, prompts = setup(a)
     refiner = None if a.training_free else load_refiner(torch.float32)
     for c in a.cache:  # a bad form is refused before any row runs
         install_cache(pipe, c, teacache_fit=TOY_TEACACHE)
         _remove_caches(pipe.transformer)
-    generate(pipe, unipc, Run("warm-up", 32, 2), prompts[:1], 0, a.guidance)
     rows = stack_rows(a.steps, a.cache, _sparse(a), not a.training_free)
     videos, out, installed = {}, {}, {}
     load_before = os.getloadavg()

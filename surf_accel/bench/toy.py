@@ -24,7 +24,8 @@ import torch
 
 import surf_accel
 from surf_accel.config import SurfConfig
-from surf_accel.toyworld import DEFAULT_GUIDANCE, DEFAULT_STEPS, FLOW_SHIFT, NUM_FRAMES
+from surf_accel.toyworld import (DEFAULT_GUIDANCE, DEFAULT_STEPS, EVAL_PROMPTS, FLOW_SHIFT, NUM_FRAMES,
+                                 PREVIEW_SIZE, load_pipeline)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,19 @@ def generate(pipe, unipc_config, run: Run, prompts, seed: int, guidance: float, 
                       num_inference_steps=run.steps, guidance_scale=guidance, output_type="np",
                       generator=torch.Generator().manual_seed(seed)).frames
     return frames, time.process_time() - c0, time.perf_counter() - t0
+
+
+def setup(a) -> tuple:
+    """(pipeline, its scheduler config, prompts) for a shard: ``a.threads`` intra-op threads, the
+    shipped toy pipeline (or ``a.pipeline``) in float32, every ``a.prompt_stride``-th evaluation
+    prompt, and one small warm-up call so that no row pays for first-call costs."""
+    torch.set_num_threads(a.threads)
+    prompts = list(EVAL_PROMPTS[:: a.prompt_stride])
+    pipe = load_pipeline(torch.float32, path=a.pipeline)
+    pipe.set_progress_bar_config(disable=True)
+    unipc_config = pipe.scheduler.config
+    generate(pipe, unipc_config, Run("warm-up", PREVIEW_SIZE, 2), prompts[:1], 0, a.guidance)
+    return pipe, unipc_config, prompts
 
 
 def fmt(mean, lo, hi, scale=100.0, digits=1) -> str:

@@ -1,5 +1,6 @@
 """Shared set-up of the stacking tests: tiny pipelines, a SURF plan with stages long enough for a
-cache to skip (4 steps each), call recorders independent of the code under test."""
+cache to skip (4 steps each), caches that skip on the tiny Wan, call recorders independent of the
+code under test."""
 
 from __future__ import annotations
 
@@ -38,3 +39,43 @@ class Calls:
 
     def remove(self):
         self._h.remove()
+
+
+def install_teacache(tr):
+    """No retention and a threshold never reached: each stage computes its first and last steps only."""
+    from surf_accel.integrations.accelerators import TeaCacheConfig, apply_teacache
+
+    apply_teacache(tr, TeaCacheConfig(threshold=1e9, coefficients=(1.0, 0.0), indicator="temb", retention_steps=0))
+
+
+def install_fbc(tr):
+    from diffusers import FirstBlockCacheConfig
+
+    tr.enable_cache(FirstBlockCacheConfig(threshold=0.6))
+
+
+def install_cache_dit(tr):
+    """cache-dit on the transformer: the first block always computes, the rest cached below 0.3."""
+    import pytest
+
+    cache_dit = pytest.importorskip("cache_dit", reason="cache-dit is an optional dependency")
+    cache_dit.enable_cache(tr, cache_config=cache_dit.DBCacheConfig(
+        Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.3, max_warmup_steps=1))
+
+
+def surf_with_cache(install, kw):
+    """A tiny Wan run with SURF (``STAGED``) alone and then with the cache ``install`` puts on it:
+    (the pipeline, with the cache, SURF alone's output, SURF + the cache's output, TeaCache's decisions
+    or None). Checks that the cache skipped work."""
+    import surf_accel
+    from surf_accel.integrations.accelerators import teacache_stats
+    from tests.tiny_pipelines import tiny_wan_t2v
+
+    pipe = tiny_wan_t2v("euler")
+    with surf_accel.patched(pipe, STAGED):
+        alone = frames(pipe, kw)
+        install(pipe.transformer)
+        cached = frames(pipe, kw)
+        decisions = teacache_stats(pipe.transformer) if install is install_teacache else None
+    assert not np.array_equal(np.asarray(cached), np.asarray(alone))  # the cache skipped work
+    return pipe, alone, cached, decisions

@@ -6,14 +6,13 @@ import logging
 
 import pytest
 import torch
-from diffusers import FirstBlockCacheConfig
 from torch._dynamo.utils import counters, guard_failures
 
 import surf_accel
 from surf_accel import SurfConfig
-from surf_accel.integrations.accelerators import TeaCacheConfig, apply_teacache, teacache_stats
+from surf_accel.integrations.accelerators import teacache_stats
 from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
-from tests.integrations.accelerators.common import STAGED, WAN_KW
+from tests.integrations.accelerators.common import STAGED, WAN_KW, install_fbc, install_teacache, surf_with_cache
 from tests.tiny_pipelines import T2V_KW, gen, tiny_wan_t2v
 
 # three stage resolutions: preview 32 px, preview_low 16 px, refine 64 px
@@ -102,28 +101,13 @@ def test_per_step_recompile_is_a_warning_naming_the_fix(caplog):
     assert "dynamic=False" in warned[0] and "scale" in warned[0]  # the fix and the failing guard
 
 
-def _teacache(tr):
-    # no retention and a threshold never reached: each stage computes its first and last steps, skips the rest
-    apply_teacache(tr, TeaCacheConfig(threshold=1e9, coefficients=(1.0, 0.0), indicator="temb", retention_steps=0))
-
-
-def _fbc(tr):
-    tr.enable_cache(FirstBlockCacheConfig(threshold=0.6))  # skips on the tiny model (checked below)
-
-
-@pytest.mark.parametrize("install", [_teacache, _fbc], ids=["teacache", "first-block-cache"])
+@pytest.mark.parametrize("install", [install_teacache, install_fbc], ids=["teacache", "first-block-cache"])
 @pytest.mark.parametrize("how", ["regional", "wrapper"])
 def test_compiled_surf_with_a_cache(how, install, caplog):
     """A cache's per-branch state and skip decisions inside compiled code: the result of eager SURF with
     the same cache, no code object past dynamo's recompile limit (it would fall back to eager there),
     nothing compiled by a second call with twice the steps, no per-step warning."""
-    pipe = tiny_wan_t2v("euler")
-    with surf_accel.patched(pipe, STAGED):
-        alone = pipe(generator=gen(0), **CACHE_KW).frames
-        install(pipe.transformer)
-        eager = pipe(generator=gen(0), **CACHE_KW).frames
-        decisions = teacache_stats(pipe.transformer) if install is _teacache else None
-    assert not torch.equal(eager, alone)  # the cache skipped work
+    pipe, _, eager, decisions = surf_with_cache(install, CACHE_KW)
     _compile(pipe, how)
     torch._dynamo.reset()
     counters.clear()

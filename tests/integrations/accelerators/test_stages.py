@@ -2,7 +2,6 @@
 cache_context per stage, recorded by a diffusers StateManager-holding hook of the test's own."""
 
 import pytest
-import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
