@@ -16,6 +16,7 @@ import surf_accel
 from surf_accel import SurfConfig
 from tests.integrations.accelerators.common import HY_CALL, HY_CFG, STAGE_STEPS, STAGED, WAN_KW, Calls, assert_equal, \
     frames
+from tests.tiny_pipelines import tiny_hunyuan_t2v, tiny_wan_t2v
 
 APPLY = {FirstBlockCacheConfig: apply_first_block_cache, PyramidAttentionBroadcastConfig:
          apply_pyramid_attention_broadcast, FasterCacheConfig: apply_faster_cache, MagCacheConfig: apply_mag_cache,
@@ -105,11 +106,13 @@ NEVER = {"fbc": lambda fam: FirstBlockCacheConfig(threshold=-1.0),
 @pytest.mark.parametrize("kind", list(NEVER))
 @pytest.mark.parametrize("way, order", [("enable_cache", "cache_first"), ("apply", "surf_first"),
                                         ("apply", "cache_first")])
-def test_never_skipping_cache_equals_surf_alone(request, fam, kind, way, order):
+def test_never_skipping_cache_equals_surf_alone(fam, kind, way, order):
     """Both ways of enabling, before or after patching: the stages run with the cache's state reset at
     each (apply_first_block_cache used to crash at the first switch; the patch order does not matter
-    since SURF patches the pipeline and the cache the transformer)."""
-    pipe = request.getfixturevalue(fam)
+    since SURF patches the pipeline and the cache the transformer). Fresh pipelines: the first call
+    caches the list of modules that carry a hook registry, which an apply_* function then makes
+    stale; a module already carrying an (emptied) registry from an earlier test would hide that."""
+    pipe = {"wan": tiny_wan_t2v, "hy": tiny_hunyuan_t2v}[fam]()
     kw = WAN_KW if fam == "wan" else HY_CALL
     with surf_accel.patched(pipe, STAGED):
         ref = frames(pipe, kw)
