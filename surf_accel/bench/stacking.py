@@ -40,7 +40,7 @@ from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
 from surf_accel.integrations.accelerators.spec import install_cache
 from surf_accel.toyworld import NUM_FRAMES, TARGET_SIZE, load_refiner, surf_config
 
-# chosen on the toy: benchmarks/results/stacking.md says how
+# chosen on the toy by a threshold sweep (README, "Stacking with caches")
 DEFAULT_CACHES = ("teacache:0.15", "fbc:0.08")
 # the toy's sparse preview of the signature table: 2x2-token tiles, 3x3x3-tile windows, first frame global
 DEFAULT_SPARSE = (1, 2, 2, 3, 3, 3, 1)
