@@ -17,6 +17,7 @@ import datetime
 import glob
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
     lines = [f"# Mutation check of the SURF core and the stacking layer ({killed}/{len(rows)} killed)", "",
              f"- commit checked: {commit}; date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
              f"{os.cpu_count()} cores, {platform.platform()}",
-             f"- command: `python scripts/{Path(__file__).name} {' '.join(argv or sys.argv[1:])}`".rstrip(),
+             f"- command: `python scripts/{Path(__file__).name} {shlex.join(argv or sys.argv[1:])}`".rstrip(),
              f"- tests run per mutant (stopping at the first failure): {' '.join(a.tests)}; the stacking layer's "
              f"mutants: {' '.join(STACKING_TESTS)}", "",
              "| mutant | file | verdict | seconds | first failing test |", "|---|---|---|---|---|",
