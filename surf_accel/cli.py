@@ -55,8 +55,7 @@ def _config_from(args, default_preset: str):
     if getattr(args, "sparse_preview", None):
         from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
 
-        sp = args.sparse_preview
-        changes["preview_attention"] = SparsePattern(tuple(sp[:3]), tuple(sp[3:6]), sp[6])
+        changes["preview_attention"] = SparsePattern.from_numbers(args.sparse_preview)
     return cfg.replace(**changes) if changes else cfg
 
 
@@ -340,8 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "--compile) or full; SURF compiles once per stage resolution, never per step")
     g.add_argument("--cache", default=None, metavar="SPEC", help="a cache on the transformer, stacked with SURF: "
                    "teacache:THRESHOLD (published coefficients picked from the model's config), fbc:THRESHOLD "
-                   "(diffusers FirstBlockCache), seacache[:THRESHOLD], cache-dit[:THRESHOLD] (its DBCache on the transformer, "
-                   "cache-dit's other defaults; pip install cache-dit); magcache is refused")
+                   "(diffusers FirstBlockCache), seacache[:THRESHOLD], cache-dit[:THRESHOLD] (its DBCache on the "
+                   "transformer, cache-dit's other defaults; pip install cache-dit); magcache is refused")
     _add_config_args(g)
     g.set_defaults(func=cmd_generate)
 

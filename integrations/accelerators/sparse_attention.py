@@ -65,6 +65,13 @@ class SparsePattern:
         if isinstance(g, bool) or not isinstance(g, int) or g < 0:
             raise ValueError(f"global_frames must be an int >= 0, got {g!r}")
 
+    @classmethod
+    def from_numbers(cls, numbers: Sequence[int]) -> "SparsePattern":
+        """From the 7 numbers of the CLI's ``--sparse-preview``: TT TH TW (tile) WT WH WW (window) G."""
+        if len(numbers) != 7:
+            raise ValueError(f"a sparse preview takes 7 numbers (TT TH TW WT WH WW G), got {list(numbers)}")
+        return cls(tuple(numbers[:3]), tuple(numbers[3:6]), numbers[6])
+
     def check_grid(self, grid: Sequence[int]) -> None:
         """``ValueError`` naming the fix where the pattern does not fit the token ``grid`` (T, H, W)."""
         grid = tuple(int(g) for g in grid)

@@ -34,18 +34,17 @@ from surf_accel import metrics
 from surf_accel.bench import record
 from surf_accel.bench.toy import Run, add_shard_arguments, fmt, generate, run_sharded, setup
 from surf_accel.config import SurfConfig
-from surf_accel.integrations.accelerators import current_step, remove_teacache
-from surf_accel.integrations.accelerators.cache_dit import is_cache_dit
-from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
-from surf_accel.integrations.accelerators.spec import install_cache
 from surf_accel.toyworld import NUM_FRAMES, TARGET_SIZE, load_refiner, surf_config
+
+# The accelerators (and diffusers with them) are imported where used: every `surf-accel` command
+# builds this module's arguments, and none but `bench` needs them.
 
 # chosen on the toy by a threshold sweep (README, "Stacking with caches")
 DEFAULT_CACHES = ("teacache:0.15", "fbc:0.08")
 # the toy's sparse preview of the signature table: 2x2-token tiles, 3x3x3-tile windows, first frame global
 DEFAULT_SPARSE = (1, 2, 2, 3, 3, 3, 1)
 # the same kind of pattern on Wan2.1-14B's preview grids (README: fits the 480p and 240p token grids)
-WAN_SPARSE = SparsePattern((3, 5, 13), (3, 3, 3), 1)
+WAN_SPARSE = (3, 5, 13, 3, 3, 3, 1)
 TOY_TEACACHE = ("temb", (1.0, 0.0))  # indicator, identity rescale
 PREDICTED = ((720, 1280), (1088, 1920))
 
@@ -59,7 +58,8 @@ class StackRow:
     sparse: bool = False
 
 
-def stack_rows(steps: int, caches, sparse: Optional[SparsePattern], trained: bool) -> list[StackRow]:
+def stack_rows(steps: int, caches, sparse, trained: bool) -> list[StackRow]:
+    """``sparse``: the preview's ``SparsePattern`` of the sparse rows (``None``: no sparse rows)."""
     base = Run(f"base {TARGET_SIZE} px", TARGET_SIZE, steps)
     toy = surf_config()
     surf = Run("SURF" + ("" if trained else " (training-free refine)"), TARGET_SIZE, steps, toy, trained=trained)
@@ -74,6 +74,9 @@ def stack_rows(steps: int, caches, sparse: Optional[SparsePattern], trained: boo
 
 
 def _remove_caches(tr) -> None:
+    from surf_accel.integrations.accelerators import remove_teacache
+    from surf_accel.integrations.accelerators.cache_dit import is_cache_dit
+
     remove_teacache(tr)
     if tr.is_cache_enabled:
         tr.disable_cache()
@@ -88,6 +91,8 @@ class _CallCounter:
     (``"call"`` outside SURF)."""
 
     def __init__(self, tr):
+        from surf_accel.integrations.accelerators import current_step
+
         self.calls, self.computed = Counter(), Counter()
 
         def stage():
@@ -102,20 +107,22 @@ class _CallCounter:
             h.remove()
 
 
-def _sparse(a) -> Optional[SparsePattern]:
-    if not a.sparse_preview:
-        return None
-    sp = a.sparse_preview
-    return SparsePattern(tuple(sp[:3]), tuple(sp[3:6]), sp[6])
+def _sparse(numbers):
+    """``--sparse-preview``'s numbers -> ``SparsePattern`` (``None`` for none)."""
+    from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
+
+    return SparsePattern.from_numbers(numbers) if numbers else None
 
 
 def measure(a) -> dict:
+    from surf_accel.integrations.accelerators.spec import install_cache
+
     pipe, unipc, prompts = setup(a)
     refiner = None if a.training_free else load_refiner(torch.float32)
     for c in a.cache:  # a bad form is refused before any row runs
         install_cache(pipe, c, teacache_fit=TOY_TEACACHE)
         _remove_caches(pipe.transformer)
-    rows = stack_rows(a.steps, a.cache, _sparse(a), not a.training_free)
+    rows = stack_rows(a.steps, a.cache, _sparse(a.sparse_preview), not a.training_free)
     videos, out, installed = {}, {}, {}
     load_before = os.getloadavg()
     for row in rows:
@@ -167,8 +174,9 @@ def predict(fractions: dict[str, float], height: int, width: int, surf: bool, sp
     from surf_accel.cost_model import estimate
 
     cfg = SurfConfig.preset("paper")
-    est = estimate("wan2.1-14b", height, width, 81, cfg.replace(preview_attention=WAN_SPARSE) if sparse else cfg,
-                   refiner="wan2.1-1.3b")
+    if sparse:
+        cfg = cfg.replace(preview_attention=_sparse(WAN_SPARSE))
+    est = estimate("wan2.1-14b", height, width, 81, cfg, refiner="wan2.1-1.3b")
     if not surf:
         cached = sum(s.total for s in est.baseline) * (1.0 - fractions.get("call", 0.0))
         return est.baseline_total / (cached + sum(est.baseline_vae.values()))
@@ -214,7 +222,8 @@ def combine(parts: list[dict], out: Path, argv) -> None:
         f"- SURF: `{p0['toy']}`, refined by the {p0['refiner']}",
         f"- caches: {'; '.join(f'`{k}`: {v}' for k, v in p0['installed'].items()) or 'none'} (TeaCache's rescale "
         "is the identity: the toy has no published polynomial)",
-        f"- sparse preview: {'none' if sparse is None else f'tile {tuple(sparse[:3])}, window {tuple(sparse[3:6])} tiles, {sparse[6]} global frame(s)'}",
+        "- sparse preview: " + ("none" if sparse is None else f"tile {tuple(sparse[:3])}, window "
+                                f"{tuple(sparse[3:6])} tiles, {sparse[6]} global frame(s)"),
         "- skipped: % of transformer calls per stage whose blocks did not run (counted at the last block's "
         "self-attention; the trained refiner is not cached); layout distance: to the same-noise run named; 95% "
         "percentile bootstrap intervals over videos; speed: process CPU s per video on one thread, speedup vs "
@@ -225,7 +234,7 @@ def combine(parts: list[dict], out: Path, argv) -> None:
         "1.3B-sized refiner)", "",
         "Assumptions, neither measured on real weights: the real model skips the same share of calls per stage "
         "as the toy did (above), and a skipped call is free (the embeddings and head it still runs are left out). "
-        f"Sparse rows count the pattern {WAN_SPARSE} on Wan2.1-14B's preview grids (allowed pairs only).", "",
+        f"Sparse rows count the pattern {_sparse(WAN_SPARSE)} on Wan2.1-14B's preview grids (allowed pairs only).", "",
         "| run | " + " | ".join(f"{h}x{w}" for h, w in PREDICTED) + " | skip fractions assumed |",
         "|---|" + "---|" * len(PREDICTED) + "---|", *preds])
 
@@ -246,6 +255,5 @@ def add_arguments(p: argparse.ArgumentParser, results: Path = Path("stacking.md"
 
 def main(args: argparse.Namespace) -> int:
     """``args``: parsed by ``add_arguments``, with ``args.argv`` the command line after ``surf-accel``."""
-    if args.sparse_preview and len(args.sparse_preview) != 7:
-        raise ValueError(f"--sparse-preview takes 7 numbers (TT TH TW WT WH WW G) or none, got {args.sparse_preview}")
+    _sparse(args.sparse_preview)  # a malformed pattern is refused before the pipeline loads
     return run_sharded(args, args.argv, measure, combine)

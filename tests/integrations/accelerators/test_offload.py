@@ -147,7 +147,7 @@ def test_offload_with_a_cache_equals_the_cache_without_offload(offload, install,
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
     if offload == "model":
         assert seen == ["transformer"] * CACHE_CALLS
-    elif install is not install_teacache:  # FirstBlockCache and cache-dit's Fn_compute_blocks=1 always run the first block
+    elif install is not install_teacache:  # FirstBlockCache and cache-dit (Fn_compute_blocks=1) run the first block
         assert seen.count("blocks.0") == CACHE_CALLS
     else:  # TeaCache's hooks inside the offload hooks: every call onloads; outside: computed calls only
         computed = sum(d["computed"] for v in alone.values() for d in v.values())
