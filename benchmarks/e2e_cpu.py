@@ -23,8 +23,9 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 
 import surf_accel  # noqa: E402
 from surf_accel import SurfConfig  # noqa: E402
-from surf_accel.cost_model import TransformerSpec, estimate, forward_flops, measure_vae  # noqa: E402
-from surf_accel.integrations.base import scheduler_spec  # noqa: E402
+from surf_accel.catalogue import estimate  # noqa: E402
+from surf_accel.cost_model import TransformerSpec, forward_flops, measure_vae  # noqa: E402
+from surf_accel.schedulers import scheduler_spec  # noqa: E402
 from surf_accel.integrations.wan import WanAdapter  # noqa: E402
 
 

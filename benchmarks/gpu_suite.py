@@ -45,7 +45,7 @@ from surf_accel.bench import record as _record  # noqa: E402
 from _timing import seconds  # noqa: E402
 import ops as ops_bench  # noqa: E402
 import window_attention as window_bench  # noqa: E402
-from surf_accel import cost_model  # noqa: E402
+from surf_accel import catalogue, cost_model  # noqa: E402
 from surf_accel.config import SurfConfig  # noqa: E402
 from surf_accel.ops.window_attention import WINDOW_ATTENTION  # noqa: E402
 
@@ -94,7 +94,7 @@ def wan_config(model: str, layers: int, dry: bool) -> dict:
     if dry:
         return dict(num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16, text_dim=32,
                     freq_dim=16, ffn_dim=64, num_layers=layers, rope_max_seq_len=64)
-    spec = cost_model.MODELS[model]  # diffusers' defaults are the 14B config; 1.3B differs in width
+    spec = catalogue.MODELS[model]  # diffusers' defaults are the 14B config; 1.3B differs in width
     return dict(num_attention_heads=spec.num_heads, attention_head_dim=spec.dim // spec.num_heads,
                 ffn_dim=spec.ffn_dim, num_layers=layers)
 
@@ -125,12 +125,12 @@ def build(model: str, layers: int, dry: bool, device, dtype) -> Model:
         if model == "hunyuanvideo":
             cfg = hunyuan_config(layers, dry)
             m = HunyuanVideoTransformer3DModel(**cfg)
-            spec = cost_model.MODELS[model]
+            spec = catalogue.MODELS[model]
             scale = (spec.num_layers + spec.num_single_layers) / (cfg["num_layers"] + cfg["num_single_layers"])
             text = (8, 32, 8) if dry else (spec.text_len, spec.text_dim, spec.pooled_dim)
         else:
             m = WanTransformer3DModel(**wan_config(model, layers, dry))
-            spec = cost_model.MODELS[model]
+            spec = catalogue.MODELS[model]
             scale = spec.num_layers / layers
             text = (8, 32, 0) if dry else (spec.text_len, spec.text_dim, 0)
     return Model(model, m.to(dtype).eval().requires_grad_(False), scale, *text)
@@ -300,7 +300,7 @@ def plans() -> list[tuple[Request, str, cost_model.Estimate]]:
     out = []
     for req in REQUESTS:
         for name, (cfg, refiner) in presets(req).items():
-            est = cost_model.estimate(req.model, req.height, req.width, req.frames, cfg, refiner=refiner)
+            est = catalogue.estimate(req.model, req.height, req.width, req.frames, cfg, refiner=refiner)
             out.append((req, name, est))
     return out
 
@@ -315,7 +315,7 @@ def baseline_shapes(req: Request, est: cost_model.Estimate):
     from surf_accel.planner import Request as PlanRequest
     from surf_accel.planner import plan_stages
 
-    fam = cost_model.FAMILIES[cost_model.MODELS[req.model].family]
+    fam = catalogue.FAMILIES[catalogue.MODELS[req.model].family]
     base = plan_stages(PlanRequest(req.height, req.width, req.frames, 50), fam.family, fam.scheduler,
                        SurfConfig.identity())
     return [(row.model, st.latent_size, None, row.steps * row.passes_per_step) for row, st in zip(est.baseline, base.stages)]
@@ -331,7 +331,7 @@ def vae_needs(req: Request, est: cost_model.Estimate) -> list[tuple[str, int, in
 
 def predict(suite: Suite, req: Request, est: cost_model.Estimate) -> tuple[float | None, float | None, str]:
     """(baseline s, SURF s, notes) from measured per-forward times x the plan, plus VAE passes."""
-    family = cost_model.MODELS[req.model].family
+    family = catalogue.MODELS[req.model].family
     notes = []
 
     def total(shapes, vae_ops) -> float | None:
@@ -483,10 +483,10 @@ def main(argv: list[str] | None = None) -> int:
             shapes.setdefault(model, set()).add((tuple(latent), tuple(window) if window else None))
             if window:  # the dense forward at the same shape, for "vs dense"
                 shapes[model].add((tuple(latent), None))
-        fam = cost_model.MODELS[req.model].family
+        fam = catalogue.MODELS[req.model].family
         needs.setdefault(fam, set()).update(vae_needs(req, est))
     for model, h, w, frames in EXTRA_SHAPES:
-        fam = cost_model.FAMILIES[cost_model.MODELS[model].family].family
+        fam = catalogue.FAMILIES[catalogue.MODELS[model].family].family
         latent = ((frames - 1) // fam.vae_scale_temporal + 1, h // fam.vae_scale_spatial, w // fam.vae_scale_spatial)
         shapes.setdefault(model, set()).add((latent, None))
 

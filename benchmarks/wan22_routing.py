@@ -12,7 +12,7 @@ swap under ``enable_model_cpu_offload``), and the unpatched call's split for com
 import argparse
 
 from surf_accel import SurfConfig
-from surf_accel.cost_model import WAN22_A14B_FAMILY
+from surf_accel.integrations.wan import WAN22_A14B_FAMILY
 from surf_accel.planner import Request, SchedulerSpec, plan_stages
 
 

@@ -25,9 +25,17 @@ from __future__ import annotations
 
 import torch
 
-from surf_accel.integrations.base import (FamilyAdapter, PreparedCall, ScaledLatentsVAE, check_diffusers_version,
-                                          diffusers_class, noise_latents, uniform_grid_scheduler_spec)
+from surf_accel.config import SurfConfig
+from surf_accel.cost_model import FamilyDefaults, HunyuanVideoSpec, VaeSpec
+from surf_accel.family import (AttentionSpec, Family, FamilyAdapter, PreparedCall, ScaledLatentsVAE,
+                               check_diffusers_version, diffusers_class, noise_latents)
+from surf_accel.integrations.accelerators.sparse_attention import HunyuanVideoSparseAttnProcessor
+from surf_accel.integrations.accelerators.surf_teacache import TeaCacheModel
+from surf_accel.integrations.window_processors import (HunyuanVideoWindowAttnProcessor, mask_text_lengths,
+                                                       mask_text_sources)
 from surf_accel.planner import FamilySpec, Request, SchedulerSpec
+from surf_accel.refiner import Refiner
+from surf_accel.schedulers import uniform_grid_scheduler_spec
 
 # HunyuanVideo's optimal (training) resolution: 720x1280. The released T2V checkpoint is
 # "hunyuan-video-t2v-720p"; Tencent/HunyuanVideo's hyvideo/config.py samples at --video-size 720 1280,
@@ -79,8 +87,6 @@ class HunyuanVideoAdapter(ScaledLatentsVAE, FamilyAdapter):
         ``HunyuanVideoTransformer3DModel`` reading the same latents and text."""
         if refiner is None:
             return
-        from surf_accel.refiner import Refiner
-
         if isinstance(refiner, Refiner) or type(refiner).__name__ != TRANSFORMER:
             raise TypeError(f"a HunyuanVideo pipeline takes refiner=None or a {TRANSFORMER} (training-free refine); "
                             f"trained surf_accel.Refiner checkpoints are Wan-family; got {type(refiner).__name__}")
@@ -98,8 +104,6 @@ class HunyuanVideoAdapter(ScaledLatentsVAE, FamilyAdapter):
                           (int(cfg.patch_size_t), p, p), self.optimal_area)
 
     def cost_spec(self, transformer, text_len: int):
-        from surf_accel.cost_model import HunyuanVideoSpec
-
         return HunyuanVideoSpec.from_config(transformer.config, type(transformer).__name__, text_len)
 
     # ------------------------------------------------------------------ call preparation
@@ -202,3 +206,60 @@ class HunyuanVideoAdapter(ScaledLatentsVAE, FamilyAdapter):
 
 
 __all__ = ["HUNYUAN_OPTIMAL_AREA", "HunyuanVideoAdapter"]
+
+
+# ---------------------------------------------------------------------------- the family's declaration
+def _targets(transformer) -> list:
+    """Joint attention of the dual-stream, then the single-stream blocks (HunyuanVideo-1.5 has no single ones)."""
+    return [block.attn for block in (*transformer.transformer_blocks,
+                                     *getattr(transformer, "single_transformer_blocks", ()))]
+
+
+def patch_sizes(transformer) -> tuple[int, int, int]:
+    cfg = transformer.config
+    return int(cfg.patch_size_t), int(cfg.patch_size), int(cfg.patch_size)
+
+
+# HunyuanVideo 13B: the published transformer config, which is HunyuanVideoTransformer3DModel()'s
+# defaults in diffusers (20 dual + 40 single blocks, 24 heads x 128, MLP ratio 4, patch (1, 2, 2)).
+MODELS = {"hunyuanvideo": HunyuanVideoSpec("hunyuanvideo")}
+# AutoencoderKLHunyuanVideo() default config (= HunyuanVideo's VAE, framewise encoding/decoding on as
+# in diffusers), measure_vae(frames=(65, 129), size=(720, 1280)) on the meta device: 1778 / 3255
+# MFLOP per pixel at 129 frames. Fitted at 720p: the mid-block attention over the latent grid adds a
+# little per pixel as the size grows, so smaller sizes come out up to ~7% high (the VAE is ~1% of a
+# HunyuanVideo 720p generation).
+HUNYUAN_VAE = VaeSpec(enc_a=11.80e6, enc_b=13.80e6, dec_a=27.60e6, dec_b=25.22e6)
+HUNYUAN_FAMILY = FamilySpec("hunyuanvideo", 8, 4, (1, 2, 2), HUNYUAN_OPTIMAL_AREA)
+# HunyuanVideoPipeline: FlowMatchEulerDiscreteScheduler, shift 7.0, on the uniform grid it passes as sigmas
+HUNYUAN_SCHEDULER = SchedulerSpec("euler", 7.0, grid="uniform")
+
+FAMILY = Family(
+    "hunyuanvideo",
+    HunyuanVideoAdapter(),
+    models=MODELS,
+    # guidance-distilled: the pipeline's default call embeds guidance 6.0 and runs one pass per step
+    defaults={"hunyuanvideo": FamilyDefaults(HUNYUAN_FAMILY, HUNYUAN_SCHEDULER, HUNYUAN_VAE, cfg=False,
+                                             preset="hunyuan-paper", frames=129)},
+    presets={
+    # HunyuanVideo 720p, 129 frames (33 latent frames): the paper's schedule plus its temporal-only
+    # refine windows (docs/design.md 1.3). W_t = 11 tiles the 33 latent frames into 3 whole windows (shifted
+    # blocks: 6 + 11 + 11 + 5); the paper gives no W_t for HunyuanVideo and the window's effect on the
+    # training-free refiner's quality is not measured yet. 1000 tokens = the whole H and W axes.
+    "hunyuan-paper": (
+        SurfConfig(reshift="paper", window=(11, 1000, 1000), name="hunyuan-paper"),
+        "the paper's plan for HunyuanVideo 720p/129 frames (HunyuanVideoPipeline's default preset): 80% of the "
+        "call's steps as the preview switching after 25% of them, factor 2, pixel handoff, refine for 20% of the "
+        "call's steps with temporal windows of 11 latent frames (whole H and W)",
+    ),
+    },
+    attention=(AttentionSpec(TRANSFORMER, _targets, patch_sizes, mask_text_sources, mask_text_lengths,
+                             HunyuanVideoWindowAttnProcessor, HunyuanVideoSparseAttnProcessor,
+                             ("HunyuanVideoAttnProcessor2_0",)),),
+    # TeaCache4HunyuanVideo (ali-vilab/TeaCache at commit 7c10efc, teacache_sample_video.py)
+    teacache={
+    "hunyuanvideo": TeaCacheModel(TRANSFORMER, 16, (20, 3072), {
+        "modulated_input": (7.33226126e+02, -4.01131952e+02, 6.75869174e+01, -3.14987800e+00, 9.61237896e-02)},
+        "modulated_input", (0.1, 0.15)),
+    },
+    teacache_indicators={TRANSFORMER: ("modulated_input",)},
+)

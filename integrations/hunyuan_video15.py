@@ -39,12 +39,20 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import Optional
 
 import torch
 
-from surf_accel.integrations.base import (FamilyAdapter, PreparedCall, ScaledLatentsVAE, check_diffusers_version,
-                                          diffusers_class, noise_latents, uniform_grid_scheduler_spec)
+from surf_accel.config import SurfConfig
+from surf_accel.cost_model import FamilyDefaults, HunyuanVideo15Spec, VaeSpec
+from surf_accel.family import (AttentionSpec, Family, FamilyAdapter, PreparedCall, ScaledLatentsVAE,
+                               check_diffusers_version, diffusers_class, noise_latents)
+from surf_accel.integrations.accelerators.sparse_attention import HunyuanVideoSparseAttnProcessor
+from surf_accel.integrations.hunyuan_video import patch_sizes
+from surf_accel.integrations.window_processors import HunyuanVideoWindowAttnProcessor
 from surf_accel.planner import FamilySpec, Request, SchedulerSpec
+from surf_accel.refiner import Refiner
+from surf_accel.schedulers import uniform_grid_scheduler_spec
 
 logger = logging.getLogger("surf_accel")
 
@@ -106,8 +114,6 @@ class HunyuanVideo15Adapter(ScaledLatentsVAE, FamilyAdapter):
         ``HunyuanVideo15Transformer3DModel`` reading the same latents, text and image states."""
         if refiner is None:
             return
-        from surf_accel.refiner import Refiner
-
         if isinstance(refiner, Refiner) or type(refiner).__name__ != TRANSFORMER:
             raise TypeError(f"a HunyuanVideo-1.5 pipeline takes refiner=None or a {TRANSFORMER} (training-free refine); "
                             f"trained surf_accel.Refiner checkpoints are Wan-family; got {type(refiner).__name__}")
@@ -129,8 +135,6 @@ class HunyuanVideo15Adapter(ScaledLatentsVAE, FamilyAdapter):
                           (int(cfg.patch_size_t), p, p), self.target_size(pipe) ** 2)
 
     def cost_spec(self, transformer, text_len: int):
-        from surf_accel.cost_model import HunyuanVideo15Spec
-
         return HunyuanVideo15Spec.from_config(transformer.config, type(transformer).__name__, text_len)
 
     # ------------------------------------------------------------------ call preparation
@@ -286,3 +290,70 @@ class HunyuanVideo15Adapter(ScaledLatentsVAE, FamilyAdapter):
 
 
 __all__ = ["HunyuanVideo15Adapter", "SUPPORTED_GUIDERS"]
+
+
+# ---------------------------------------------------------------------------- the family's declaration
+def _targets(transformer) -> list:
+    return [block.attn for block in transformer.transformer_blocks]
+
+
+def _text_sources(kwargs) -> tuple:
+    """The forward inputs the valid text count depends on (a pipeline passes the same objects every step)."""
+    return tuple(kwargs.get(k) for k in ("encoder_attention_mask", "encoder_attention_mask_2", "image_embeds"))
+
+
+def _text_lengths(sources: tuple) -> Optional[tuple[int, ...]]:
+    """Valid joint-text tokens per batch item: the transformer joins [valid image, valid ByT5, valid Qwen,
+    padding]; all-zero image states (text-to-video) are masked out, other image tokens are all valid."""
+    mask, mask_2, image = sources
+    if mask is None:
+        return None
+    n = (mask != 0).sum(1) + (mask_2 != 0).sum(1) + (0 if bool(torch.all(image == 0)) else image.shape[1])
+    return tuple(int(x) for x in n.tolist())
+
+
+MODELS = {
+    # HunyuanVideo-1.5 8.3B: HunyuanVideo15Transformer3DModel()'s defaults in diffusers, which are the
+    # published config (tencent/HunyuanVideo-1.5 transformer/480p_t2v/config.json: hidden_size 2048,
+    # heads_num 16, mm_double_blocks_depth 54, mm_single_blocks_depth 0, mlp_width_ratio 4, patch [1, 1, 1],
+    # text_states_dim 3584, vision_states_dim 1152; in_channels 32 + 32 + 1). One spec per checkpoint
+    # resolution: the 480p and 720p transformers share the shape and differ in their optimal size.
+    "hunyuanvideo-1.5-480p": HunyuanVideo15Spec("hunyuanvideo-1.5-480p"),
+    "hunyuanvideo-1.5-720p": HunyuanVideo15Spec("hunyuanvideo-1.5-720p", family="hunyuanvideo-1.5-720p"),
+}
+# AutoencoderKLHunyuanVideo15() default config (= HunyuanVideo-1.5's VAE, 16x spatial, 4x temporal, 32
+# channels), measure_vae(frames=(61, 121), size=(720, 1280)) on the meta device: 1755 / 3077 MFLOP per
+# pixel encode / decode at 121 frames. The fit holds near 121 frames (its mid-block attention over the
+# whole latent video grows faster than linearly, hence the negative intercept).
+HUNYUAN15_VAE = VaeSpec(enc_a=-8.65e6, enc_b=14.70e6, dec_a=6.49e6, dec_b=25.59e6, spatial=16, temporal=4)
+# the checkpoints' bucket areas, target_size ** 2 (640 for 480p, 960 for 720p)
+HUNYUAN15_FAMILIES = {res: FamilySpec("hunyuanvideo-1.5", 16, 4, (1, 1, 1), size * size)
+                      for res, size in (("480p", 640), ("720p", 960))}
+# HunyuanVideo15Pipeline: FlowMatchEulerDiscreteScheduler on the uniform grid it passes as sigmas; shift 7.0
+# is Tencent's default flow_shift (the shift does not change a FLOP count)
+HUNYUAN15_SCHEDULER = SchedulerSpec("euler", 7.0, grid="uniform")
+
+
+FAMILY = Family(
+    "hunyuanvideo-1.5",
+    HunyuanVideo15Adapter(),
+    models=MODELS,
+    # the pipeline's guider runs CFG (two passes) unless a distilled checkpoint disables it; 121 frames
+    defaults={f"hunyuanvideo-1.5-{res}": FamilyDefaults(fam, HUNYUAN15_SCHEDULER, HUNYUAN15_VAE, cfg=True,
+                                                        preset="paper", frames=121)
+              for res, fam in HUNYUAN15_FAMILIES.items()},
+    presets={
+    # HunyuanVideo-1.5 at its default 121 frames (31 latent frames): the paper's plan plus temporal refine
+    # windows of 8 latent frames (whole H and W; blocks 8 + 8 + 8 + 7, shifted 4 + 8 + 8 + 8 + 3), the
+    # estimate rows of benchmarks/results/estimate_hunyuanvideo15.md. Opt-in: the family's default stays
+    # `paper` (dense refine) until the window's effect on quality is measured on real weights.
+    "hunyuan15-windows": (
+        SurfConfig(reshift="paper", window=(8, 1000, 1000), name="hunyuan15-windows"),
+        "the paper's plan for HunyuanVideo-1.5 with temporal refine windows of 8 latent frames (whole H and W; "
+        "not measured for quality yet: the family's default is paper)",
+    ),
+    },
+    attention=(AttentionSpec(TRANSFORMER, _targets, patch_sizes, _text_sources, _text_lengths,
+                             HunyuanVideoWindowAttnProcessor, HunyuanVideoSparseAttnProcessor,
+                             ("HunyuanVideoAttnProcessor2_0",)),),
+)

@@ -30,9 +30,15 @@ from typing import Optional
 
 import torch
 
-from surf_accel.integrations.base import (FamilyAdapter, PreparedCall, check_diffusers_version, diffusers_class,
-                                          noise_latents, scheduler_spec)
-from surf_accel.planner import FamilySpec, Request
+from surf_accel.cost_model import FamilyDefaults, TransformerSpec, VaeSpec
+from surf_accel.family import (AttentionSpec, Family, FamilyAdapter, PreparedCall, check_diffusers_version,
+                               diffusers_class, noise_latents)
+from surf_accel.integrations.accelerators.sparse_attention import WanSparseAttnProcessor
+from surf_accel.integrations.accelerators.surf_teacache import TeaCacheModel
+from surf_accel.integrations.window_processors import WanWindowAttnProcessor, mask_text_lengths, mask_text_sources
+from surf_accel.planner import FamilySpec, Request, SchedulerSpec
+from surf_accel.refiner import Refiner, check_refiner_transformer
+from surf_accel.schedulers import scheduler_spec
 
 logger = logging.getLogger("surf_accel")
 
@@ -42,6 +48,7 @@ WAN_OPTIMAL_AREA = 480 * 832  # Wan2.1's training resolution (480p), the paper's
 # keep Wan2.1's 480p (both sizes are supported there, as for Wan2.1-14B, whose 480p the paper uses).
 WAN22_TI2V_OPTIMAL_AREA = 704 * 1280
 SUPPORTED = ("WanPipeline", "WanImageToVideoPipeline")
+TRANSFORMER = "WanTransformer3DModel"
 
 
 def boundary_timestep(pipe) -> Optional[float]:
@@ -107,8 +114,6 @@ class WanAdapter(FamilyAdapter):
 
     def check_refiner(self, pipe, refiner) -> None:
         """A trained ``surf_accel.Refiner`` or a ``WanTransformer3DModel`` fitting the pipeline's."""
-        from surf_accel.refiner import Refiner, check_refiner_transformer
-
         if refiner is None:
             return
         if isinstance(refiner, Refiner):
@@ -135,8 +140,6 @@ class WanAdapter(FamilyAdapter):
                           tuple(int(p) for p in cfg.patch_size), area, rope_max_seq_len=int(cfg.rope_max_seq_len))
 
     def cost_spec(self, transformer, text_len: int):
-        from surf_accel.cost_model import TransformerSpec
-
         return TransformerSpec.from_config(transformer.config, type(transformer).__name__, text_len)
 
     # ------------------------------------------------------------------ call preparation
@@ -313,3 +316,76 @@ class WanAdapter(FamilyAdapter):
         from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 
         return WanPipelineOutput(frames=frames)
+
+
+# ---------------------------------------------------------------------------- the family's declaration
+def _targets(transformer) -> list:
+    return [block.attn1 for block in transformer.blocks]
+
+
+def _patch_sizes(transformer) -> tuple[int, int, int]:
+    return tuple(int(p) for p in transformer.config.patch_size)
+
+
+# Published Wan2.1 configs (Wan-AI/Wan2.1-T2V-{14B,1.3B}-Diffusers transformer/config.json).
+MODELS = {
+    "wan2.1-14b": TransformerSpec("wan2.1-14b", dim=5120, ffn_dim=13824, num_layers=40, num_heads=40),
+    "wan2.1-1.3b": TransformerSpec("wan2.1-1.3b", dim=1536, ffn_dim=8960, num_layers=30, num_heads=12),
+    # Wan2.2 A14B (Wan-AI/Wan2.2-T2V-A14B-Diffusers transformer/ and transformer_2/config.json): two
+    # experts of Wan2.1-14B's shape; a step runs one of them (the boundary picks which), so a step costs
+    # one 14B forward. The I2V experts read 36 input channels (latents + mask + image latents).
+    "wan2.2-a14b": TransformerSpec("wan2.2-a14b", dim=5120, ffn_dim=13824, num_layers=40, num_heads=40,
+                                   family="wan2.2-a14b"),
+    # Wan2.2 TI2V-5B: diffusers' scripts/convert_wan_to_diffusers.py "Wan2.2-TI2V-5B" (= the published
+    # Wan-AI/Wan2.2-TI2V-5B-Diffusers transformer config): 24 heads x 128, ffn 14336, 30 layers, 48 channels
+    "wan2.2-ti2v-5b": TransformerSpec("wan2.2-ti2v-5b", dim=3072, ffn_dim=14336, num_layers=30, num_heads=24,
+                                      in_channels=48, out_channels=48, family="wan2.2-ti2v"),
+}
+# AutoencoderKLWan() default config (= Wan2.1's VAE), measured with measure_vae() on the meta device
+# (5 and 9 frames at 64x64 px): encode 5.33 / 5.19 MFLOP per pixel, decode 8.91 / 8.70.
+WAN_VAE = VaeSpec(enc_a=6.66e6, enc_b=5.00e6, dec_a=10.75e6, dec_b=8.45e6)
+WAN_FAMILY = FamilySpec("wan2.1", 8, 4, (1, 2, 2), WAN_OPTIMAL_AREA)
+WAN_SCHEDULER = SchedulerSpec("unipc", 5.0)  # diffusers' Wan example: UniPC, flow_shift 5.0 at 720p
+# Wan2.2's VAE (Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json: base_dim 160, decoder_base_dim 256,
+# z_dim 48, residual blocks, its own 2x2 patch, 16x spatial / 4x temporal), measure_vae() on the meta
+# device (5 and 9 frames at 64x64 px): encode 18.6 / 32.6 MFLOP per pixel, decode 96.4 / 169.9.
+WAN22_VAE = VaeSpec(enc_a=4.64e6, enc_b=3.49e6, dec_a=22.78e6, dec_b=18.39e6, spatial=16, temporal=4)
+WAN22_TI2V_FAMILY = FamilySpec("wan2.2-ti2v", 16, 4, (1, 2, 2), WAN22_TI2V_OPTIMAL_AREA)
+# The A14B experts keep Wan2.1's VAE and 480p optimal size. Flow shifts do not change FLOP counts.
+WAN22_A14B_FAMILY = FamilySpec("wan2.2-a14b", 8, 4, (1, 2, 2), WAN_OPTIMAL_AREA)
+
+FAMILY = Family(
+    "wan",
+    WanAdapter(),
+    models=MODELS,
+    # Wan2.2: 81 frames at 16 fps for A14B, 121 at 24 fps for TI2V-5B (the published generate defaults)
+    defaults={
+        "wan2.1": FamilyDefaults(WAN_FAMILY, WAN_SCHEDULER, WAN_VAE, cfg=True, preset="paper", frames=81),
+        "wan2.2-a14b": FamilyDefaults(WAN22_A14B_FAMILY, WAN_SCHEDULER, WAN_VAE, cfg=True, preset="paper", frames=81),
+        "wan2.2-ti2v": FamilyDefaults(WAN22_TI2V_FAMILY, WAN_SCHEDULER, WAN22_VAE, cfg=True, preset="paper",
+                                      frames=121),
+    },
+    attention=(AttentionSpec(TRANSFORMER, _targets, _patch_sizes, mask_text_sources, mask_text_lengths,
+                             WanWindowAttnProcessor, WanSparseAttnProcessor, ("WanAttnProcessor",)),),
+    # TeaCache4Wan2.1 (ali-vilab/TeaCache at commit 7c10efc, teacache_generate.py): rescale polynomials per
+    # checkpoint and indicator, highest power first; the READMEs' thresholds
+    teacache={
+    "wan2.1-t2v-1.3b": TeaCacheModel(TRANSFORMER, 16, (30, 1536), {
+        "temb": (2.39676752e+03, -1.31110545e+03, 2.01331979e+02, -8.29855975e+00, 1.37887774e-01),
+        "timestep_proj": (-5.21862437e+04, 9.23041404e+03, -5.28275948e+02, 1.36987616e+01, -4.99875664e-02)},
+        "temb", (0.05, 0.07, 0.08)),
+    "wan2.1-t2v-14b": TeaCacheModel(TRANSFORMER, 16, (40, 5120), {
+        "temb": (-5784.54975374, 5449.50911966, -1811.16591783, 256.27178429, -13.02252404),
+        "timestep_proj": (-3.03318725e+05, 4.90537029e+04, -2.65530556e+03, 5.87365115e+01, -3.15583525e-01)},
+        "timestep_proj", (0.14, 0.15, 0.2)),
+    "wan2.1-i2v-14b-480p": TeaCacheModel(TRANSFORMER, 36, (40, 5120), {
+        "temb": (-3.02331670e+02, 2.23948934e+02, -5.25463970e+01, 5.87348440e+00, -2.01973289e-01),
+        "timestep_proj": (2.57151496e+05, -3.54229917e+04, 1.40286849e+03, -1.35890334e+01, 1.32517977e-01)},
+        "timestep_proj", (0.13, 0.19, 0.26)),
+    "wan2.1-i2v-14b-720p": TeaCacheModel(TRANSFORMER, 36, (40, 5120), {
+        "temb": (-114.36346466, 65.26524496, -18.82220707, 4.91518089, -0.23412683),
+        "timestep_proj": (8.10705460e+03, 2.13393892e+03, -3.72934672e+02, 1.66203073e+01, -4.17769401e-02)},
+        "timestep_proj", (0.18, 0.2, 0.3)),
+    },
+    teacache_indicators={TRANSFORMER: ("temb", "timestep_proj")},
+)

@@ -1,10 +1,10 @@
 """Shifted-window attention processors for diffusers video transformers (docs/design.md 3.2, 4).
 
-``apply_window_attention(transformer, window)`` swaps the self-attention processors of a
-``WanTransformer3DModel`` (each block's ``attn1``) or the joint video+text attention of a
-``HunyuanVideoTransformer3DModel`` (dual- and single-stream blocks) or a
-``HunyuanVideo15Transformer3DModel`` (its dual-stream blocks) for ONE shared processor
-instance that calls :func:`surf_accel.ops.window_attention`. Blocks alternate shift 0 and
+``apply_window_attention(transformer, window)`` swaps the attention modules its family's
+``AttentionSpec`` names (``surf_accel.family``) -- the self-attention of a ``WanTransformer3DModel``
+(each block's ``attn1``), the joint video+text attention of a ``HunyuanVideoTransformer3DModel``
+(dual- and single-stream blocks) or a ``HunyuanVideo15Transformer3DModel`` (its dual-stream blocks) --
+for ONE shared processor instance that calls :func:`surf_accel.ops.window_attention`. Blocks alternate shift 0 and
 ``window // 2`` (block 0 unshifted); the per-block choice is a plain bool attribute on each attention
 module, so torch.compile sees at most two variants of a block and never recompiles per block.
 Cross-attention, the token refiner and everything else keep their processors and the diffusers
@@ -20,14 +20,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
+from surf_accel.family import AttentionSpec, attention_spec
 from surf_accel.ops.window_attention import window_attention
+from surf_accel.ops.window_reference import window_attention_partitioned
 
 STATE_ATTR = "_surf_window_attention"
 SHIFT_ATTR = "_surf_window_shifted"
-SUPPORTED = ("WanTransformer3DModel", "HunyuanVideoTransformer3DModel", "HunyuanVideo15Transformer3DModel")
 
 
 @dataclass
@@ -166,35 +168,6 @@ class HunyuanVideoWindowAttnProcessor:
                                 text_lengths=text_lengths, backend=self.state.backend)
 
 
-def _kind(transformer) -> str:
-    name = type(transformer).__name__
-    for supported in SUPPORTED:
-        cls = _diffusers_class(supported)
-        if cls is not None and isinstance(transformer, cls):
-            return supported
-    raise TypeError(f"window attention supports {', '.join(SUPPORTED)}; got {name}")
-
-
-def _diffusers_class(name: str):
-    import diffusers
-    return getattr(diffusers, name, None)
-
-
-def _targets(transformer, kind: str) -> list:
-    """The attention modules that get windows, in block order."""
-    if kind == "WanTransformer3DModel":
-        return [block.attn1 for block in transformer.blocks]
-    return [block.attn for block in (*transformer.transformer_blocks,
-                                     *getattr(transformer, "single_transformer_blocks", ()))]
-
-
-def _patch_sizes(transformer, kind: str) -> tuple[int, int, int]:
-    cfg = transformer.config
-    if kind == "WanTransformer3DModel":
-        return tuple(int(p) for p in cfg.patch_size)
-    return int(cfg.patch_size_t), int(cfg.patch_size), int(cfg.patch_size)
-
-
 def _check_window(window) -> tuple[int, int, int]:
     if isinstance(window, torch.Tensor) or not isinstance(window, Sequence) or len(window) != 3 or any(
             isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in window):
@@ -202,56 +175,50 @@ def _check_window(window) -> tuple[int, int, int]:
     return tuple(int(w) for w in window)
 
 
-def _text_sources(kwargs, kind: str) -> tuple:
-    """The forward inputs the valid text count depends on (a pipeline passes the same objects every step)."""
-    if kind == "HunyuanVideo15Transformer3DModel":
-        return tuple(kwargs.get(k) for k in ("encoder_attention_mask", "encoder_attention_mask_2", "image_embeds"))
+def mask_text_sources(kwargs) -> tuple:
+    """The forward input the valid text count depends on: ``encoder_attention_mask`` (a pipeline passes
+    the same object every step)."""
     return (kwargs.get("encoder_attention_mask"),)
 
 
-def _text_lengths(sources: tuple, kind: str) -> tuple[int, ...] | None:
+def mask_text_lengths(sources: tuple) -> tuple[int, ...] | None:
     """Valid text tokens per batch item: the attention's text mask is a prefix of this many ones."""
     mask = sources[0]
     if mask is None:
         return None
     n = (mask != 0).sum(1)  # counted as integers: a bfloat16 sum is inexact above 256
-    if kind == "HunyuanVideo15Transformer3DModel":
-        # the transformer joins [valid image, valid ByT5, valid Qwen, padding]; all-zero image states
-        # (text-to-video) are masked out, other image tokens are all valid
-        _, mask_2, image = sources
-        n = n + (mask_2 != 0).sum(1) + (0 if bool(torch.all(image == 0)) else image.shape[1])
     return tuple(int(x) for x in n.tolist())
 
 
-def _grid_hook(state: WindowState, patch: tuple[int, int, int], kind: str):
+def _grid_hook(state: WindowState, spec: AttentionSpec, patch: tuple[int, int, int]):
     def hook(module, args, kwargs):
         x = kwargs.get("hidden_states", args[0] if args else None)
         if x is None or x.dim() != 5:
             raise RuntimeError("window attention expects the transformer's hidden_states (B, C, T, H, W)")
         _, _, t, h, w = x.shape
         state.grid = (t // patch[0], h // patch[1], w // patch[2])
-        sources = _text_sources(kwargs, kind)
+        sources = spec.text_sources(kwargs)
         old = state.text_source
         if old is None or len(old) != len(sources) or any(a is not b for a, b in zip(old, sources)):
             state.text_source = sources
-            state.text_lengths = _text_lengths(sources, kind)
+            state.text_lengths = spec.text_lengths(sources)
     return hook
 
 
 def apply_window_attention(transformer, window: tuple[int, int, int], *, backend: str | None = None) -> None:
     """Give ``transformer``'s video self-attention shifted windows of ``window`` tokens (T, H, W);
     blocks alternate shift 0 and ``window // 2``. Applying again only changes window and backend."""
-    kind = _kind(transformer)
+    spec = attention_spec(transformer)
     window = _check_window(window)
     state = getattr(transformer, STATE_ATTR, None)
     if state is not None:
         state.window, state.backend = window, backend
         return
-    proc_cls = WanWindowAttnProcessor if kind == "WanTransformer3DModel" else HunyuanVideoWindowAttnProcessor
-    install_processors(transformer, kind, WindowState(window, backend), proc_cls, STATE_ATTR, shifted_blocks=True)
+    install_processors(transformer, spec, WindowState(window, backend), spec.processor, STATE_ATTR,
+                       shifted_blocks=True)
 
 
-def install_processors(transformer, kind: str, state: WindowState, proc_cls, state_attr: str, *,
+def install_processors(transformer, spec: AttentionSpec, state: WindowState, proc_cls, state_attr: str, *,
                        shifted_blocks: bool) -> None:
     """One shared ``proc_cls(state)`` on every target attention module of ``transformer`` (the
     originals kept in ``state``), the grid hook, and ``state`` at ``transformer.<state_attr>``;
@@ -264,12 +231,12 @@ def install_processors(transformer, kind: str, state: WindowState, proc_cls, sta
             "(enable_parallelism(ContextParallelConfig(...))): each rank holds a shard of the token sequence; "
             "use SurfConfig(window=None, preview_attention=None) with context parallelism")
     state.processor = proc_cls(state)
-    for i, attn in enumerate(_targets(transformer, kind)):
+    for i, attn in enumerate(spec.targets(transformer)):
         state.originals[attn] = attn.processor
         if shifted_blocks:
             setattr(attn, SHIFT_ATTR, i % 2 == 1)
         attn.set_processor(state.processor)
-    state.hook = transformer.register_forward_pre_hook(_grid_hook(state, _patch_sizes(transformer, kind), kind),
+    state.hook = transformer.register_forward_pre_hook(_grid_hook(state, spec, spec.patch_sizes(transformer)),
                                                        with_kwargs=True)
     setattr(transformer, state_attr, state)
 
@@ -289,7 +256,7 @@ def restore_processors(transformer, state_attr: str) -> None:
 
 def remove_window_attention(transformer) -> None:
     """Put back the original processor objects and drop the grid hook (no-op if not applied)."""
-    _kind(transformer)
+    attention_spec(transformer)
     restore_processors(transformer, STATE_ATTR)
 
 
@@ -308,5 +275,30 @@ def windowed_attention(transformer, window: tuple[int, int, int], *, backend: st
             apply_window_attention(transformer, before[0], backend=before[1])
 
 
-__all__ = ["HunyuanVideoWindowAttnProcessor", "WanWindowAttnProcessor", "apply_window_attention",
-           "remove_window_attention", "windowed_attention"]
+class TrainableWanWindowAttnProcessor(WanWindowAttnProcessor):
+    """``WanWindowAttnProcessor`` with a differentiable attention call (same windows, same shifts): the
+    window ops are custom ops without an autograd formula, so training calls the ``torch`` backend's own
+    function (``window_reference.window_attention_partitioned``: gather windows, SDPA, gather back)."""
+
+    def attend(self, query, key, value, grid, window, shift) -> torch.Tensor:
+        return window_attention_partitioned(query, key, value, grid, window, shift)
+
+
+@contextlib.contextmanager
+def training_windows(transformer, window: Optional[tuple[int, int, int]]) -> Iterator[None]:
+    """Within the context ``transformer`` (a ``WanTransformer3DModel``, not a DDP wrapper) attends in
+    shifted windows of ``window`` tokens, differentiably, with the state of ``windowed_attention``
+    (shifts, grid hook, originals restored on exit); ``None``: dense attention, nothing changes."""
+    if window is None:
+        yield
+        return
+    with windowed_attention(transformer, tuple(window)):
+        state = getattr(transformer, STATE_ATTR)
+        proc = TrainableWanWindowAttnProcessor(state)
+        for attn in state.originals:
+            attn.set_processor(proc)
+        yield
+
+
+__all__ = ["HunyuanVideoWindowAttnProcessor", "TrainableWanWindowAttnProcessor", "WanWindowAttnProcessor",
+           "apply_window_attention", "remove_window_attention", "training_windows", "windowed_attention"]

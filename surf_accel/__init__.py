@@ -11,6 +11,10 @@ _LAZY = {
     "patched": ("surf_accel.api", "patched"),
     "is_patched": ("surf_accel.api", "is_patched"),
     "Refiner": ("surf_accel.refiner", "Refiner"),
+    "Family": ("surf_accel.family", "Family"),
+    "FamilyAdapter": ("surf_accel.family", "FamilyAdapter"),
+    "AttentionSpec": ("surf_accel.family", "AttentionSpec"),
+    "register_family": ("surf_accel.registry", "register_family"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -21,7 +21,12 @@ from typing import Any, Optional
 
 import torch
 
+from surf_accel import registry
 from surf_accel.config import SurfConfig
+from surf_accel.cost_model import estimate_plan, vae_spec
+from surf_accel.planner import Request, plan_stages
+from surf_accel.refiner import Refiner
+from surf_accel.runner import run_plan
 
 logger = logging.getLogger("surf_accel")
 
@@ -37,27 +42,15 @@ class _SurfState:
     original_class: type
 
 
-def _adapters() -> list:
-    from surf_accel.integrations.hunyuan_video import HunyuanVideoAdapter
-    from surf_accel.integrations.hunyuan_video15 import HunyuanVideo15Adapter
-    from surf_accel.integrations.wan import WanAdapter
-
-    return [WanAdapter(), HunyuanVideoAdapter(), HunyuanVideo15Adapter()]
-
-
 def supported_pipelines() -> tuple[str, ...]:
-    """Names of the diffusers pipeline classes ``patch`` accepts."""
-    return tuple(name for adapter in _adapters() for name in adapter.supported_pipelines)
+    """Names of the diffusers pipeline classes ``patch`` accepts (every registered family's)."""
+    return tuple(name for fam in registry.families() for name in fam.adapter.supported_pipelines)
 
 
 def _adapter_for(pipe):
     """The family adapter for ``pipe``, picked by its diffusers pipeline class; ``TypeError`` naming
     what is supported for anything else (or for a family variant the adapter refuses)."""
-    for adapter in _adapters():
-        if adapter.handles(pipe):
-            adapter.check_pipeline(pipe)
-            return adapter
-    raise TypeError(f"surf_accel supports {', '.join(supported_pipelines())}; got {type(pipe).__name__}")
+    return registry.find_family(pipe).adapter
 
 
 def _surf_subclass(cls: type) -> type:
@@ -112,20 +105,9 @@ def patch(pipe, config: Optional[SurfConfig] = None, *, refiner=None):
         raise ValueError("this pipeline is already patched with a different SurfConfig or refiner "
                          f"({state.config} vs {config}); call surf_accel.unpatch(pipe) first")
     adapter.check_refiner(pipe, refiner)
-    from surf_accel.refiner import Refiner
-
     if isinstance(refiner, Refiner):
         for msg in refiner.setting_mismatches(config):
             logger.warning(msg)
-    if config.window is not None:
-        try:
-            import surf_accel.integrations.window_processors  # noqa: F401
-        except ImportError as e:
-            raise NotImplementedError(
-                "SurfConfig.window needs shifted-window attention (surf_accel.integrations.window_processors), "
-                f"which is not available in this build: {e}") from e
-    from surf_accel.cost_model import vae_spec
-
     vae_spec(pipe.vae)  # measured once per VAE architecture here, so that no call pays for it
     cls = type(pipe)
     pipe.__dict__[_STATE_ATTR] = _SurfState(config, refiner, adapter, cls)
@@ -160,8 +142,6 @@ def patched(pipe, config: Optional[SurfConfig] = None, *, refiner=None):
 def plan_for(pipe, *, height: int, width: int, num_frames: int, num_inference_steps: int,
              config: Optional[SurfConfig] = None, refiner=None):
     """The stage plan a call would run (no model evaluation)."""
-    from surf_accel.planner import Request
-
     state = getattr(pipe, "__dict__", {}).get(_STATE_ATTR)
     adapter = state.adapter if state is not None else _adapter_for(pipe)
     cfg = config or (state.config if state is not None else SurfConfig.preset(adapter.default_preset))
@@ -170,9 +150,6 @@ def plan_for(pipe, *, height: int, width: int, num_frames: int, num_inference_st
 
 
 def _plan(request, adapter, pipe, config: SurfConfig, refiner):
-    from surf_accel.planner import plan_stages
-    from surf_accel.refiner import Refiner
-
     trained = isinstance(refiner, Refiner)
     return plan_stages(request, adapter.family_spec(pipe), adapter.scheduler_spec(pipe), config,
                        trained_refiner=trained, refiner_transformer=refiner is not None and not trained,
@@ -182,9 +159,6 @@ def _plan(request, adapter, pipe, config: SurfConfig, refiner):
 def _cost_warnings(adapter, pipe, plan, call, refiner) -> tuple[str, ...]:
     """The cost model's word on this call's plan with the pipeline's own transformer shapes: one
     warning if SURF counts more FLOPs than the unpatched call would."""
-    from surf_accel.cost_model import estimate_plan, vae_spec
-    from surf_accel.refiner import Refiner
-
     text_len = int(call.prompt_embeds.shape[1])
     ref = refiner.transformer if isinstance(refiner, Refiner) else refiner
     est = estimate_plan(plan, adapter.cost_spec(pipe.transformer, text_len), passes=2 if call.do_cfg else 1,
@@ -196,8 +170,6 @@ def _cost_warnings(adapter, pipe, plan, call, refiner) -> tuple[str, ...]:
 
 @torch.no_grad()
 def _surf_call(pipe, *args, **kwargs):
-    from surf_accel.runner import run_plan
-
     state: _SurfState = pipe.__dict__[_STATE_ATTR]
     adapter = state.adapter
     call = adapter.prepare_call(pipe, state.original_class.__call__, args, kwargs)

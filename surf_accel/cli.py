@@ -61,17 +61,18 @@ def _config_from(args, default_preset: str):
 
 # ---------------------------------------------------------------------------- estimate
 def cmd_estimate(args) -> int:
-    from surf_accel.cost_model import FAMILIES, MODELS, estimate
+    from surf_accel.catalogue import estimate, family_defaults, models  # imports diffusers: only for this command
 
-    if args.model not in MODELS:
-        raise ValueError(f"unknown model {args.model!r}; known: {sorted(MODELS)}")
-    defaults = FAMILIES[MODELS[args.model].family]
+    catalogue = models()
+    if args.model not in catalogue:
+        raise ValueError(f"unknown model {args.model!r}; known: {sorted(catalogue)}")
+    defaults = family_defaults()[catalogue[args.model].family]
     cfg = _config_from(args, defaults.preset)
     guidance = True if args.cfg else (False if args.no_cfg else None)
     frames = args.frames if args.frames is not None else defaults.frames
     refiner = args.refiner
-    if refiner is not None and refiner not in MODELS and (os.path.exists(refiner) or os.sep in refiner):
-        from surf_accel.cost_model import load_refiner_spec
+    if refiner is not None and refiner not in catalogue and (os.path.exists(refiner) or os.sep in refiner):
+        from surf_accel.training.refiner_spec import load_refiner_spec
 
         try:
             info = load_refiner_spec(refiner)
@@ -174,7 +175,7 @@ def cmd_generate(args) -> int:
     if args.max_sequence_length:
         kwargs["max_sequence_length"] = args.max_sequence_length
     if args.cache:
-        from surf_accel.integrations.accelerators.spec import install_cache
+        from surf_accel.registry import install_cache
 
         # before the baseline too: --baseline then compares the cache alone with SURF + the cache
         print(f"cache: {install_cache(pipe, args.cache)}", file=sys.stderr)

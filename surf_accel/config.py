@@ -276,23 +276,11 @@ PRESETS: dict[str, tuple[SurfConfig, str]] = {
         "(12 of 50)",
     ),
     "identity": (SurfConfig.identity(), "no acceleration: reproduces the unpatched pipeline (for checks)"),
-    # HunyuanVideo 720p, 129 frames (33 latent frames): the paper's schedule plus its temporal-only
-    # refine windows (docs/design.md 1.3). W_t = 11 tiles the 33 latent frames into 3 whole windows (shifted
-    # blocks: 6 + 11 + 11 + 5); the paper gives no W_t for HunyuanVideo and the window's effect on the
-    # training-free refiner's quality is not measured yet. 1000 tokens = the whole H and W axes.
-    "hunyuan-paper": (
-        SurfConfig(reshift="paper", window=(11, 1000, 1000), name="hunyuan-paper"),
-        "the paper's plan for HunyuanVideo 720p/129 frames (HunyuanVideoPipeline's default preset): 80% of the "
-        "call's steps as the preview switching after 25% of them, factor 2, pixel handoff, refine for 20% of the "
-        "call's steps with temporal windows of 11 latent frames (whole H and W)",
-    ),
-    # HunyuanVideo-1.5 at its default 121 frames (31 latent frames): the paper's plan plus temporal refine
-    # windows of 8 latent frames (whole H and W; blocks 8 + 8 + 8 + 7, shifted 4 + 8 + 8 + 8 + 3), the
-    # estimate rows of benchmarks/results/estimate_hunyuanvideo15.md. Opt-in: the family's default stays
-    # `paper` (dense refine) until the window's effect on quality is measured on real weights.
-    "hunyuan15-windows": (
-        SurfConfig(reshift="paper", window=(8, 1000, 1000), name="hunyuan15-windows"),
-        "the paper's plan for HunyuanVideo-1.5 with temporal refine windows of 8 latent frames (whole H and W; "
-        "not measured for quality yet: the family's default is paper)",
-    ),
 }
+
+
+def register_preset(name: str, config: SurfConfig, description: str) -> None:
+    """Add a named preset (a family's own, from ``surf_accel.register_family``)."""
+    if not isinstance(config, SurfConfig):
+        raise TypeError(f"preset {name!r} must be a SurfConfig, got {type(config).__name__}")
+    PRESETS[name] = (config, description)

@@ -16,7 +16,7 @@ Per call: prompts (and the I2V image) are encoded once by the adapter; then for 
 Every random draw comes from the caller's generator, in a fixed order (first-stage noise, reshift
 noise, refine noise), so a seed gives one video. Diffusers caches get ``cache_context`` per branch
 (in the adapter, with the stage's step index, step count and sigma) and every accelerator is told
-each stage's start and end (``integrations.accelerators.stages``) on every model the stage can run:
+each stage's start and end (``surf_accel.stages``) on every model the stage can run:
 no cache state crosses a stage. The adapter may pick the model and guidance of each step
 (``step_model``: Wan2.2's two experts by timestep). An
 interrupted call (``pipe._interrupt``) stops denoising and returns what there is at the request's
@@ -30,17 +30,20 @@ import logging
 from typing import Optional
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
 
 from surf_accel import ops
 from surf_accel import refiner as refiner_mod
+from surf_accel import registry
 from surf_accel.planner import Plan, Stage
+from surf_accel.schedulers import stage_scheduler
+from surf_accel.stages import StageProtocol
 
 logger = logging.getLogger("surf_accel")
 
 
 def _randn(shape, call):
-    from diffusers.utils.torch_utils import randn_tensor
-
     return randn_tensor(tuple(shape), generator=call.generator, device=call.device, dtype=torch.float32)
 
 
@@ -48,13 +51,7 @@ def window_context(model, window):
     """Shifted-window attention on ``model`` for one stage (``None``: nothing)."""
     if window is None:
         return contextlib.nullcontext()
-    try:
-        from surf_accel.integrations.window_processors import windowed_attention
-    except ImportError as e:
-        raise NotImplementedError(
-            "SurfConfig.window needs surf_accel.integrations.window_processors (shifted-window attention "
-            f"processors), which is not available in this build: {e}") from e
-    return windowed_attention(model, tuple(window))
+    return registry.windowed_attention(model, tuple(window))
 
 
 def stage_attention(model, stage: Stage, config):
@@ -65,15 +62,11 @@ def stage_attention(model, stage: Stage, config):
     if stage.window is not None:
         return window_context(model, stage.window)
     if config.preview_attention is not None and stage.name.startswith("preview"):
-        from surf_accel.integrations.accelerators.sparse_attention import sparse_attention
-
-        return sparse_attention(model, config.preview_attention)
+        return registry.sparse_attention(model, config.preview_attention)
     return contextlib.nullcontext()
 
 
 def _progress(pipe, stage: Stage):
-    from tqdm.auto import tqdm
-
     cfg = dict(getattr(pipe, "_progress_bar_config", {}) or {})
     cfg.setdefault("desc", f"SURF {stage.name} {stage.height}x{stage.width}")
     return tqdm(total=stage.steps, **cfg)
@@ -112,8 +105,6 @@ class StageRunner:
     def run(self):
         pipe, call, plan = self.pipe, self.call, self.plan
         pipe._num_timesteps = plan.total_steps
-        from surf_accel.integrations.accelerators import StageProtocol
-
         # every accelerator on every transformer the stages use, checked before any compute
         self.protocol = StageProtocol(plan, [m for s in plan.stages for m in self.adapter.stage_models(
             pipe, call, s, self.model_for(s), plan.config)], cfg=call.do_cfg)
@@ -187,8 +178,6 @@ class StageRunner:
         T = self.plan.scheduler.num_train_timesteps
         pipeline_steps = stage.use_scheduler and self.plan.config.step_precision == "pipeline"
         if stage.use_scheduler and (pipeline_steps or self.plan.scheduler.kind == "unipc"):
-            from surf_accel.integrations.base import stage_scheduler
-
             # a stage ending in a switch keeps its last level (the reshift target) so that a multistep
             # solver does not treat its last evaluation as the end of sampling
             sched = stage_scheduler(pipe.scheduler, sigmas if switch_to is not None else sigmas[:-1], call.device)
@@ -206,8 +195,6 @@ class StageRunner:
                              "call with classifier-free guidance (Wan: guidance_scale > 1; HunyuanVideo: "
                              "true_cfg_scale > 1 and a negative prompt; HunyuanVideo-1.5: an enabled guider with "
                              "guidance_scale > 1)")
-        from surf_accel.integrations.accelerators.compile import compile_watch
-
         # every model the stage can run (a two-expert pipeline routes steps to either) keeps its own
         # cache state and gets the stage's accelerator events, attention and compile watch
         models = adapter.stage_models(pipe, call, stage, model, self.plan.config)
@@ -215,7 +202,7 @@ class StageRunner:
             info = stack.enter_context(self.protocol.stage(models, self.plan.stages.index(stage)))
             for m in models:
                 stack.enter_context(stage_attention(m, stage, self.plan.config))
-                stack.enter_context(compile_watch(pipe, m, stage, timesteps[0]))
+                stack.enter_context(registry.compile_watch(pipe, m, stage, timesteps[0]))
             bar = stack.enter_context(_progress(pipe, stage))
             for i in range(n):
                 if pipe.interrupt:

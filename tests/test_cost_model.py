@@ -4,7 +4,9 @@ from hypothesis import strategies as st
 import torch
 
 from surf_accel.config import SurfConfig
-from surf_accel.cost_model import MODELS, WAN_VAE, TransformerSpec, estimate, forward_flops, measure_vae
+from surf_accel.catalogue import MODELS, estimate
+from surf_accel.cost_model import TransformerSpec, forward_flops, measure_vae
+from surf_accel.integrations.wan import WAN_VAE
 
 
 def test_forward_flops_match_flop_counter():
@@ -103,7 +105,8 @@ def test_hunyuan_spec_is_the_published_13b_config():
     """MODELS['hunyuanvideo'] is HunyuanVideoTransformer3DModel()'s defaults (the published 13B config)."""
     from diffusers import HunyuanVideoTransformer3DModel
 
-    from surf_accel.cost_model import HUNYUAN_FAMILY, HunyuanVideoSpec
+    from surf_accel.cost_model import HunyuanVideoSpec
+    from surf_accel.integrations.hunyuan_video import HUNYUAN_FAMILY
     from surf_accel.integrations.hunyuan_video import HUNYUAN_OPTIMAL_AREA
 
     with torch.device("meta"):
@@ -152,7 +155,7 @@ def test_hunyuan_estimate_720p_and_540p():
 def test_measure_vae_reproduces_hunyuan_constants():
     from diffusers import AutoencoderKLHunyuanVideo
 
-    from surf_accel.cost_model import HUNYUAN_VAE
+    from surf_accel.integrations.hunyuan_video import HUNYUAN_VAE
 
     with torch.device("meta"):
         vae = AutoencoderKLHunyuanVideo()
@@ -204,7 +207,7 @@ def test_load_refiner_spec_reads_any_refiner(tmp_path):
 
     import yaml
 
-    from surf_accel.cost_model import load_refiner_spec
+    from surf_accel.training.refiner_spec import load_refiner_spec
     from surf_accel.refiner import Refiner
 
     tcfg = dict(patch_size=(1, 2, 2), num_attention_heads=3, attention_head_dim=8, in_channels=16, out_channels=16,

@@ -153,7 +153,7 @@ def test_refine_guidance_needs_negatives(pipe):
 def test_reshift_matches_float64_hand_computation(mode):
     """The runner's reshift against the formulas in float64: consistent (1 - s_low) x0 + s_low eps,
     paper x0 + s_k eps (s_k: the preview schedule's own level at step k), additive_low x0 + s_low eps."""
-    from surf_accel.integrations.base import PreparedCall
+    from surf_accel.family import PreparedCall
     from surf_accel.planner import FamilySpec, Request, SchedulerSpec, plan_stages, shift_sigmas
     from surf_accel.runner import StageRunner
 

@@ -20,7 +20,7 @@ cache-dit until a cache-dit transformer is found: the check reads the marks it l
 
 from __future__ import annotations
 
-from surf_accel.integrations.accelerators.stages import DETECTORS, Accelerator, StageInfo
+from surf_accel.stages import Accelerator, AcceleratorKind, StageInfo, cache_threshold
 
 _ALTERNATIVES = ("surf_accel's TeaCache (surf_accel.integrations.accelerators.apply_teacache) or diffusers' "
                  "FirstBlockCacheConfig, which SURF resets at every stage")
@@ -87,4 +87,25 @@ def _detect(model) -> list[Accelerator]:
     return [CacheDiT()] if is_cache_dit(model) else []
 
 
-DETECTORS.append(_detect)
+def _install(pipe, value: str) -> str:
+    """``--cache cache-dit[:T]``: DBCache on the transformer (persistent contexts, refreshed by SURF per
+    stage) with cache-dit's other defaults."""
+    try:
+        import cache_dit  # optional dependency
+    except ImportError:
+        raise ValueError("--cache cache-dit needs cache-dit installed (pip install cache-dit), or use --cache "
+                         "teacache:T or --cache fbc:T") from None
+    cfg = cache_dit.DBCacheConfig(residual_diff_threshold=cache_threshold("cache-dit", value)) if value else \
+        cache_dit.DBCacheConfig()
+    cache_dit.enable_cache(pipe.transformer, cache_config=cfg)
+    return f"cache-dit DBCache on the transformer (residual_diff_threshold {cfg.residual_diff_threshold})"
+
+
+def _remove(model) -> None:
+    if is_cache_dit(model):
+        import cache_dit  # optional dependency, present since it is installed on the model
+
+        cache_dit.disable_cache(model)
+
+
+KIND = AcceleratorKind("cache-dit", _detect, "cache-dit[:THRESHOLD]", _install, remove=_remove)

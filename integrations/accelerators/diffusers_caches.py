@@ -27,7 +27,9 @@ each cache needs beyond that, and what is refused (diffusers 0.42):
 
 from __future__ import annotations
 
-from surf_accel.integrations.accelerators.stages import DETECTORS, Accelerator, StageInfo
+from diffusers import FirstBlockCacheConfig, SeaCacheConfig
+
+from surf_accel.stages import Accelerator, AcceleratorKind, StageInfo, cache_threshold
 
 # diffusers' hook names (hooks/*.py) -> the cache they belong to; the first name found identifies it
 HOOK_NAMES = {
@@ -128,4 +130,31 @@ def detect_diffusers_caches(model) -> list[Accelerator]:
     return [DiffusersCache(k, {n: h for n, h in hooks.items() if HOOK_NAMES[n] == k}) for k in kinds]
 
 
-DETECTORS.append(detect_diffusers_caches)
+def _none(model) -> list[Accelerator]:
+    return []  # found by the "diffusers" kind, which knows every diffusers cache by its hooks
+
+
+def _disable(model) -> None:
+    if getattr(model, "is_cache_enabled", False):
+        model.disable_cache()
+
+
+def _install_fbc(pipe, value: str) -> str:
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=cache_threshold("fbc", value)))
+    return f"FirstBlockCache (threshold {value})"
+
+
+def _install_seacache(pipe, value: str) -> str:
+    pipe.transformer.enable_cache(SeaCacheConfig(threshold=cache_threshold("seacache", value)) if value
+                                  else SeaCacheConfig())
+    return "SeaCache"
+
+
+KINDS = (
+    AcceleratorKind("diffusers", detect_diffusers_caches, remove=_disable),
+    AcceleratorKind("fbc", _none, "fbc:THRESHOLD", _install_fbc),
+    AcceleratorKind("seacache", _none, "seacache[:THRESHOLD]", _install_seacache),
+    AcceleratorKind("magcache", _none, "magcache", refusal=(
+        "MagCache needs mag_ratios calibrated for the model and its whole num_inference_steps-long schedule, "
+        "which SURF's stages do not run; use --cache teacache:T or --cache fbc:T")),
+)

@@ -33,13 +33,13 @@ from typing import Optional
 
 import torch
 
+from surf_accel.family import attention_spec
 from surf_accel.integrations import window_processors as wp
 from surf_accel.ops.window_attention import FLEX_BLOCK, compiled_flex, flex_block_tables
 
 STATE_ATTR = "_surf_sparse_attention"
 # diffusers' own processors of the attention modules the pattern takes over; anything else is the
 # user's (a sparse-attention processor, say), which the sparse preview must not silently replace
-DEFAULT_PROCESSORS = ("WanAttnProcessor", "HunyuanVideoAttnProcessor2_0")
 
 
 def _positive_triple(name: str, value) -> tuple[int, int, int]:
@@ -244,26 +244,25 @@ def apply_sparse_attention(transformer, pattern: SparsePattern) -> SparseState:
     for the preview when ``SurfConfig.preview_attention`` is ``None``."""
     if not isinstance(pattern, SparsePattern):
         raise TypeError(f"pattern must be a SparsePattern, got {type(pattern).__name__}")
-    kind = wp._kind(transformer)
+    spec = attention_spec(transformer)
     if getattr(transformer, STATE_ATTR, None) is not None:
         raise RuntimeError("sparse attention is already applied to this transformer; remove_sparse_attention first")
     if getattr(transformer, wp.STATE_ATTR, None) is not None:
         raise RuntimeError("window attention is applied to this transformer: sparse and window attention both "
                            "take the self-attention processors; remove the windows first")
-    custom = {type(a.processor).__name__ for a in wp._targets(transformer, kind)} - set(DEFAULT_PROCESSORS)
+    custom = {type(a.processor).__name__ for a in spec.targets(transformer)} - set(spec.default_processors)
     if custom:
         raise ValueError(f"the sparse preview attention would replace the attention processors {sorted(custom)} set "
                          "on this transformer; keep them for the preview with SurfConfig(preview_attention=None), or "
                          "set diffusers' default processors (transformer.set_default_attn_processor()) first")
     state = SparseState((1, 1, 1), None, pattern=pattern)  # windows unused: the pattern decides
-    proc_cls = WanSparseAttnProcessor if kind == "WanTransformer3DModel" else HunyuanVideoSparseAttnProcessor
-    wp.install_processors(transformer, kind, state, proc_cls, STATE_ATTR, shifted_blocks=False)
+    wp.install_processors(transformer, spec, state, spec.sparse_processor, STATE_ATTR, shifted_blocks=False)
     return state
 
 
 def remove_sparse_attention(transformer) -> None:
     """Put back the original processor objects and drop the grid hook (no-op if not applied)."""
-    wp._kind(transformer)
+    attention_spec(transformer)
     wp.restore_processors(transformer, STATE_ATTR)
 
 

@@ -34,6 +34,7 @@ from surf_accel import metrics
 from surf_accel.bench import record
 from surf_accel.bench.toy import Run, add_shard_arguments, fmt, generate, run_sharded, setup
 from surf_accel.config import SurfConfig
+from surf_accel.stages import current_step
 from surf_accel.toyworld import NUM_FRAMES, TARGET_SIZE, load_refiner, surf_config
 
 # The accelerators (and diffusers with them) are imported where used: every `surf-accel` command
@@ -73,26 +74,11 @@ def stack_rows(steps: int, caches, sparse, trained: bool) -> list[StackRow]:
     return out
 
 
-def _remove_caches(tr) -> None:
-    from surf_accel.integrations.accelerators import remove_teacache
-    from surf_accel.integrations.accelerators.cache_dit import is_cache_dit
-
-    remove_teacache(tr)
-    if tr.is_cache_enabled:
-        tr.disable_cache()
-    if is_cache_dit(tr):
-        import cache_dit
-
-        cache_dit.disable_cache(tr)
-
-
 class _CallCounter:
     """Transformer calls and computed calls (the last block's self-attention ran) per stage
     (``"call"`` outside SURF)."""
 
     def __init__(self, tr):
-        from surf_accel.integrations.accelerators import current_step
-
         self.calls, self.computed = Counter(), Counter()
 
         def stage():
@@ -109,19 +95,20 @@ class _CallCounter:
 
 def _sparse(numbers):
     """``--sparse-preview``'s numbers -> ``SparsePattern`` (``None`` for none)."""
-    from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
+    from surf_accel.ops.sparse_attention import SparsePattern  # imports the kernels: only when the bench runs
 
     return SparsePattern.from_numbers(numbers) if numbers else None
 
 
 def measure(a) -> dict:
-    from surf_accel.integrations.accelerators.spec import install_cache
+    # the registry imports diffusers and every accelerator: only when the bench runs, not to build its arguments
+    from surf_accel.registry import install_cache, remove_caches
 
     pipe, unipc, prompts = setup(a)
     refiner = None if a.training_free else load_refiner(torch.float32)
     for c in a.cache:  # a bad form is refused before any row runs
         install_cache(pipe, c, teacache_fit=TOY_TEACACHE)
-        _remove_caches(pipe.transformer)
+        remove_caches(pipe.transformer)
     rows = stack_rows(a.steps, a.cache, _sparse(a.sparse_preview), not a.training_free)
     videos, out, installed = {}, {}, {}
     load_before = os.getloadavg()
@@ -138,7 +125,7 @@ def measure(a) -> dict:
                     cpu += c
         finally:
             counter.remove()
-            _remove_caches(pipe.transformer)
+            remove_caches(pipe.transformer)
         videos[row.name] = vids
         ev = metrics.evaluate(vids, prompts * len(a.seeds))["videos"]
         res = {k: [bool(r[f"{k}_ok"]) for r in ev] for k in ("colour", "direction", "all")}
@@ -171,7 +158,7 @@ def predict(fractions: dict[str, float], height: int, width: int, surf: bool, sp
     False) or SURF ``paper`` with a trained 1.3B-sized refiner (with ``WAN_SPARSE`` as the preview's
     attention where ``sparse``), every stage's transformer FLOPs scaled by 1 - its skip fraction
     (``"call"``: the unpatched call's); a skipped call is taken as free."""
-    from surf_accel.cost_model import estimate
+    from surf_accel.catalogue import estimate  # imports diffusers through the registry: only when the bench runs
 
     cfg = SurfConfig.preset("paper")
     if sparse:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from surf_accel import registry
 from surf_accel.training.config import ModelConfig
 
 TOY_BASE = "toy"
@@ -36,10 +37,9 @@ def load_base_pipeline(base: str, dtype: torch.dtype = torch.float32):
         from diffusers import DiffusionPipeline
 
         pipe = DiffusionPipeline.from_pretrained(base, torch_dtype=dtype, local_files_only=True)
-    from surf_accel.integrations.wan import WanAdapter
-
-    WanAdapter().check_pipeline(pipe)  # a Wan pipeline with a supported scheduler, or TypeError
-    if WanAdapter.is_wan22(pipe):
+    wan = registry.family_named("wan").adapter
+    wan.check_pipeline(pipe)  # a Wan pipeline with a supported scheduler, or TypeError
+    if wan.is_wan22(pipe):
         raise TypeError("refiner training takes a Wan2.1 WanPipeline as its base; Wan2.2 pipelines (two experts or "
                         "expand_timesteps) are not supported for training yet (their training-free refine is)")
     if type(pipe).__name__ != "WanPipeline":

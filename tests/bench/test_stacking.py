@@ -10,7 +10,7 @@ import pytest
 from surf_accel import SurfConfig
 from surf_accel.bench.stacking import predict
 from surf_accel.cli import main
-from surf_accel.cost_model import estimate
+from surf_accel.catalogue import estimate
 from surf_accel.toyworld import pipeline_available
 
 pytestmark = pytest.mark.skipif(not pipeline_available(), reason="toy pipeline not shipped")

@@ -494,7 +494,8 @@ def test_spec_is_the_published_8b_config_and_the_estimate_cli(capsys):
     from diffusers import HunyuanVideo15Transformer3DModel
 
     from surf_accel import cli
-    from surf_accel.cost_model import FAMILIES, MODELS, HunyuanVideo15Spec
+    from surf_accel.catalogue import FAMILIES, MODELS
+    from surf_accel.cost_model import HunyuanVideo15Spec
 
     with torch.device("meta"):
         model = HunyuanVideo15Transformer3DModel()

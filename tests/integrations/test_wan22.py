@@ -72,7 +72,7 @@ def test_each_expert_gets_its_own_stage_resets(monkeypatch):
     """Cache state stays per expert and each gets the resets of every stage it can run in (the stage
     protocol's, at each stage's start and end): both in the preview stages, only the low-noise expert
     in the default refine."""
-    from surf_accel.integrations.accelerators import stages
+    from surf_accel import stages
 
     pipe = tiny_wan22_a14b()
     names = {id(pipe.transformer): "high", id(pipe.transformer_2): "low"}
@@ -187,7 +187,7 @@ def test_bad_refine_expert_and_guidance_2_without_experts():
 
 # ---------------------------------------------------------------------------- cost model
 def test_cost_specs_one_expert_per_step():
-    from surf_accel.cost_model import MODELS, estimate
+    from surf_accel.catalogue import MODELS, estimate
 
     a14b, wan14 = MODELS["wan2.2-a14b"], MODELS["wan2.1-14b"]
     assert a14b.params == 40 * (8 * 5120 ** 2 + 2 * 5120 * 13824)  # ~14.0B per expert

@@ -6,7 +6,7 @@ import torch
 from surf_accel.integrations.window_processors import windowed_attention
 from surf_accel.training.config import ModelConfig
 from surf_accel.training.model import build_transformer, check_pairing, has_lora, merged_copy
-from surf_accel.training.window import training_windows
+from surf_accel.integrations.window_processors import training_windows
 from tests.tiny_pipelines import tiny_wan_t2v
 
 

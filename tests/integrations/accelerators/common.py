@@ -43,9 +43,9 @@ class Calls:
 
 def install_teacache(tr):
     """No retention and a threshold never reached: each stage computes its first and last steps only."""
-    from surf_accel.integrations.accelerators import TeaCacheConfig, apply_teacache
+    from surf_accel.integrations.accelerators import SurfTeaCacheConfig, apply_teacache
 
-    apply_teacache(tr, TeaCacheConfig(threshold=1e9, coefficients=(1.0, 0.0), indicator="temb", retention_steps=0))
+    apply_teacache(tr, SurfTeaCacheConfig(threshold=1e9, coefficients=(1.0, 0.0), indicator="temb", retention_steps=0))
 
 
 def install_fbc(tr):

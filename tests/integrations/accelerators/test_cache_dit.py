@@ -111,7 +111,7 @@ def test_on_the_pipeline_is_refused_and_removable(order):
 
 
 def test_cli_spec_enables_it_on_the_transformer():
-    from surf_accel.integrations.accelerators.spec import install_cache
+    from surf_accel.registry import install_cache
 
     pipe = tiny_wan_t2v()
     try:

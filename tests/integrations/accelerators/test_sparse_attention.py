@@ -335,7 +335,8 @@ def test_keys_per_query_counts_the_hand_mask(grid, pattern):
 
 
 def test_cost_model_counts_the_sparse_preview():
-    from surf_accel.cost_model import MODELS, estimate, forward_flops
+    from surf_accel.catalogue import MODELS, estimate
+    from surf_accel.cost_model import forward_flops
 
     spec = MODELS["wan2.1-14b"]
     latent = (21, 60, 104)  # 480x832, 81 frames: token grid (21, 30, 52)

@@ -35,7 +35,7 @@ def test_bad_spec_through_the_cli(model, tmp_path, capsys):
     ("fbc", "unknown form"),
 ])
 def test_bad_cache_specs(spec, msg):
-    from surf_accel.integrations.accelerators.spec import install_cache
+    from surf_accel.registry import install_cache
 
     pipe = tiny_wan_t2v()
     with pytest.raises(ValueError, match=msg):

@@ -1,4 +1,4 @@
-"""TeaCache (integrations/accelerators/teacache.py) on tiny Wan and HunyuanVideo pipelines, with and
+"""TeaCache (integrations/accelerators/surf_teacache.py) on tiny Wan and HunyuanVideo pipelines, with and
 without SURF. Oracles: SURF alone (a threshold that never skips must change nothing), TeaCache's
 published rule replayed by hand on indicator traces recorded by plain torch hooks, block call counts,
 and the unpatched pipeline."""
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import surf_accel
-from surf_accel.integrations.accelerators import (TEACACHE_MODELS, TeaCacheConfig, apply_teacache, remove_teacache,
+from surf_accel.integrations.accelerators import (SurfTeaCacheConfig, apply_teacache, remove_teacache, teacache_models,
                                                   teacache_stats)
 from tests.integrations.accelerators.common import HY_CALL, HY_CFG, STAGE_STEPS, STAGED, WAN_KW, Calls, assert_equal, \
     frames
@@ -78,7 +78,7 @@ def test_never_skipping_equals_surf_alone_and_decisions_follow_the_published_rul
     surf_accel.patch(pipe, STAGED)
     ref = frames(pipe, kw)
     # never skips: bit-identical to SURF alone, every call computed in every stage
-    apply_teacache(tr, TeaCacheConfig(threshold=NEVER, coefficients=(1.0, 0.0), indicator=indicator))
+    apply_teacache(tr, SurfTeaCacheConfig(threshold=NEVER, coefficients=(1.0, 0.0), indicator=indicator))
     trace, h = _recorder(pipe, indicator)
     assert_equal(frames(pipe, kw), ref)
     h.remove()
@@ -92,7 +92,7 @@ def test_never_skipping_equals_surf_alone_and_decisions_follow_the_published_rul
     xs = [float((b - a).abs().mean() / a.abs().mean()) for a, b in zip(trace, trace[len(branches):])
           if a.shape == b.shape]
     threshold = 2.0 * float(np.median(xs)) * 1.5
-    apply_teacache(tr, TeaCacheConfig(threshold=threshold, coefficients=poly, indicator=indicator, retention_steps=1))
+    apply_teacache(tr, SurfTeaCacheConfig(threshold=threshold, coefficients=poly, indicator=indicator, retention_steps=1))
     trace, h = _recorder(pipe, indicator)
     later = Calls(tr.blocks[1].attn1 if fam == "wan" else tr.single_transformer_blocks[0].attn)  # inside a block
     out = frames(pipe, kw)
@@ -112,15 +112,15 @@ def test_published_default_indicator_and_retention(wan):
     projection, so a 4-step stage computes every step), its polynomial as published."""
     tr = wan.transformer
     surf_accel.patch(wan, STAGED)
-    apply_teacache(tr, TeaCacheConfig(threshold=10.0, model="wan2.1-t2v-14b"))
+    apply_teacache(tr, SurfTeaCacheConfig(threshold=10.0, model="wan2.1-t2v-14b"))
     shared = tr._surf_teacache
     assert (shared.indicator, shared.retention) == ("timestep_proj", 5)
-    assert shared.poly == TEACACHE_MODELS["wan2.1-t2v-14b"].coefficients["timestep_proj"]
+    assert shared.poly == teacache_models()["wan2.1-t2v-14b"].coefficients["timestep_proj"]
     assert shared.poly[0] == pytest.approx(-3.03318725e+05)  # TeaCache4Wan2.1, use_ret_steps, 14B
     frames(wan, WAN_KW)
     assert all(d["skipped"] == 0 for v in teacache_stats(tr).values() for d in v.values())
     remove_teacache(tr)
-    apply_teacache(tr, TeaCacheConfig(threshold=0.08, model="wan2.1-t2v-1.3b"))
+    apply_teacache(tr, SurfTeaCacheConfig(threshold=0.08, model="wan2.1-t2v-1.3b"))
     assert (tr._surf_teacache.indicator, tr._surf_teacache.retention) == ("temb", 1)
 
 
@@ -129,7 +129,7 @@ def test_state_never_crosses_a_resolution_change(wan):
     compute shows the reset; the same calls without a reset raise instead of mixing resolutions."""
     tr = wan.transformer
     surf_accel.patch(wan, STAGED)
-    apply_teacache(tr, TeaCacheConfig(threshold=1e9, coefficients=(1.0, 0.0), indicator="temb", retention_steps=0))
+    apply_teacache(tr, SurfTeaCacheConfig(threshold=1e9, coefficients=(1.0, 0.0), indicator="temb", retention_steps=0))
     frames(wan, WAN_KW)
     stats = teacache_stats(tr)
     for s, n in STAGE_STEPS:
@@ -150,16 +150,16 @@ def test_state_never_crosses_a_resolution_change(wan):
 def test_without_surf_wan_and_hunyuan(wan, hy):
     # Wan's pipeline passes the step index and count: never skipping equals the plain pipeline
     ref = frames(wan, WAN_KW)
-    apply_teacache(wan.transformer, TeaCacheConfig(threshold=NEVER, coefficients=(1.0, 0.0), indicator="temb"))
+    apply_teacache(wan.transformer, SurfTeaCacheConfig(threshold=NEVER, coefficients=(1.0, 0.0), indicator="temb"))
     assert_equal(frames(wan, WAN_KW), ref)
     assert teacache_stats(wan.transformer)["call"]["cond"]["computed"] == 8
     # HunyuanVideoPipeline passes none: the step count must be given
-    apply_teacache(hy.transformer, TeaCacheConfig(threshold=0.1, model="hunyuanvideo"))
+    apply_teacache(hy.transformer, SurfTeaCacheConfig(threshold=0.1, model="hunyuanvideo"))
     with pytest.raises(ValueError, match="num_inference_steps=N"):
         frames(hy, HY_CALL)
     remove_teacache(hy.transformer)
     ref = frames(hy, HY_CALL)
-    apply_teacache(hy.transformer, TeaCacheConfig(threshold=1e9, model="hunyuanvideo", num_inference_steps=8))
+    apply_teacache(hy.transformer, SurfTeaCacheConfig(threshold=1e9, model="hunyuanvideo", num_inference_steps=8))
     out = frames(hy, HY_CALL)
     assert teacache_stats(hy.transformer)["call"]["cond"]["decisions"] == [True] + [False] * 6 + [True]
     assert not np.array_equal(out, ref)
@@ -177,26 +177,26 @@ def _meta_wan(**cfg):
 
 def test_bad_coefficients_and_models(wan, hy):
     with pytest.raises(ValueError, match="for a WanTransformer3DModel, not this HunyuanVideoTransformer3DModel"):
-        apply_teacache(hy.transformer, TeaCacheConfig(model="wan2.1-t2v-14b"))
+        apply_teacache(hy.transformer, SurfTeaCacheConfig(model="wan2.1-t2v-14b"))
     with pytest.raises(ValueError, match="for a HunyuanVideoTransformer3DModel"):
-        apply_teacache(wan.transformer, TeaCacheConfig(model="hunyuanvideo"))
+        apply_teacache(wan.transformer, SurfTeaCacheConfig(model="hunyuanvideo"))
     with pytest.raises(ValueError, match="36-channel"):
-        apply_teacache(wan.transformer, TeaCacheConfig(model="wan2.1-i2v-14b-480p"))
+        apply_teacache(wan.transformer, SurfTeaCacheConfig(model="wan2.1-i2v-14b-480p"))
     with pytest.raises(ValueError, match="16-channel"):
-        apply_teacache(tiny_wan_i2v().transformer, TeaCacheConfig(model="wan2.1-t2v-1.3b"))
+        apply_teacache(tiny_wan_i2v().transformer, SurfTeaCacheConfig(model="wan2.1-t2v-1.3b"))
     with pytest.raises(ValueError, match="no published TeaCache coefficients match"):
-        apply_teacache(wan.transformer, TeaCacheConfig())
+        apply_teacache(wan.transformer, SurfTeaCacheConfig())
     with pytest.raises(ValueError, match="does not exist"):
-        apply_teacache(hy.transformer, TeaCacheConfig(model="hunyuanvideo", indicator="temb"))
+        apply_teacache(hy.transformer, SurfTeaCacheConfig(model="hunyuanvideo", indicator="temb"))
     with pytest.raises(ValueError, match="needs the indicator"):
-        TeaCacheConfig(coefficients=(1.0, 0.0))
+        SurfTeaCacheConfig(coefficients=(1.0, 0.0))
     with pytest.raises(ValueError, match="unknown TeaCache model"):
-        TeaCacheConfig(model="wan2.2")
+        SurfTeaCacheConfig(model="wan2.2")
     # the 14B polynomial on a 1.3B-sized Wan (30 layers x 1536) names the right key
     small = _meta_wan(num_layers=30, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960)
     with pytest.raises(ValueError, match="'wan2.1-t2v-1.3b'"):
-        TeaCacheConfig(model="wan2.1-t2v-14b").resolve(small)
-    assert TeaCacheConfig().resolve(small)[0] == "temb"  # recognised from its config
+        SurfTeaCacheConfig(model="wan2.1-t2v-14b").resolve(small)
+    assert SurfTeaCacheConfig().resolve(small)[0] == "temb"  # recognised from its config
 
 
 def test_two_caches_refused(wan):
@@ -206,10 +206,10 @@ def test_two_caches_refused(wan):
     tr.enable_cache(FirstBlockCacheConfig(threshold=0.05))
     try:
         with pytest.raises(ValueError, match="already has a cache installed"):
-            apply_teacache(tr, TeaCacheConfig(threshold=0.1, model="wan2.1-t2v-1.3b"))
+            apply_teacache(tr, SurfTeaCacheConfig(threshold=0.1, model="wan2.1-t2v-1.3b"))
     finally:
         tr.disable_cache()
-    apply_teacache(tr, TeaCacheConfig(threshold=0.1, coefficients=(1.0, 0.0), indicator="temb"))
+    apply_teacache(tr, SurfTeaCacheConfig(threshold=0.1, coefficients=(1.0, 0.0), indicator="temb"))
     tr.enable_cache(FirstBlockCacheConfig(threshold=0.05))  # diffusers does not see TeaCache
     try:
         surf_accel.patch(wan, STAGED)

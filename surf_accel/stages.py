@@ -17,9 +17,10 @@ is the one place that maps SURF's stages onto them:
   at its start and end, so no cache state crosses a resolution change), ``step(...)`` publishes the
   current step, which the adapter's CFG ``branch`` context passes on to the cache hooks.
 
-Detectors (``DETECTORS``) find what is installed on a model: diffusers' caches (either way of
-enabling them), surf_accel's TeaCache, cache-dit. Two caches on one model are refused (diffusers
-allows one; two would each skip blocks the other computes).
+- ``AcceleratorKind``: one accelerator SURF stacks with, as it registers itself
+  (``register_accelerator``): its name, its ``--cache`` form, how to install it from that form and how
+  to find it installed on a model. ``detect`` asks every registered kind; two caches on one model are
+  refused (diffusers allows one; two would each skip blocks the other computes).
 """
 
 from __future__ import annotations
@@ -106,13 +107,81 @@ class Accelerator:
         """Called after the stage's last step, before the reset."""
 
 
-# detectors: model -> accelerators installed on it (filled in by the accelerator modules, below)
-DETECTORS: list[Callable[[torch.nn.Module], list[Accelerator]]] = []
+@dataclass(frozen=True)
+class AcceleratorKind:
+    """One accelerator SURF stacks with.
+
+    ``detect(model)``: the ``Accelerator`` objects of this kind installed on ``model`` (``[]``: none).
+    ``cache_form``: its ``--cache`` form (``"teacache:THRESHOLD"``; ``None``: not installable by name);
+    ``install(pipe, value, options)``: installs it on ``pipe.transformer`` from the form's value (``""``
+    when none was given) and returns what was installed (``ValueError`` for a bad value); ``options``
+    carries per-call extras such as ``teacache_fit``. ``refusal``: why the form is refused under SURF.
+    ``remove(model)``: takes it off ``model`` (a no-op where it is not installed).
+    """
+
+    name: str
+    detect: Callable[[torch.nn.Module], list[Accelerator]]
+    cache_form: Optional[str] = None
+    install: Optional[Callable[..., str]] = None
+    refusal: Optional[str] = None
+    remove: Optional[Callable[[torch.nn.Module], None]] = None
+
+
+_KINDS: dict[str, AcceleratorKind] = {}
+
+
+def register_accelerator(kind: AcceleratorKind) -> None:
+    """Make ``kind`` known to ``detect``, ``--cache`` and ``info``; registering a name again replaces it."""
+    if not isinstance(kind, AcceleratorKind):
+        raise TypeError(f"register_accelerator takes an AcceleratorKind, got {type(kind).__name__}")
+    _KINDS[kind.name] = kind
+
+
+def accelerator_kinds() -> tuple[AcceleratorKind, ...]:
+    """The registered kinds, in registration order."""
+    return tuple(_KINDS.values())
+
+
+def cache_forms() -> str:
+    """The accepted ``--cache`` forms, as error messages and ``--help`` list them."""
+    forms = [k.cache_form for k in _KINDS.values() if k.cache_form and k.refusal is None]
+    refused = [k.name for k in _KINDS.values() if k.cache_form and k.refusal is not None]
+    return ", ".join(forms) + (f" ({', '.join(refused)} {'is' if len(refused) == 1 else 'are'} refused)" if refused else "")
+
+
+def cache_threshold(name: str, value: str) -> float:
+    """The number in a ``--cache NAME:VALUE`` form; ``ValueError`` naming the forms otherwise."""
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"--cache {name}:{value}: the threshold must be a number (forms: {cache_forms()})") from None
+
+
+def install_cache(pipe, spec: str, **options) -> str:
+    """Install the cache the ``--cache`` form ``spec`` names on ``pipe.transformer``; returns what was
+    installed. ``ValueError`` naming the accepted forms for anything else; ``options`` go to the kind's
+    ``install`` (``teacache_fit=(indicator, coefficients)`` for TeaCache on a model it published none for)."""
+    name, _, value = spec.partition(":")
+    name, value = name.strip().lower(), value.strip()
+    kind = _KINDS.get(name)
+    if kind is None or kind.cache_form is None or (not value and not kind.cache_form.endswith("]")
+                                                   and kind.refusal is None):
+        raise ValueError(f"--cache {spec!r}: unknown form; use one of {cache_forms()}")
+    if kind.refusal is not None:
+        raise ValueError(f"--cache {name}: {kind.refusal}")
+    return kind.install(pipe, value, **options)
+
+
+def remove_caches(model) -> None:
+    """Take every registered kind's accelerator off ``model`` (a no-op for what is not installed)."""
+    for kind in _KINDS.values():
+        if kind.remove is not None:
+            kind.remove(model)
 
 
 def detect(model) -> list[Accelerator]:
     """Every accelerator installed on ``model``; ``ValueError`` for two caches on one model."""
-    found = [acc for d in DETECTORS for acc in d(model)]
+    found = [acc for kind in _KINDS.values() for acc in kind.detect(model)]
     caches = [a.name for a in found if getattr(a, "is_cache", True)]
     if len(caches) > 1:
         raise ValueError(f"{type(model).__name__} has more than one cache installed ({', '.join(caches)}); diffusers "

@@ -1,31 +1,29 @@
-"""What a model family's adapter provides to the SURF stage runner, and the scheduler handling
-shared by every flow-matching family.
+"""What a model family provides to SURF: the adapter protocol (``FamilyAdapter``), the prepared call,
+and the declaration (``Family``) by which a family registers everything about itself in one place.
 
 An adapter hides what differs between families (docs/design.md 4): the transformer's call signature, VAE
 scale factors and latent normalisation, latent preparation at a given resolution, image
 conditioning rebuilt per stage, RoPE limits. The runner (``surf_accel.runner``) only talks to this
-interface, so HunyuanVideo adds one adapter and no runner changes.
-
-Schedulers. SURF supports the two flow-matching schedulers Wan ships with:
-``FlowMatchEulerDiscreteScheduler`` and ``UniPCMultistepScheduler(use_flow_sigmas=True,
-prediction_type="flow_prediction")``, both with a static shift. Each stage gets a *fresh* scheduler
-of the pipeline's class, configured with shift 1 and handed the stage's already shifted sigmas, so
-a multistep history never crosses a resolution switch.
+interface. A ``Family`` adds the rest: its cost-model specs and defaults, the attention modules that
+windows and the sparse preview replace, TeaCache's published coefficients for its checkpoints.
+``register_family`` makes a family known to ``patch``, the cost model, windows and the CLI; the built-in
+families register when ``surf_accel.integrations`` is imported.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 import logging
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional
 
-import numpy as np
 import torch
 
+from surf_accel.config import PRESETS, register_preset
 from surf_accel.planner import FamilySpec, SchedulerSpec
+from surf_accel.schedulers import scheduler_spec
+from surf_accel.stages import cache_context_kwargs
 
 logger = logging.getLogger("surf_accel")
 
@@ -47,69 +45,6 @@ def check_diffusers_version() -> None:
                            f"(found {diffusers.__version__})")
     if tuple(parts) >= (1, 0):
         logger.warning("surf_accel was tested with diffusers %s; found %s", TESTED_DIFFUSERS, diffusers.__version__)
-
-
-SUPPORTED_SCHEDULERS = (
-    "FlowMatchEulerDiscreteScheduler (static shift, no karras/exponential/beta sigmas, no stochastic sampling)",
-    "UniPCMultistepScheduler (use_flow_sigmas=True, prediction_type='flow_prediction', static flow_shift)",
-)
-
-
-def _unsupported_scheduler(scheduler, why: str) -> TypeError:
-    return TypeError(f"surf_accel cannot drive {type(scheduler).__name__} ({why}); supported schedulers: "
-                     + "; ".join(SUPPORTED_SCHEDULERS))
-
-
-def scheduler_spec(scheduler) -> SchedulerSpec:
-    """The planner's view of a pipeline scheduler; ``TypeError`` for one SURF cannot drive."""
-    name = type(scheduler).__name__
-    cfg = scheduler.config
-    common_flags = ("use_dynamic_shifting", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
-                    "shift_terminal")
-    for flag in common_flags:
-        if cfg.get(flag):
-            raise _unsupported_scheduler(scheduler, f"{flag} is set")
-    if name == "FlowMatchEulerDiscreteScheduler":
-        for flag in ("stochastic_sampling", "invert_sigmas"):
-            if cfg.get(flag):
-                raise _unsupported_scheduler(scheduler, f"{flag} is set")
-        # diffusers builds the Euler grid between the (once-shifted) sigmas of its training table.
-        return SchedulerSpec("euler", float(cfg.shift), int(cfg.num_train_timesteps),
-                             float(scheduler.sigma_max), float(scheduler.sigma_min))
-    if name == "UniPCMultistepScheduler":
-        if not cfg.get("use_flow_sigmas") or cfg.get("prediction_type") != "flow_prediction":
-            raise _unsupported_scheduler(scheduler, "it is not configured for flow matching")
-        if cfg.get("final_sigmas_type", "zero") != "zero":
-            raise _unsupported_scheduler(scheduler, "final_sigmas_type is not 'zero'")
-        return SchedulerSpec("unipc", float(cfg.flow_shift), int(cfg.num_train_timesteps))
-    raise _unsupported_scheduler(scheduler, "not a supported class")
-
-
-def uniform_grid_scheduler_spec(pipe) -> SchedulerSpec:
-    """The planner's view of the scheduler of a pipeline that hands it explicit unshifted sigmas
-    ``linspace(1, 0, n + 1)[:-1]`` (HunyuanVideo, HunyuanVideo-1.5): Euler with a static shift only
-    (UniPC would run the explicit sigmas unshifted, other schedulers reject them)."""
-    sched = pipe.scheduler
-    name = type(sched).__name__
-    if name != "FlowMatchEulerDiscreteScheduler":
-        raise TypeError(f"surf_accel drives {type(pipe).__name__} with FlowMatchEulerDiscreteScheduler only "
-                        f"(the pipeline's own scheduler); got {name}; supported schedulers: {SUPPORTED_SCHEDULERS[0]}")
-    return dataclasses.replace(scheduler_spec(sched), grid="uniform")
-
-
-def stage_scheduler(scheduler, sigmas, device):
-    """A fresh scheduler of ``scheduler``'s class for one stage, set to the given (shifted) sigmas.
-
-    ``sigmas`` are the noise levels of the model evaluations; the scheduler appends its final 0.
-    """
-    cls = type(scheduler)
-    if cls.__name__ == "FlowMatchEulerDiscreteScheduler":
-        fresh = cls.from_config(scheduler.config, shift=1.0)
-    else:
-        fresh = cls.from_config(scheduler.config, flow_shift=1.0)
-    fresh.set_timesteps(sigmas=np.asarray(sigmas, dtype=np.float64), device=device)
-    fresh.set_begin_index(0)
-    return fresh
 
 
 def diffusers_class(pipe, names) -> Optional[type]:
@@ -334,10 +269,8 @@ class FamilyAdapter:
     @staticmethod
     def cache_context(model, name: str):
         """The model's diffusers cache context ``name`` with the SURF stage's step index, step count and
-        sigma (``integrations.accelerators.stages``), where it has one (a no-op context otherwise)."""
+        sigma (``surf_accel.stages``), where it has one (a no-op context otherwise)."""
         if hasattr(model, "cache_context"):
-            from surf_accel.integrations.accelerators.stages import cache_context_kwargs
-
             return model.cache_context(name, **cache_context_kwargs(model))
         return contextlib.nullcontext()
 
@@ -364,3 +297,109 @@ class FamilyAdapter:
         if not call.return_dict:
             return (video,)
         return self.output(video)
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """Where shifted windows and the sparse preview go in one diffusers transformer class.
+
+    ``targets(transformer)``: the attention modules that get them, in block order;
+    ``patch_sizes(transformer)``: its ``(p_t, p_h, p_w)`` patch (the token grid is the input's
+    ``(T / p_t, H / p_h, W / p_w)``); ``text_sources(forward_kwargs)``: the forward inputs the count of
+    valid text tokens depends on, and ``text_lengths(sources)`` that count per batch item (``None``: no
+    text mask); ``processor`` / ``sparse_processor``: the processor classes (constructed with the shared
+    state); ``default_processors``: the names of diffusers' own processors of ``targets``, which the sparse
+    preview may replace (any other is the user's, and kept)."""
+
+    transformer: str | type  # a diffusers class by name, or a class of the user's own
+    targets: Callable[[torch.nn.Module], list]
+    patch_sizes: Callable[[torch.nn.Module], tuple[int, int, int]]
+    text_sources: Callable[[dict], tuple]
+    text_lengths: Callable[[tuple], Optional[tuple[int, ...]]]
+    processor: type
+    sparse_processor: type
+    default_processors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything SURF knows about one model family, declared in one place.
+
+    ``adapter``: drives its pipelines (``FamilyAdapter``). ``models``: cost-model specs of its published
+    checkpoints by catalogue name (``surf-accel estimate --model``), each with a ``family`` naming a key of
+    ``defaults``: what ``estimate`` assumes for that variant (``cost_model.FamilyDefaults``).
+    ``presets``: ``SurfConfig`` presets of its own, name -> (config, description). ``attention``: one
+    ``AttentionSpec`` per transformer class windows and the sparse preview serve. ``teacache``: TeaCache's
+    published coefficients for its checkpoints (name -> ``TeaCacheModel``) and ``teacache_indicators``:
+    transformer class -> the indicators TeaCache can read there."""
+
+    name: str
+    adapter: "FamilyAdapter"
+    models: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    presets: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    attention: tuple[AttentionSpec, ...] = ()
+    teacache: dict[str, Any] = field(default_factory=dict)
+    teacache_indicators: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Make ``family`` known to ``patch``, the cost model, windows, TeaCache and the CLI; returns it.
+
+    A family registered again under its name replaces the earlier one. ``ValueError`` where one of its
+    catalogue names or presets is already another family's."""
+    if not isinstance(family, Family):
+        raise TypeError(f"register_family takes a surf_accel.Family, got {type(family).__name__}")
+    if not isinstance(family.adapter, FamilyAdapter):
+        raise TypeError(f"Family.adapter must be a FamilyAdapter instance, got {type(family.adapter).__name__}")
+    for other in _FAMILIES.values():
+        if other.name == family.name:
+            continue
+        clash = (set(other.models) & set(family.models)) | (set(other.presets) & set(family.presets))
+        if clash:
+            raise ValueError(f"family {family.name!r}: {sorted(clash)} already belong to family {other.name!r}")
+    for name, (config, description) in family.presets.items():
+        if name in PRESETS and name not in getattr(_FAMILIES.get(family.name), "presets", {}):
+            raise ValueError(f"family {family.name!r}: preset {name!r} already exists")
+        register_preset(name, config, description)
+    _FAMILIES[family.name] = family
+    return family
+
+
+def families() -> tuple[Family, ...]:
+    """The registered families, in registration order (the built-in ones once ``surf_accel.integrations``
+    is imported; ``surf_accel.registry`` imports it)."""
+    return tuple(_FAMILIES.values())
+
+
+def family_named(name: str) -> Family:
+    """The registered family ``name``; ``KeyError`` naming the registered ones."""
+    if name not in _FAMILIES:
+        raise KeyError(f"no family {name!r} is registered; registered: {', '.join(_FAMILIES)}")
+    return _FAMILIES[name]
+
+
+def find_family(pipe) -> Family:
+    """The family whose adapter handles ``pipe`` (checked); ``TypeError`` naming what is supported."""
+    for fam in _FAMILIES.values():
+        if fam.adapter.handles(pipe):
+            fam.adapter.check_pipeline(pipe)
+            return fam
+    supported = [name for fam in _FAMILIES.values() for name in fam.adapter.supported_pipelines]
+    raise TypeError(f"surf_accel supports {', '.join(supported)}; got {type(pipe).__name__}")
+
+
+def attention_spec(transformer) -> AttentionSpec:
+    """The ``AttentionSpec`` of ``transformer``'s diffusers class; ``TypeError`` naming the supported ones."""
+    specs = [a for fam in _FAMILIES.values() for a in fam.attention]
+    for spec in specs:
+        if isinstance(spec.transformer, type):
+            if isinstance(transformer, spec.transformer):
+                return spec
+        elif diffusers_class(transformer, (spec.transformer,)) is not None:
+            return spec
+    names = [s.transformer if isinstance(s.transformer, str) else s.transformer.__name__ for s in specs]
+    raise TypeError(f"window attention supports {', '.join(names)}; got {type(transformer).__name__}")

@@ -11,7 +11,7 @@ first call after a reset. Under SURF the state is reset at every stage (every re
 and the step index and count come from ``cache_context`` per stage (``stages.StepInfo``); outside
 SURF they come from the pipeline's ``cache_context`` (``WanPipeline`` passes them) or, where a
 pipeline passes none (``HunyuanVideoPipeline``), from a per-branch call counter and
-``TeaCacheConfig.num_inference_steps``.
+``SurfTeaCacheConfig.num_inference_steps``.
 
 Published facts used here (ali-vilab/TeaCache at commit 7c10efc): the rescale polynomials
 (highest power first, as ``numpy.poly1d`` takes them) and retention of TeaCache4Wan2.1/
@@ -39,7 +39,8 @@ import numpy as np
 import torch
 from diffusers.hooks import ModelHook
 
-from surf_accel.integrations.accelerators.stages import DETECTORS, Accelerator, StageInfo, current_step
+from surf_accel.family import families
+from surf_accel.stages import Accelerator, AcceleratorKind, StageInfo, cache_threshold, current_step
 
 _HEAD = "surf_teacache_head"
 _BLOCK = "surf_teacache_block"
@@ -59,31 +60,18 @@ class TeaCacheModel:
     thresholds: tuple[float, ...]  # published thresholds (latency tables of the READMEs)
 
 
-_WAN, _HY = "WanTransformer3DModel", "HunyuanVideoTransformer3DModel"
 # indicator -> steps retained at the start of each stage
 RETENTION = {"temb": 1, "timestep_proj": 5, "modulated_input": 1}
-MODELS = {
-    "wan2.1-t2v-1.3b": TeaCacheModel(_WAN, 16, (30, 1536), {
-        "temb": (2.39676752e+03, -1.31110545e+03, 2.01331979e+02, -8.29855975e+00, 1.37887774e-01),
-        "timestep_proj": (-5.21862437e+04, 9.23041404e+03, -5.28275948e+02, 1.36987616e+01, -4.99875664e-02)},
-        "temb", (0.05, 0.07, 0.08)),
-    "wan2.1-t2v-14b": TeaCacheModel(_WAN, 16, (40, 5120), {
-        "temb": (-5784.54975374, 5449.50911966, -1811.16591783, 256.27178429, -13.02252404),
-        "timestep_proj": (-3.03318725e+05, 4.90537029e+04, -2.65530556e+03, 5.87365115e+01, -3.15583525e-01)},
-        "timestep_proj", (0.14, 0.15, 0.2)),
-    "wan2.1-i2v-14b-480p": TeaCacheModel(_WAN, 36, (40, 5120), {
-        "temb": (-3.02331670e+02, 2.23948934e+02, -5.25463970e+01, 5.87348440e+00, -2.01973289e-01),
-        "timestep_proj": (2.57151496e+05, -3.54229917e+04, 1.40286849e+03, -1.35890334e+01, 1.32517977e-01)},
-        "timestep_proj", (0.13, 0.19, 0.26)),
-    "wan2.1-i2v-14b-720p": TeaCacheModel(_WAN, 36, (40, 5120), {
-        "temb": (-114.36346466, 65.26524496, -18.82220707, 4.91518089, -0.23412683),
-        "timestep_proj": (8.10705460e+03, 2.13393892e+03, -3.72934672e+02, 1.66203073e+01, -4.17769401e-02)},
-        "timestep_proj", (0.18, 0.2, 0.3)),
-    "hunyuanvideo": TeaCacheModel(_HY, 16, (20, 3072), {
-        "modulated_input": (7.33226126e+02, -4.01131952e+02, 6.75869174e+01, -3.14987800e+00, 9.61237896e-02)},
-        "modulated_input", (0.1, 0.15)),
-}
-INDICATORS = {_WAN: ("temb", "timestep_proj"), _HY: ("modulated_input",)}
+
+
+def teacache_models() -> dict[str, TeaCacheModel]:
+    """Checkpoint name -> its published coefficients, over every registered family (``Family.teacache``)."""
+    return {k: m for fam in families() for k, m in fam.teacache.items()}
+
+
+def teacache_indicators() -> dict[str, tuple[str, ...]]:
+    """Transformer class name -> the indicators TeaCache reads there (``Family.teacache_indicators``)."""
+    return {cls: ind for fam in families() for cls, ind in fam.teacache_indicators.items()}
 
 
 def _size(transformer) -> tuple[int, int]:
@@ -92,9 +80,9 @@ def _size(transformer) -> tuple[int, int]:
 
 
 @dataclass
-class TeaCacheConfig:
-    """``threshold``: accumulated rescaled change below which a call skips (``MODELS[m].thresholds``
-    are the published ones). ``model``: a key of ``MODELS`` (``None``: recognised from the
+class SurfTeaCacheConfig:
+    """``threshold``: accumulated rescaled change below which a call skips (``teacache_models()[m].thresholds``
+    are the published ones). ``model``: a key of ``teacache_models()`` (``None``: recognised from the
     transformer's config); ``coefficients`` (with ``indicator``) replaces the published polynomial, e.g.
     one fitted for another checkpoint. ``retention_steps``: steps computed at the start of every
     stage (``None``: the indicator's published retention). ``num_inference_steps``: the call's step
@@ -109,62 +97,64 @@ class TeaCacheConfig:
 
     def __post_init__(self):
         if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold)):
-            raise ValueError(f"TeaCacheConfig.threshold must be a finite number, got {self.threshold!r}")
-        if self.model is not None and self.model not in MODELS:
+            raise ValueError(f"SurfTeaCacheConfig.threshold must be a finite number, got {self.threshold!r}")
+        models = teacache_models()
+        if self.model is not None and self.model not in models:
             raise ValueError(f"unknown TeaCache model {self.model!r}; published coefficients exist for "
-                             f"{', '.join(MODELS)} (or pass coefficients=... with indicator=...)")
+                             f"{', '.join(models)} (or pass coefficients=... with indicator=...)")
         if self.coefficients is not None:
             if self.indicator is None:
-                raise ValueError("TeaCacheConfig(coefficients=...) needs the indicator they were fitted on: "
-                                 f"indicator= one of {sorted({i for v in INDICATORS.values() for i in v})}")
+                raise ValueError("SurfTeaCacheConfig(coefficients=...) needs the indicator they were fitted on: "
+                                 f"indicator= one of {sorted({i for v in teacache_indicators().values() for i in v})}")
             if len(self.coefficients) == 0 or not all(math.isfinite(float(c)) for c in self.coefficients):
-                raise ValueError(f"TeaCacheConfig.coefficients must be finite numbers, got {self.coefficients!r}")
+                raise ValueError(f"SurfTeaCacheConfig.coefficients must be finite numbers, got {self.coefficients!r}")
         for name in ("retention_steps", "num_inference_steps"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, int) and v >= (0 if name == "retention_steps" else 1)):
-                raise ValueError(f"TeaCacheConfig.{name} must be an int >= "
+                raise ValueError(f"SurfTeaCacheConfig.{name} must be an int >= "
                                  f"{0 if name == 'retention_steps' else 1}, got {v!r}")
 
     def resolve(self, transformer) -> tuple[str, tuple[float, ...], int]:
         """(indicator, polynomial, retention) for ``transformer``; ``ValueError`` for a mismatch."""
         cls = type(transformer).__name__
-        if cls not in INDICATORS:
-            raise ValueError(f"TeaCache supports {', '.join(INDICATORS)}; got {cls}")
+        models, indicators = teacache_models(), teacache_indicators()
+        if cls not in indicators:
+            raise ValueError(f"TeaCache supports {', '.join(indicators)}; got {cls}")
         key = self.model
         if key is None and self.coefficients is None:
-            key = next((k for k, m in MODELS.items() if m.transformer == cls and m.size == _size(transformer)
+            key = next((k for k, m in models.items() if m.transformer == cls and m.size == _size(transformer)
                         and m.in_channels == transformer.config.in_channels), None)
             if key is None:
                 raise ValueError(f"no published TeaCache coefficients match this {cls} (layers x width "
                                  f"{_size(transformer)}, in_channels {transformer.config.in_channels}); pass "
-                                 f"TeaCacheConfig(model=...) (one of {', '.join(MODELS)}) or coefficients=... with "
+                                 f"SurfTeaCacheConfig(model=...) (one of {', '.join(models)}) or coefficients=... with "
                                  "indicator=...")
         if key is not None:
-            m = MODELS[key]
+            m = models[key]
             if m.transformer != cls:
                 raise ValueError(f"TeaCache coefficients {key!r} are for a {m.transformer}, not this {cls}; use "
-                                 f"one of {', '.join(k for k, v in MODELS.items() if v.transformer == cls)}")
-            channels = {v.in_channels for v in MODELS.values() if v.transformer == cls}
+                                 f"one of {', '.join(k for k, v in models.items() if v.transformer == cls)}")
+            channels = {v.in_channels for v in models.values() if v.transformer == cls}
             if transformer.config.in_channels in channels and m.in_channels != transformer.config.in_channels:
                 raise ValueError(f"TeaCache coefficients {key!r} are for a {m.in_channels}-channel "
                                  f"({'image' if m.in_channels == 36 else 'text'}-to-video) {cls}; this one reads "
                                  f"{transformer.config.in_channels} channels")
-            known = {v.size for v in MODELS.values() if v.transformer == cls}
+            known = {v.size for v in models.values() if v.transformer == cls}
             if _size(transformer) in known and _size(transformer) != m.size:
-                fits = [k for k, v in MODELS.items() if v.transformer == cls and v.size == _size(transformer)
+                fits = [k for k, v in models.items() if v.transformer == cls and v.size == _size(transformer)
                         and v.in_channels == transformer.config.in_channels]
                 raise ValueError(f"TeaCache coefficients {key!r} were fitted on a {m.size[0]}-layer, {m.size[1]}-wide "
                                  f"model; this {cls} is {_size(transformer)[0]} x {_size(transformer)[1]}: use "
                                  f"{' or '.join(repr(k) for k in fits)}")
-        indicator = self.indicator or MODELS[key].default_indicator
-        if indicator not in INDICATORS[cls]:
-            raise ValueError(f"TeaCache indicator {indicator!r} does not exist for {cls}; use one of {INDICATORS[cls]}")
+        indicator = self.indicator or models[key].default_indicator
+        if indicator not in indicators[cls]:
+            raise ValueError(f"TeaCache indicator {indicator!r} does not exist for {cls}; use one of {indicators[cls]}")
         if self.coefficients is not None:
             poly = tuple(float(c) for c in self.coefficients)
         else:
-            if indicator not in MODELS[key].coefficients:
+            if indicator not in models[key].coefficients:
                 raise ValueError(f"TeaCache published no {indicator!r} coefficients for {key!r}")
-            poly = MODELS[key].coefficients[indicator]
+            poly = models[key].coefficients[indicator]
         retention = RETENTION[indicator] if self.retention_steps is None else self.retention_steps
         return indicator, poly, retention
 
@@ -192,7 +182,7 @@ def _arg(args, kwargs, index: int, name: str):
 class _TeaCacheShared:
     """What the hooks of one transformer share: config, per-branch states, per-stage statistics."""
 
-    def __init__(self, transformer, config: TeaCacheConfig):
+    def __init__(self, transformer, config: SurfTeaCacheConfig):
         from diffusers.hooks.hooks import StateManager
 
         self.transformer = transformer
@@ -218,7 +208,7 @@ class _TeaCacheShared:
         n = self.config.num_inference_steps
         if n is None:
             raise ValueError("this pipeline passes no step index to `cache_context`; set "
-                             "TeaCacheConfig(num_inference_steps=N) to the call's num_inference_steps so TeaCache "
+                             "SurfTeaCacheConfig(num_inference_steps=N) to the call's num_inference_steps so TeaCache "
                              "knows the last step (or run it under surf_accel.patch, which passes them per stage)")
         i = state.calls % n
         return i, n
@@ -345,15 +335,15 @@ def _blocks(transformer) -> list[tuple[str, torch.nn.Module]]:
     return out
 
 
-def apply_teacache(transformer, config: TeaCacheConfig) -> None:
+def apply_teacache(transformer, config: SurfTeaCacheConfig) -> None:
     """Install TeaCache on a Wan2.1 or HunyuanVideo transformer (per instance; ``remove_teacache``
     undoes it). Refused when another cache is installed on it (diffusers allows one)."""
     from diffusers.hooks import HookRegistry
 
     from surf_accel.integrations.accelerators.stages import detect
 
-    if not isinstance(config, TeaCacheConfig):
-        raise TypeError(f"apply_teacache takes a TeaCacheConfig, got {type(config).__name__}")
+    if not isinstance(config, SurfTeaCacheConfig):
+        raise TypeError(f"apply_teacache takes a SurfTeaCacheConfig, got {type(config).__name__}")
     present = detect(transformer)
     if present:
         raise ValueError(f"{type(transformer).__name__} already has a cache installed ({present[0].name}); diffusers "
@@ -422,4 +412,14 @@ def _detect(model) -> list[Accelerator]:
     return [] if shared is None else [TeaCache(shared)]
 
 
-DETECTORS.append(_detect)
+def _install(pipe, value: str, *, teacache_fit: Optional[tuple[str, Sequence[float]]] = None) -> str:
+    """``--cache teacache:T``; ``teacache_fit``: (indicator, coefficients) for a model TeaCache
+    published none for, instead of the published polynomial picked from the model's config."""
+    tr = pipe.transformer
+    indicator, coefficients = teacache_fit or (None, None)
+    apply_teacache(tr, SurfTeaCacheConfig(threshold=cache_threshold("teacache", value), indicator=indicator,
+                                          coefficients=coefficients))
+    return f"TeaCache (threshold {value}, {tr._surf_teacache.indicator} indicator)"
+
+
+KIND = AcceleratorKind("teacache", _detect, "teacache:THRESHOLD", _install, remove=remove_teacache)
