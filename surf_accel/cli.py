@@ -53,7 +53,7 @@ def _config_from(args, default_preset: str):
     if getattr(args, "window", None):
         changes["window"] = tuple(args.window)
     if getattr(args, "sparse_preview", None):
-        from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
+        from surf_accel.ops.sparse_attention import SparsePattern
 
         changes["preview_attention"] = SparsePattern.from_numbers(args.sparse_preview)
     return cfg.replace(**changes) if changes else cfg

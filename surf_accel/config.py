@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Union
 
 if TYPE_CHECKING:
-    from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
+    from surf_accel.ops.sparse_attention import SparsePattern
 
 # "consistent": (1 - s_low) down(x0) + s_low eps (docs/design.md 1.2); "paper": down(x0) + s_k eps with the
 # preview schedule's s_k (the paper as written); "additive_low": down(x0) + s_low eps (neither: the
@@ -180,7 +180,7 @@ class SurfConfig:
                 raise ValueError(f"window must be None or (wt, wh, ww) of ints >= 1 (tokens after patchify), got {w!r}")
             object.__setattr__(self, "window", tuple(int(v) for v in w))
         if self.preview_attention is not None:
-            from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
+            from surf_accel.ops.sparse_attention import SparsePattern
 
             if not isinstance(self.preview_attention, SparsePattern):
                 raise ValueError("preview_attention must be None or a SparsePattern(tile, window, global_frames) "

@@ -13,6 +13,7 @@ import torch
 
 import surf_accel.ops.dispatch as dispatch
 from surf_accel.ops import window_attention
+from surf_accel.ops.window_attention import flex, partition
 from surf_accel.ops.window_reference import window_mask
 from tests.ops.helpers import seeded
 from tests.ops.test_window_attention import CASES, TOLERANCES, make_inputs, oracle
@@ -30,8 +31,8 @@ def everything_built(monkeypatch):
 
 
 def _libraries(monkeypatch, flash: bool, xformers: bool):
-    monkeypatch.setattr(wa, "flash_attn_reason", lambda: None if flash else "flash-attn is not installed")
-    monkeypatch.setattr(wa, "xformers_reason", lambda: None if xformers else "xformers is not installed")
+    monkeypatch.setattr(partition, "flash_attn_reason", lambda: None if flash else "flash-attn is not installed")
+    monkeypatch.setattr(partition, "xformers_reason", lambda: None if xformers else "xformers is not installed")
 
 
 @pytest.mark.parametrize("flash,xformers,dtype,expected", [
@@ -94,7 +95,7 @@ def test_temporal_windows_run_in_place(monkeypatch, case, dtype):
     def no_pack(*args):
         raise AssertionError("temporal windows must not be packed")
 
-    monkeypatch.setattr(wa, "_pack", no_pack)
+    monkeypatch.setattr(partition, "_pack", no_pack)
     n = grid[0] * grid[1] * grid[2]
     qkv = torch.randn(2, n, 3, 3 * 16, generator=seeded("slab", case, str(dtype)), dtype=torch.float64).to(dtype)
     q, k, v = qkv.split(16, dim=-1)
@@ -106,8 +107,8 @@ def test_non_temporal_windows_still_pack(monkeypatch):
     if _partition_reason():
         pytest.skip(_partition_reason())
     calls = []
-    real = wa._pack
-    monkeypatch.setattr(wa, "_pack", lambda *a: calls.append(1) or real(*a))
+    real = partition._pack
+    monkeypatch.setattr(partition, "_pack", lambda *a: calls.append(1) or real(*a))
     grid, window, shift, num_text, valid = CASES["odd-3d-shift-half"]
     q, k, v, _ = make_inputs(grid, 0, None, 1, 2, 16, torch.float32, "cpu", seeded("pack"))
     out = window_attention(q, k, v, grid, window, shift, backend="cpp")
@@ -259,11 +260,11 @@ def test_flex_block_structure_covers_exactly_the_mask(case):
     """Every block pair with an allowed (query, key) is listed; a "full" block allows every pair."""
     grid, window, shift, num_text, valid = FLEX_CASES[case]
     tm = None if valid is None else torch.arange(num_text)[None] < torch.tensor(valid)[:, None]
-    _, kv_num, kv_idx, full_num, full_idx = wa._flex_tables(grid, window, shift, num_text, tm is not None,
-                                                            torch.device("cpu"))
+    _, kv_num, kv_idx, full_num, full_idx = flex._flex_tables(grid, window, shift, num_text, tm is not None,
+                                                              torch.device("cpu"))
     mask = window_mask(grid, window, shift, num_text, tm)
     mask = mask if mask.dim() == 3 else mask[None]
-    s, blk = mask.shape[-1], wa.FLEX_BLOCK
+    s, blk = mask.shape[-1], flex.FLEX_BLOCK
     nb = kv_num.shape[-1]
     listed = torch.zeros(nb, nb, dtype=torch.bool)
     full = torch.zeros(nb, nb, dtype=torch.bool)
@@ -288,6 +289,6 @@ def test_flex_compiles_on_cpu():
         pytest.skip(_flex_reason())
     grid, window, shift, num_text, valid = TILE_CASES["3d-text"]
     q, k, v, tm = make_inputs(grid, num_text, valid, 2, 2, 16, torch.float32, "cpu", seeded("flex-compiled"))
-    out = wa.flex_window_attention(q, k, v, grid, window, shift, num_text, tm, compiled=True)
+    out = flex.flex_window_attention(q, k, v, grid, window, shift, num_text, tm, compiled=True)
     torch.testing.assert_close(out.double(), oracle(q, k, v, grid, window, shift, num_text, tm),
                                **TOLERANCES[torch.float32])
