@@ -18,6 +18,8 @@ import sys
 import time
 from typing import Optional
 
+from surf_accel.bench import demo
+
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, help="SurfConfig preset (paper, fast, quality, identity, hunyuan-paper, hunyuan15-windows; "
@@ -212,32 +214,16 @@ def cmd_generate(args) -> int:
 
 # ---------------------------------------------------------------------------- info
 def cmd_info(args) -> int:
-    from surf_accel import info  # written by the foundation work; imported only when asked for
+    from surf_accel import info  # imports torch and the kernels: only when asked for
 
     return int(info.main(args.rest) or 0)
 
 
-# ---------------------------------------------------------------------------- demo hook
-# DEMO HOOK: the toy-world work adds `surf_accel/toyworld/demo.py` exposing
-#     add_arguments(parser: argparse.ArgumentParser) -> None
-#     main(args: argparse.Namespace) -> int
-# and `surf-accel demo` picks it up here with no change to this file.
+# ---------------------------------------------------------------------------- demo
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="toy-world demo: baseline vs SURF on the shipped tiny Wan (CPU)")
-    try:
-        from surf_accel.toyworld import demo as _demo
-    except ImportError as e:
-        err = str(e)
-
-        def missing(args) -> int:
-            print(f"surf-accel demo is not available in this build (surf_accel.toyworld.demo: {err})",
-                  file=sys.stderr)
-            return 2
-
-        p.set_defaults(func=missing)
-        return
-    _demo.add_arguments(p)
-    p.set_defaults(func=_demo.main)
+    demo.add_arguments(p)
+    p.set_defaults(func=demo.main)
 
 
 # ---------------------------------------------------------------------------- train-refiner

@@ -8,7 +8,7 @@ import torch
 
 from surf_accel.cli import main as cli_main
 from surf_accel.toyworld import NUM_FRAMES, TARGET_SIZE, pipeline_available
-from surf_accel.toyworld.demo import check_prompt, compare_image
+from surf_accel.bench.demo import check_prompt, compare_image
 
 
 @pytest.mark.skipif(not pipeline_available(), reason="toy pipeline not shipped")

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import (DEFAULT_GUIDANCE, DEFAULT_STEPS, DEMO_PROMPTS, FLOW_SHIFT, NUM_FRAMES, TARGET_SIZE, load_pipeline,
-               load_refiner, parse_prompt, surf_config)
-from .world import vocabulary
+from surf_accel.toyworld import (DEFAULT_GUIDANCE, DEFAULT_STEPS, DEMO_PROMPTS, FLOW_SHIFT, NUM_FRAMES, TARGET_SIZE,
+                                 load_pipeline, load_refiner, parse_prompt, surf_config)
+from surf_accel.toyworld.world import vocabulary
 
 FPS = 8
 
