@@ -186,17 +186,8 @@ def _check_on_grid(what: str, h: int, w: int, g: int):
                          f"{near(w)}")
 
 
-def plan_stages(request: Request, family: FamilySpec, scheduler: SchedulerSpec, config: SurfConfig,
-                *, trained_refiner: bool = False, refiner_transformer: bool = False,
-                trained_refiner_steps: Optional[int] = None) -> Plan:
-    """Plan one call. Raises ``ValueError`` naming the problem for anything that cannot be run.
-
-    ``trained_refiner_steps``: the trained ``Refiner``'s ``num_steps`` (used when the config's
-    ``refine_steps`` is ``None``).
-    """
-    messages: list[str] = []
-    warnings: list[str] = []
-    g = family.pixel_grid
+def _check_request(request: Request, g: int) -> None:
+    """Raise ``ValueError`` for a request that no plan can run: size off the ``g``-pixel grid, bad counts."""
     if not (isinstance(request.height, int) and isinstance(request.width, int)
             and request.height > 0 and request.width > 0):
         raise ValueError(f"height and width must be positive ints, got {request.height!r}, {request.width!r}")
@@ -206,14 +197,14 @@ def plan_stages(request: Request, family: FamilySpec, scheduler: SchedulerSpec, 
     if not (isinstance(request.num_inference_steps, int) and request.num_inference_steps >= 1):
         raise ValueError(f"num_inference_steps must be an int >= 1, got {request.num_inference_steps!r}")
 
-    n, k, m = config.step_counts(request.num_inference_steps, trained_refiner_steps if trained_refiner else None)
-    switch = k < n and config.downsample > 1
-    if k < n and config.downsample == 1:
-        messages.append(f"downsample=1: no low-resolution part, all {n} preview steps at the optimal size")
-    d = config.downsample if switch else 1
-    g_opt = g * d
 
-    # --- preview (optimal) size
+def _preview_size(request: Request, family: FamilySpec, config: SurfConfig, switch: bool, d: int,
+                  messages: list[str], warnings: list[str]) -> tuple[int, int, bool, int]:
+    """The preview's (optimal) pixel size: ``(height, width, switch, d)``.
+
+    A request too small for the switch's grid drops the low-resolution part (``switch`` False, ``d`` 1).
+    """
+    g_opt = family.pixel_grid * d
     if config.optimal_size == "request":
         oh, ow = request.height, request.width
         if switch:
@@ -243,70 +234,107 @@ def plan_stages(request: Request, family: FamilySpec, scheduler: SchedulerSpec, 
         if oh > request.height or ow > request.width:
             warnings.append(f"optimal_size {oh}x{ow} is larger than the request {request.height}x{request.width}: "
                             "the preview runs above the request's size and the refine stage goes down in resolution")
+    return oh, ow, switch, d
 
+
+def _stage_shift(scheduler: SchedulerSpec, config: SurfConfig, latent_hw: tuple[int, int], req_tokens: int,
+                 which: int, what: str, warnings: list[str]) -> float:
+    """The flow shift of stage ``which`` (0 preview, 1 preview_low, 2 refine) at latent size ``latent_hw``."""
+    if config.shifts is not None and config.shifts[which] is not None:
+        return float(config.shifts[which])
+    if config.shift_rule == "constant":
+        return float(scheduler.shift)
+    shift = float(scheduler.shift * math.sqrt(latent_hw[0] * latent_hw[1] / req_tokens))
+    if shift < 1.0 <= scheduler.shift:
+        warnings.append(f"the sqrt_tokens rule gives the {what} stage a flow shift of {shift:.3g} (scheduler "
+                        f"shift {scheduler.shift:g} at the request's size); floored at 1: below 1 the schedule "
+                        "would spend its steps at low noise. Set SurfConfig.shifts to choose each stage's shift")
+        shift = 1.0
+    return shift
+
+
+def _preview_stages(scheduler: SchedulerSpec, config: SurfConfig, n: int, k: int, switch: bool, d: int,
+                    size: tuple[int, int], opt_latent: tuple[int, int, int], req_tokens: int,
+                    warnings: list[str]) -> list[Stage]:
+    """The ``n`` preview steps from noise at ``size``; with ``switch``, steps ``k..`` at ``size / d``
+    after a reshift."""
+    oh, ow = size
+    t_grid = scheduler.time_grid(n)
+    shift_opt = _stage_shift(scheduler, config, opt_latent[1:], req_tokens, 0, "preview", warnings)
+    if not switch:
+        sig = np.concatenate([scheduler.shifted(t_grid, shift_opt), [0.0]])
+        return [Stage("preview", oh, ow, opt_latent, tuple(float(x) for x in sig), shift_opt, "base", "noise", 0)]
+    low_latent = (opt_latent[0], opt_latent[1] // d, opt_latent[2] // d)
+    shift_low = _stage_shift(scheduler, config, low_latent[1:], req_tokens, 1, "preview_low", warnings)
+    low_sigmas = scheduler.shifted(t_grid[k:], shift_low)
+    hi_sigmas = np.concatenate([scheduler.shifted(t_grid[:k], shift_opt), low_sigmas[:1]])
+    # the paper's reshift noise: the preview schedule's own level at step k
+    noise_k = float(scheduler.shifted(t_grid[k:k + 1], shift_opt)[0]) if config.reshift == "paper" \
+        else float(low_sigmas[0])
+    return [Stage("preview", oh, ow, opt_latent, tuple(float(x) for x in hi_sigmas), shift_opt,
+                  "base", "noise", 0),
+            Stage("preview_low", oh // d, ow // d, low_latent,
+                  tuple(float(x) for x in np.concatenate([low_sigmas, [0.0]])), shift_low,
+                  "base", "reshift", k, reshift_noise=noise_k)]
+
+
+def _refine_stage(request: Request, scheduler: SchedulerSpec, config: SurfConfig, m: int, prev: Stage,
+                  req_latent: tuple[int, int, int], trained_refiner: bool, refiner_transformer: bool,
+                  warnings: list[str]) -> Stage:
+    """The ``m`` refine steps at the request's size, started by the handoff from ``prev``."""
+    req_tokens = req_latent[1] * req_latent[2]
+    shift_ref = _stage_shift(scheduler, config, req_latent[1:], req_tokens, 2, "refine", warnings)
+    if trained_refiner:
+        sig = np.linspace(1.0, 0.0, m + 1)  # the straight z_lr -> z_hr path (docs/design.md 1.3)
+        model, use_sched, shift_ref = "trained_refiner", False, 1.0
+    else:
+        t_star = unshift_sigma(config.refine_start, shift_ref)
+        sig = np.concatenate([shift_sigmas(np.linspace(t_star, 0.0, m + 1)[:-1], shift_ref), [0.0]])
+        model, use_sched = ("refiner_transformer" if refiner_transformer else "base"), True
+    return Stage("refine", request.height, request.width, req_latent, tuple(float(x) for x in sig),
+                 shift_ref, model, "handoff", prev.step_offset + prev.steps, window=config.window,
+                 guidance=config.refine_guidance, use_scheduler=use_sched)
+
+
+def _check_rope(stages: list[Stage], family: FamilySpec) -> None:
+    """Raise ``ValueError`` for a stage whose patch grid reaches the family's ``rope_max_seq_len``."""
+    if family.rope_max_seq_len is None:
+        return
+    pt, ph, pw = family.patch_size
+    for s in stages:
+        axes = (math.ceil(s.latent_size[0] / pt), s.latent_size[1] // ph, s.latent_size[2] // pw)
+        if max(axes) >= family.rope_max_seq_len:
+            raise ValueError(f"stage {s.name!r} has a patch grid {axes}, but the transformer's "
+                             f"rope_max_seq_len is {family.rope_max_seq_len}: every axis must be below it")
+
+
+def plan_stages(request: Request, family: FamilySpec, scheduler: SchedulerSpec, config: SurfConfig,
+                *, trained_refiner: bool = False, refiner_transformer: bool = False,
+                trained_refiner_steps: Optional[int] = None) -> Plan:
+    """Plan one call. Raises ``ValueError`` naming the problem for anything that cannot be run.
+
+    ``trained_refiner_steps``: the trained ``Refiner``'s ``num_steps`` (used when the config's
+    ``refine_steps`` is ``None``).
+    """
+    messages: list[str] = []
+    warnings: list[str] = []
+    _check_request(request, family.pixel_grid)
+    n, k, m = config.step_counts(request.num_inference_steps, trained_refiner_steps if trained_refiner else None)
+    switch = k < n and config.downsample > 1
+    if k < n and config.downsample == 1:
+        messages.append(f"downsample=1: no low-resolution part, all {n} preview steps at the optimal size")
+    oh, ow, switch, d = _preview_size(request, family, config, switch, config.downsample if switch else 1,
+                                      messages, warnings)
     lt = latent_frames(request.num_frames, family)
     vs = family.vae_scale_spatial
     req_latent = (lt, request.height // vs, request.width // vs)
-    req_tokens = req_latent[1] * req_latent[2]
-
-    def stage_shift(latent_hw: tuple[int, int], which: int, what: str) -> float:
-        if config.shifts is not None and config.shifts[which] is not None:
-            return float(config.shifts[which])
-        if config.shift_rule == "constant":
-            return float(scheduler.shift)
-        shift = float(scheduler.shift * math.sqrt(latent_hw[0] * latent_hw[1] / req_tokens))
-        if shift < 1.0 <= scheduler.shift:
-            warnings.append(f"the sqrt_tokens rule gives the {what} stage a flow shift of {shift:.3g} (scheduler "
-                            f"shift {scheduler.shift:g} at the request's size); floored at 1: below 1 the schedule "
-                            "would spend its steps at low noise. Set SurfConfig.shifts to choose each stage's shift")
-            shift = 1.0
-        return shift
-
-    t_grid = scheduler.time_grid(n)
-    stages: list[Stage] = []
-    opt_latent = (lt, oh // vs, ow // vs)
-    shift_opt = stage_shift(opt_latent[1:], 0, "preview")
-    if switch:
-        low_latent = (lt, opt_latent[1] // d, opt_latent[2] // d)
-        shift_low = stage_shift(low_latent[1:], 1, "preview_low")
-        low_sigmas = scheduler.shifted(t_grid[k:], shift_low)
-        hi_sigmas = np.concatenate([scheduler.shifted(t_grid[:k], shift_opt), low_sigmas[:1]])
-        # the paper's reshift noise: the preview schedule's own level at step k
-        noise_k = float(scheduler.shifted(t_grid[k:k + 1], shift_opt)[0]) if config.reshift == "paper" \
-            else float(low_sigmas[0])
-        stages.append(Stage("preview", oh, ow, opt_latent, tuple(float(x) for x in hi_sigmas), shift_opt,
-                            "base", "noise", 0))
-        stages.append(Stage("preview_low", oh // d, ow // d, low_latent,
-                            tuple(float(x) for x in np.concatenate([low_sigmas, [0.0]])), shift_low,
-                            "base", "reshift", k, reshift_noise=noise_k))
-    else:
-        sig = np.concatenate([scheduler.shifted(t_grid, shift_opt), [0.0]])
-        stages.append(Stage("preview", oh, ow, opt_latent, tuple(float(x) for x in sig), shift_opt,
-                            "base", "noise", 0))
-
+    stages = _preview_stages(scheduler, config, n, k, switch, d, (oh, ow), (lt, oh // vs, ow // vs),
+                             req_latent[1] * req_latent[2], warnings)
     if m > 0:
-        shift_ref = stage_shift(req_latent[1:], 2, "refine")
-        if trained_refiner:
-            sig = np.linspace(1.0, 0.0, m + 1)  # the straight z_lr -> z_hr path (docs/design.md 1.3)
-            model, use_sched, shift_ref = "trained_refiner", False, 1.0
-        else:
-            t_star = unshift_sigma(config.refine_start, shift_ref)
-            sig = np.concatenate([shift_sigmas(np.linspace(t_star, 0.0, m + 1)[:-1], shift_ref), [0.0]])
-            model, use_sched = ("refiner_transformer" if refiner_transformer else "base"), True
-        prev = stages[-1]
-        stages.append(Stage("refine", request.height, request.width, req_latent, tuple(float(x) for x in sig),
-                            shift_ref, model, "handoff", prev.step_offset + prev.steps, window=config.window,
-                            guidance=config.refine_guidance, use_scheduler=use_sched))
+        stages.append(_refine_stage(request, scheduler, config, m, stages[-1], req_latent, trained_refiner,
+                                    refiner_transformer, warnings))
     elif (stages[-1].height, stages[-1].width) != (request.height, request.width):
         warnings.append(f"refine_steps=0: the output is the preview at {stages[-1].height}x{stages[-1].width}, "
                         f"not the requested {request.height}x{request.width}")
-
-    plan = Plan(tuple(stages), request, family, scheduler, config, tuple(messages), tuple(warnings))
-    if family.rope_max_seq_len is not None:
-        pt, ph, pw = family.patch_size
-        for s in plan.stages:
-            axes = (math.ceil(s.latent_size[0] / pt), s.latent_size[1] // ph, s.latent_size[2] // pw)
-            if max(axes) >= family.rope_max_seq_len:
-                raise ValueError(f"stage {s.name!r} has a patch grid {axes}, but the transformer's "
-                                 f"rope_max_seq_len is {family.rope_max_seq_len}: every axis must be below it")
-    return plan
+    _check_rope(stages, family)
+    return Plan(tuple(stages), request, family, scheduler, config, tuple(messages), tuple(warnings))

@@ -33,12 +33,22 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from accelerate import Accelerator, FullyShardedDataParallelPlugin
+from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
 from surf_accel.training import objective
+from surf_accel.training.base_pairs import make_base_pairs
 from surf_accel.training.config import ConfigError, RefinerTrainingConfig
+from surf_accel.training.data import TextEmbeddingCache, load_sources
 from surf_accel.training.ema import EMA
+from surf_accel.training.export import export_refiner
 from surf_accel.training.model import (build_transformer, count_parameters, load_base_pipeline, trainable_parameters,
                                        unwrap)
+from surf_accel.training.pairs import cached_pairs, cached_tensors, check_sizes, module_id, vae_id
+from surf_accel.training.validate import run_validation, surf_config_for
+from surf_accel.training.window import training_windows
 
 logger = logging.getLogger("surf_accel.training")
 
@@ -106,12 +116,8 @@ def _lr_lambda(cfg: RefinerTrainingConfig):
 
 
 def _make_accelerator(cfg: RefinerTrainingConfig):
-    from accelerate import Accelerator
-
     kwargs = {}
     if cfg.train.strategy == "fsdp":
-        from accelerate import FullyShardedDataParallelPlugin
-
         if cfg.train.ema_decay is not None:
             raise ConfigError("train.ema_decay with train.strategy 'fsdp' is not supported (the EMA would need the "
                               "sharded parameters gathered every step); set ema_decay: null")
@@ -134,9 +140,6 @@ def _seed(*parts: int) -> int:
 def prepare_data(cfg: RefinerTrainingConfig, pipe, adapter, progress: bool = False) -> dict:
     """Cached pairs and text embeddings: ``{"z_hr", "z_lr" (N, C, T, h, w), "text_index" (N,),
     "text" (K, L, D), "val": {"z_lr", "hr", "text"}}``."""
-    from surf_accel.training.data import TextEmbeddingCache, load_sources
-    from surf_accel.training.pairs import cached_pairs, check_sizes
-
     check_sizes(pipe, cfg.data.height, cfg.data.width, cfg.data.num_frames, cfg.pairs, pipe.transformer.config.patch_size)
     train_src, val_src = load_sources(cfg.data, cfg.seed)
     emb = TextEmbeddingCache(cfg.cache_dir).get(pipe, train_src.captions + val_src.captions,
@@ -163,10 +166,6 @@ def prepare_data(cfg: RefinerTrainingConfig, pipe, adapter, progress: bool = Fal
 def _base_pairs(cfg: RefinerTrainingConfig, pipe, adapter, train_captions, progress: bool) -> dict:
     """``cfg.base_pairs.num`` pairs from the base model (``base_pairs.make_base_pairs``), cached like
     the clip pairs; ``"captions"`` are their prompts (taken from the training captions)."""
-    from surf_accel.training.base_pairs import make_base_pairs
-    from surf_accel.training.pairs import cached_tensors, module_id, vae_id
-    from surf_accel.training.validate import surf_config_for
-
     bp = cfg.base_pairs
     prompts = [train_captions[i % len(train_captions)] for i in range(bp.num)]
     seeds = [bp.seed + i for i in range(bp.num)]
@@ -201,7 +200,6 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
     checkpoint beyond the periodic ones, no export); calling again resumes.
     """
     from surf_accel.integrations.wan import WanAdapter
-    from surf_accel.training.window import training_windows
 
     t_start = time.time()
     accelerator = _make_accelerator(cfg)
@@ -258,8 +256,6 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
                                          "trainable": count_parameters(inner, True)})
     bar = None
     if progress and main:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train-refiner", dynamic_ncols=True)
         logger.info("refiner %s params (%s trainable), %d pairs, %d process(es)", f"{count_parameters(inner):,}",
                     f"{count_parameters(inner, True):,}", n, world)
@@ -341,8 +337,6 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
     # accelerate keeps one AcceleratorState per process (mixed precision, plugins): drop it so that a
     # next train() call in this process (tests, notebooks) may use other settings; the process group
     # (PartialState) stays
-    from accelerate.state import AcceleratorState
-
     AcceleratorState._reset_state()
     return result
 
@@ -395,8 +389,6 @@ def _full_model(accelerator, model, pipe, cfg: RefinerTrainingConfig, ema: Optio
 
 
 def _validate(accelerator, pipe, adapter, model, ema, cfg, val, T) -> Optional[dict]:
-    from surf_accel.training.validate import run_validation
-
     m = _full_model(accelerator, model, pipe, cfg, ema)
     metrics = None
     if m is not None:
@@ -411,8 +403,6 @@ def export_checkpoint(cfg: RefinerTrainingConfig, checkpoint: Optional[str | os.
     """Export a checkpoint (default: the newest in ``output_dir``) without training: the model's
     weights from the accelerate state (safetensors), with the EMA applied when the run keeps one and
     ``export.use_ema`` is set. For a run stopped before ``max_steps``."""
-    from safetensors.torch import load_file
-
     ckpts = checkpoint_dirs(cfg.output_dir)
     d = Path(checkpoint) if checkpoint is not None else (ckpts[-1] if ckpts else None)
     if d is None or not (d / STATE_NAME).is_file():
@@ -434,7 +424,5 @@ def export_checkpoint(cfg: RefinerTrainingConfig, checkpoint: Optional[str | os.
 
 
 def export_refiner_now(model, cfg: RefinerTrainingConfig, step: int) -> Path:
-    from surf_accel.training.export import export_refiner
-
     export_refiner(model, cfg, step=step)
     return cfg.export_dir
