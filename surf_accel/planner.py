@@ -44,7 +44,7 @@ class FamilySpec:
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    """The pipeline scheduler's time grid and shift (see ``integrations.base.scheduler_spec``)."""
+    """The pipeline scheduler's time grid and shift (see ``surf_accel.schedulers.scheduler_spec``)."""
 
     kind: str  # "euler" (FlowMatchEulerDiscreteScheduler) or "unipc" (UniPCMultistepScheduler)
     shift: float

@@ -37,10 +37,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from diffusers.hooks import ModelHook
+from diffusers.hooks import HookRegistry, ModelHook
 
 from surf_accel.family import families
-from surf_accel.stages import Accelerator, AcceleratorKind, StageInfo, cache_threshold, current_step
+from surf_accel.stages import Accelerator, AcceleratorKind, StageInfo, cache_threshold, current_step, detect
 
 _HEAD = "surf_teacache_head"
 _BLOCK = "surf_teacache_block"
@@ -338,10 +338,6 @@ def _blocks(transformer) -> list[tuple[str, torch.nn.Module]]:
 def apply_teacache(transformer, config: SurfTeaCacheConfig) -> None:
     """Install TeaCache on a Wan2.1 or HunyuanVideo transformer (per instance; ``remove_teacache``
     undoes it). Refused when another cache is installed on it (diffusers allows one)."""
-    from diffusers.hooks import HookRegistry
-
-    from surf_accel.integrations.accelerators.stages import detect
-
     if not isinstance(config, SurfTeaCacheConfig):
         raise TypeError(f"apply_teacache takes a SurfTeaCacheConfig, got {type(config).__name__}")
     present = detect(transformer)

@@ -38,6 +38,7 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from surf_accel import registry
 from surf_accel.training import objective
 from surf_accel.training.base_pairs import make_base_pairs
 from surf_accel.training.config import ConfigError, RefinerTrainingConfig
@@ -48,7 +49,6 @@ from surf_accel.training.model import (build_transformer, count_parameters, load
                                        unwrap)
 from surf_accel.training.pairs import cached_pairs, cached_tensors, check_sizes, module_id, vae_id
 from surf_accel.training.validate import run_validation, surf_config_for
-from surf_accel.training.window import training_windows
 
 logger = logging.getLogger("surf_accel.training")
 
@@ -199,8 +199,6 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
     ``stop_after_steps`` / ``max_minutes`` end this call early (as an interruption would: no
     checkpoint beyond the periodic ones, no export); calling again resumes.
     """
-    from surf_accel.integrations.wan import WanAdapter
-
     t_start = time.time()
     accelerator = _make_accelerator(cfg)
     main = accelerator.is_main_process
@@ -218,7 +216,7 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
         check_resume(cfg, state)  # before any expensive work
 
     pipe = load_base_pipeline(cfg.base)
-    adapter = WanAdapter()
+    adapter = registry.family_named("wan").adapter
     T = int(pipe.scheduler.config.num_train_timesteps)
     model = build_transformer(pipe, cfg.model)
     _check_rope(model, pipe, cfg)
@@ -262,7 +260,7 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
     log_path = out_dir / "log.jsonl"
     smooth = None
     this_call = 0
-    with training_windows(inner, cfg.model.window):
+    with registry.training_windows(inner, cfg.model.window):
         while step < cfg.train.max_steps:
             phase = phases[next(i for i, b in enumerate(bounds) if step < b)]
             lt = latent_frames_for(phase.frames, pipe)

@@ -1,4 +1,4 @@
-"""``surf-accel generate --cache SPEC`` (integrations/accelerators/spec.py)."""
+"""``surf-accel generate --cache SPEC`` (surf_accel.stages.install_cache, the forms the accelerators register)."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""The stage protocol (integrations/accelerators/stages.py): what SURF's adapters pass to
+"""The stage protocol (surf_accel/stages.py): what SURF's adapters pass to
 cache_context per stage, recorded by a diffusers StateManager-holding hook of the test's own."""
 
 import pytest
