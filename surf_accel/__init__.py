@@ -15,6 +15,7 @@ _LAZY = {
     "FamilyAdapter": ("surf_accel.family", "FamilyAdapter"),
     "AttentionSpec": ("surf_accel.family", "AttentionSpec"),
     "register_family": ("surf_accel.registry", "register_family"),
+    "unregister_family": ("surf_accel.registry", "unregister_family"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -382,9 +382,18 @@ def family_named(name: str) -> Family:
     return _FAMILIES[name]
 
 
+def unregister_family(name: str) -> None:
+    """Forget the family ``name`` and its presets (a no-op for a name never registered)."""
+    family = _FAMILIES.pop(name, None)
+    if family is not None:
+        for preset in family.presets:
+            PRESETS.pop(preset, None)
+
+
 def find_family(pipe) -> Family:
-    """The family whose adapter handles ``pipe`` (checked); ``TypeError`` naming what is supported."""
-    for fam in _FAMILIES.values():
+    """The family whose adapter handles ``pipe`` (checked), the latest registered first, so that a family
+    of the user's own can claim a subclass of a built-in pipeline; ``TypeError`` naming what is supported."""
+    for fam in reversed(_FAMILIES.values()):
         if fam.adapter.handles(pipe):
             fam.adapter.check_pipeline(pipe)
             return fam
