@@ -353,7 +353,7 @@ def apply_teacache(transformer, config: SurfTeaCacheConfig) -> None:
     if shared.indicator == "temb":
         HookRegistry.check_if_exists_or_initialize(transformer.condition_embedder).register_hook(_TembHook(shared),
                                                                                                  _TEMB)
-    returns_text = type(transformer).__name__ == _HY
+    returns_text = type(transformer).__name__ == "HunyuanVideoTransformer3DModel"
     HookRegistry.check_if_exists_or_initialize(blocks[0][1]).register_hook(_HeadHook(shared, returns_text), _HEAD)
     for i, (_, b) in enumerate(blocks[1:], start=1):
         HookRegistry.check_if_exists_or_initialize(b).register_hook(

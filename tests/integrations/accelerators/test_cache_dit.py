@@ -132,7 +132,7 @@ def test_with_another_cache_is_refused():
     pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.1))
     try:
         with surf_accel.patched(pipe, STAGED), pytest.raises(ValueError, match=r"more than one cache installed "
-                                                                               r"\(cache-dit, FirstBlockCache\)"):
+                                                                               r"\(FirstBlockCache, cache-dit\)"):
             frames(pipe, WAN_KW)
     finally:
         pipe.transformer.disable_cache()
