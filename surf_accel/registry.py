@@ -8,12 +8,12 @@ from __future__ import annotations
 import surf_accel.integrations  # noqa: F401  (registers the built-in families and accelerators)
 from surf_accel.family import (Family, attention_spec, families, family_named, find_family, register_family,
                                unregister_family)
-from surf_accel.integrations.accelerators.compile import compile_watch, is_compiled
+from surf_accel.integrations.accelerators.compile import compile_watch
 from surf_accel.integrations.accelerators.sparse_attention import sparse_attention
 from surf_accel.integrations.window_processors import training_windows, windowed_attention
 from surf_accel.stages import (AcceleratorKind, accelerator_kinds, cache_forms, install_cache, register_accelerator,
                                remove_caches)
 
 __all__ = ["AcceleratorKind", "Family", "accelerator_kinds", "attention_spec", "cache_forms", "compile_watch",
-           "families", "family_named", "find_family", "install_cache", "is_compiled", "register_accelerator", "register_family", "remove_caches",
-           "sparse_attention", "training_windows", "unregister_family", "windowed_attention"]
+           "families", "family_named", "find_family", "install_cache", "register_accelerator", "register_family",
+           "remove_caches", "sparse_attention", "training_windows", "unregister_family", "windowed_attention"]

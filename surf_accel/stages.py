@@ -16,7 +16,6 @@ is the one place that maps SURF's stages onto them:
   use; ``stage(models, stage)`` wraps one stage (every stateful diffusers hook on those models is reset
   at its start and end, so no cache state crosses a resolution change), ``step(...)`` publishes the
   current step, which the adapter's CFG ``branch`` context passes on to the cache hooks.
-
 - ``AcceleratorKind``: one accelerator SURF stacks with, as it registers itself
   (``register_accelerator``): its name, its ``--cache`` form, how to install it from that form and how
   to find it installed on a model. ``detect`` asks every registered kind; two caches on one model are
@@ -111,7 +110,8 @@ class Accelerator:
 class AcceleratorKind:
     """One accelerator SURF stacks with.
 
-    ``detect(model)``: the ``Accelerator`` objects of this kind installed on ``model`` (``[]``: none).
+    ``detect(model)``: the ``Accelerator`` objects of this kind installed on ``model`` (``[]``: none;
+    ``None`` for a kind another kind finds, such as each diffusers cache).
     ``cache_form``: its ``--cache`` form (``"teacache:THRESHOLD"``; ``None``: not installable by name);
     ``install(pipe, value, options)``: installs it on ``pipe.transformer`` from the form's value (``""``
     when none was given) and returns what was installed (``ValueError`` for a bad value); ``options``
@@ -120,7 +120,7 @@ class AcceleratorKind:
     """
 
     name: str
-    detect: Callable[[torch.nn.Module], list[Accelerator]]
+    detect: Optional[Callable[[torch.nn.Module], list[Accelerator]]] = None
     cache_form: Optional[str] = None
     install: Optional[Callable[..., str]] = None
     refusal: Optional[str] = None
@@ -181,7 +181,7 @@ def remove_caches(model) -> None:
 
 def detect(model) -> list[Accelerator]:
     """Every accelerator installed on ``model``; ``ValueError`` for two caches on one model."""
-    found = [acc for kind in _KINDS.values() for acc in kind.detect(model)]
+    found = [acc for kind in _KINDS.values() if kind.detect is not None for acc in kind.detect(model)]
     caches = [a.name for a in found if getattr(a, "is_cache", True)]
     if len(caches) > 1:
         raise ValueError(f"{type(model).__name__} has more than one cache installed ({', '.join(caches)}); diffusers "

@@ -130,10 +130,6 @@ def detect_diffusers_caches(model) -> list[Accelerator]:
     return [DiffusersCache(k, {n: h for n, h in hooks.items() if HOOK_NAMES[n] == k}) for k in kinds]
 
 
-def _none(model) -> list[Accelerator]:
-    return []  # found by the "diffusers" kind, which knows every diffusers cache by its hooks
-
-
 def _disable(model) -> None:
     if getattr(model, "is_cache_enabled", False):
         model.disable_cache()
@@ -150,11 +146,12 @@ def _install_seacache(pipe, value: str) -> str:
     return "SeaCache"
 
 
+# diffusers' caches are found by one kind, which knows them all by their hooks; the others name --cache forms
 KINDS = (
     AcceleratorKind("diffusers", detect_diffusers_caches, remove=_disable),
-    AcceleratorKind("fbc", _none, "fbc:THRESHOLD", _install_fbc),
-    AcceleratorKind("seacache", _none, "seacache[:THRESHOLD]", _install_seacache),
-    AcceleratorKind("magcache", _none, "magcache", refusal=(
+    AcceleratorKind("fbc", cache_form="fbc:THRESHOLD", install=_install_fbc),
+    AcceleratorKind("seacache", cache_form="seacache[:THRESHOLD]", install=_install_seacache),
+    AcceleratorKind("magcache", cache_form="magcache", refusal=(
         "MagCache needs mag_ratios calibrated for the model and its whole num_inference_steps-long schedule, "
         "which SURF's stages do not run; use --cache teacache:T or --cache fbc:T")),
 )
