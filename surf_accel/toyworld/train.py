@@ -45,6 +45,10 @@ VAE_CONFIG = dict(base_dim=12, z_dim=8, dim_mult=[1, 2, 2], num_res_blocks=1, at
 DIT_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=8,
                   out_channels=8, text_dim=64, freq_dim=64, ffn_dim=512, num_layers=4, cross_attn_norm=True,
                   qk_norm="rms_norm_across_heads", rope_max_seq_len=256)
+# The training-free sibling refiner: the same family, VAE and text encoder at about a fifth of the base's
+# layers x width (2 x 48 against 4 x 128), trained like the base on the same world.
+SIBLING_CONFIG = {**DIT_CONFIG, "num_attention_heads": 2, "attention_head_dim": 24, "ffn_dim": 192, "num_layers": 2}
+PACKAGE_SIBLING_DIR = Path(__file__).resolve().parent / "sibling"
 SCHEDULER_CONFIG = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
                         num_train_timesteps=1000, solver_order=2, sample_max_value=1.0)
 # Flow shift per training resolution (docs/design.md 1.1: larger resolutions use a larger shift).
@@ -266,20 +270,21 @@ def finalize_vae(vae, out: Path, steps_done: int, seconds: float, stats_clips: i
 # DiT
 
 
-def make_dit(seed: int = 0):
+def make_dit(seed: int = 0, config: dict | None = None):
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
-    return WanTransformer3DModel(**DIT_CONFIG)
+    return WanTransformer3DModel(**(config or DIT_CONFIG))
 
 
 def _load_parts(out: Path):
+    """Tokenizer, text encoder and VAE from a training directory or an assembled pipeline folder (float32)."""
     from diffusers import AutoencoderKLWan
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     tok = AutoTokenizer.from_pretrained(out / "tokenizer")
-    enc = UMT5EncoderModel.from_pretrained(out / "text_encoder").eval()
-    vae = AutoencoderKLWan.from_pretrained(out / "vae").eval()
+    enc = UMT5EncoderModel.from_pretrained(out / "text_encoder").float().eval()
+    vae = AutoencoderKLWan.from_pretrained(out / "vae").float().eval()
     return tok, enc, vae
 
 
@@ -310,14 +315,17 @@ def encode_dataset(vae, n: int, size: int, seed: int, batch: int = 8, desc: str 
     return torch.cat(zs), ids
 
 
-def prepare_dit_data(out: Path, n_lo: int, n_hi: int, seed: int, lo: int = 64, hi: int = 128) -> dict:
+def prepare_dit_data(out: Path, n_lo: int, n_hi: int, seed: int, lo: int = 64, hi: int = 128,
+                     parts: Path | None = None) -> dict:
+    """Encoded training latents and prompt embeddings, cached in ``out``; ``parts`` holds the tokenizer,
+    text encoder and VAE (default: ``out`` itself)."""
     from safetensors.torch import load_file, save_file
 
     path = out / "dit_data.safetensors"
-    key = f"{n_lo}-{n_hi}-{seed}-{lo}-{hi}"
+    key = f"{n_lo}-{n_hi}-{seed}-{lo}-{hi}-{parts or out}"
     if path.exists() and (out / "dit_data.json").exists() and json.loads((out / "dit_data.json").read_text()).get("key") == key:
         return load_file(str(path))
-    tok, enc, vae = _load_parts(out)
+    tok, enc, vae = _load_parts(parts or out)
     prompts = [world.prompt_for(*c) for c in world.all_label_combinations()] + [""]
     data = {"emb": embed_prompts(tok, enc, vae, prompts)}
     data["z_lo"], data["id_lo"] = encode_dataset(vae, n_lo, lo, seed + 1, desc=f"encode {lo}px")
@@ -340,20 +348,23 @@ def flow_batch(z: torch.Tensor, shift: float, gen: torch.Generator):
 
 def train_dit(out: Path, steps: int, batch: int = 8, batch_hi: int = 4, hi_every: int = 5, lr: float = 1e-3,
               seed: int = 0, n_lo: int = 768, n_hi: int = 192, cfg_drop: float = 0.1, ema_decay: float = 0.995,
-              ckpt_every: int = 50, time_limit_min: float | None = None) -> None:
-    data = prepare_dit_data(out, n_lo, n_hi, seed)
+              ckpt_every: int = 50, time_limit_min: float | None = None, config: dict | None = None,
+              parts: Path | None = None, name: str = "dit") -> Path:
+    """Flow-matching training of a toy DiT of ``config``; checkpoints in ``out/<name>_ckpt``, the EMA
+    weights (fp16 values) exported to ``out/transformer`` (``name="dit"``) or ``out/<name>_transformer``."""
+    data = prepare_dit_data(out, n_lo, n_hi, seed, parts=parts)
     emb, empty = data["emb"][:-1], data["emb"][-1]
-    dit = make_dit(seed)
+    dit = make_dit(seed, config)
     dit.train()
-    ema = make_dit(seed)
+    ema = make_dit(seed, config)
     ema.load_state_dict(dit.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(dit.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
-    ck = out / "dit_ckpt"
+    ck = out / f"{name}_ckpt"
     meta = load_checkpoint(ck, {"dit": dit, "ema": ema}, opt)
     start = meta["step"] if meta else 0
     t0 = time.time()
-    bar = tqdm(range(start, steps), desc="dit", initial=start, total=steps)
+    bar = tqdm(range(start, steps), desc=name, initial=start, total=steps)
     recent: dict[int, list[float]] = {64: [], 128: []}
     step = start
     for step in bar:
@@ -383,18 +394,30 @@ def train_dit(out: Path, steps: int, batch: int = 8, batch_hi: int = 4, hi_every
         bar.set_postfix(l64=f"{sum(recent[64][-25:]) / max(1, len(recent[64][-25:])):.3f}",
                         l128=f"{sum(recent[128][-10:]) / max(1, len(recent[128][-10:])):.3f}")
         if step % 10 == 0 or hi:
-            _log(out, "dit", {"step": step, "loss": loss.item(), "size": size, "elapsed_s": round(time.time() - t0, 1)})
+            _log(out, name, {"step": step, "loss": loss.item(), "size": size, "elapsed_s": round(time.time() - t0, 1)})
         if (step + 1) % ckpt_every == 0:
             save_checkpoint(ck, step + 1, {"dit": dit, "ema": ema}, opt)
         if time_limit_min is not None and time.time() - t0 > time_limit_min * 60:
-            print(f"dit: time limit reached at step {step + 1}")
+            print(f"{name}: time limit reached at step {step + 1}")
             break
     final_step = step + 1 if steps > start else start
     save_checkpoint(ck, final_step, {"dit": dit, "ema": ema}, opt,
                     extra={"seconds_this_run": round(time.time() - t0, 1)})
     round_to_fp16_(ema)
-    ema.save_pretrained(out / "transformer", safe_serialization=True)
-    print(f"dit: {final_step} steps, EMA weights -> {out / 'transformer'}")
+    export = out / ("transformer" if name == "dit" else f"{name}_transformer")
+    ema.save_pretrained(export, safe_serialization=True)
+    print(f"{name}: {final_step} steps, EMA weights -> {export}")
+    return export
+
+
+def ship_sibling(out: Path, dest: Path) -> Path:
+    """Save the sibling's EMA transformer in fp16 into ``dest`` (shipped: the package's ``toyworld/sibling``)."""
+    from diffusers import WanTransformer3DModel
+
+    model = WanTransformer3DModel.from_pretrained(out / "sibling_transformer").to(torch.float16)
+    model.save_pretrained(dest, safe_serialization=True)
+    print(f"sibling: WanTransformer3DModel ({sum(p.numel() for p in model.parameters())} parameters) -> {dest}")
+    return dest
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,9 +445,12 @@ def assemble(out: Path, dest: Path = PACKAGE_PIPELINE_DIR) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m surf_accel.toyworld.train", description=__doc__.split("\n")[0])
-    p.add_argument("stage", choices=["text", "vae", "dit", "assemble", "all"])
+    p.add_argument("stage", choices=["text", "vae", "dit", "assemble", "all", "sibling"],
+                   help="sibling: train the small training-free refiner on the shipped pipeline's VAE and text encoder")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="training directory (not in git)")
-    p.add_argument("--dest", type=Path, default=PACKAGE_PIPELINE_DIR, help="where `assemble` saves the pipeline")
+    p.add_argument("--dest", type=Path, default=None,
+                   help="where `assemble` saves the pipeline (default: the package's toyworld/pipeline) or "
+                        "`sibling` its transformer (default: OUT/sibling)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 was 5-10x faster than 2 on a 2-core machine shared with other jobs)")
@@ -458,7 +484,12 @@ def main(argv: list[str] | None = None) -> None:
         train_dit(a.out, a.dit_steps, a.dit_batch, a.dit_batch_hi, a.hi_every, a.dit_lr, a.seed, a.n_lo, a.n_hi,
                   ckpt_every=a.ckpt_every, time_limit_min=a.dit_minutes)
     if a.stage in ("assemble", "all"):
-        assemble(a.out, a.dest)
+        assemble(a.out, a.dest or PACKAGE_PIPELINE_DIR)
+    if a.stage == "sibling":
+        train_dit(a.out, a.dit_steps, a.dit_batch, a.dit_batch_hi, a.hi_every, a.dit_lr, a.seed, a.n_lo, a.n_hi,
+                  ckpt_every=a.ckpt_every, time_limit_min=a.dit_minutes, config=SIBLING_CONFIG,
+                  parts=PACKAGE_PIPELINE_DIR, name="sibling")
+        ship_sibling(a.out, a.dest or a.out / "sibling")
 
 
 if __name__ == "__main__":
