@@ -30,7 +30,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator, FullyShardedDataParallelPlugin
@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from surf_accel import registry
 from surf_accel.training import objective
 from surf_accel.training.base_pairs import make_base_pairs
-from surf_accel.training.config import ConfigError, RefinerTrainingConfig
+from surf_accel.training.config import ConfigError, Phase, RefinerTrainingConfig
 from surf_accel.training.data import TextEmbeddingCache, load_sources
 from surf_accel.training.ema import EMA
 from surf_accel.training.export import export_refiner
@@ -191,6 +191,30 @@ def latent_frames_for(frames: int, pipe) -> int:
 
 
 # ---------------------------------------------------------------------------- training
+@dataclass
+class _Run:
+    """The pipeline, model, optimiser and data one ``train`` call works with (made by ``_set_up``)."""
+
+    cfg: RefinerTrainingConfig
+    accelerator: Accelerator
+    pipe: Any
+    adapter: Any
+    num_train_timesteps: int
+    model: torch.nn.Module  # as accelerate prepared it (DDP/FSDP wrapper)
+    inner: torch.nn.Module  # the transformer under the wrapper
+    opt: torch.optim.Optimizer
+    ema: Optional[EMA]
+    data: dict  # prepare_data's output
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.cfg.output_dir) / "log.jsonl"
+
+
 def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: Optional[int] = None,
           max_minutes: Optional[float] = None, progress: bool = True) -> TrainResult:
     """Run (or resume) the training ``cfg`` describes.
@@ -201,142 +225,238 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
     """
     t_start = time.time()
     accelerator = _make_accelerator(cfg)
-    main = accelerator.is_main_process
-    if cfg.train.strategy == "fsdp" and "FSDP" not in str(accelerator.distributed_type) and main:
+    _warn_if_unsharded(cfg, accelerator)
+    ckpt, state = _resume_point(cfg, accelerator, resume)
+    run = _set_up(cfg, accelerator, progress)
+    step = _resume(run, ckpt, state)
+    result = TrainResult(step=step, finished=False, is_main=run.main)
+    _log_start(run, step)
+    bar = _progress_bar(run, step, progress)
+    with registry.training_windows(run.inner, cfg.model.window):
+        step = _train_steps(run, step, result, bar, t_start, stop_after_steps, max_minutes)
+    if bar is not None:
+        bar.close()
+    result.step = step
+    if step >= cfg.train.max_steps:
+        result.finished = True
+        result.export_dir = _export(run, step)
+    result.seconds = time.time() - t_start
+    _end_training(accelerator)
+    return result
+
+
+def _warn_if_unsharded(cfg: RefinerTrainingConfig, accelerator: Accelerator) -> None:
+    """Warn (main process) when ``train.strategy`` asks for FSDP and accelerate runs without it."""
+    if cfg.train.strategy == "fsdp" and "FSDP" not in str(accelerator.distributed_type) and accelerator.is_main_process:
         # accelerate enables FSDP on accelerators only; on CPU it runs the plugin-less MULTI_CPU (DDP) path
         logger.warning("train.strategy is 'fsdp' but accelerate runs %s here: no parameter sharding",
                        accelerator.distributed_type)
+
+
+def _resume_point(cfg: RefinerTrainingConfig, accelerator: Accelerator,
+                  resume: bool) -> tuple[Optional[Path], Optional[dict]]:
+    """The newest complete checkpoint and its trainer state (``None`` for both: start at step 0).
+
+    ``resume=False`` deletes the earlier checkpoints first. Raises ``ResumeMismatch`` for a run
+    started with another config.
+    """
     out_dir = Path(cfg.output_dir)
-    if not resume and main and (out_dir / "checkpoints").is_dir():
+    if not resume and accelerator.is_main_process and (out_dir / "checkpoints").is_dir():
         shutil.rmtree(out_dir / "checkpoints")
     accelerator.wait_for_everyone()
     ckpts = checkpoint_dirs(out_dir) if resume else []
     state = json.loads((ckpts[-1] / STATE_NAME).read_text()) if ckpts else None
     if state is not None:
         check_resume(cfg, state)  # before any expensive work
+    return (ckpts[-1] if ckpts else None), state
 
+
+def _set_up(cfg: RefinerTrainingConfig, accelerator: Accelerator, progress: bool) -> _Run:
+    """The base pipeline, the refiner transformer, the cached data, the optimiser and the EMA."""
     pipe = load_base_pipeline(cfg.base)
     adapter = registry.family_named("wan").adapter
     T = int(pipe.scheduler.config.num_train_timesteps)
     model = build_transformer(pipe, cfg.model)
     _check_rope(model, pipe, cfg)
     with accelerator.main_process_first():  # the main process makes the caches, the others read them
-        data = prepare_data(cfg, pipe, adapter, progress=progress and main)
+        data = prepare_data(cfg, pipe, adapter, progress=progress and accelerator.is_main_process)
+    model, opt, ema = _prepare_model(cfg, accelerator, model)
+    return _Run(cfg, accelerator, pipe, adapter, T, model, unwrap(model), opt, ema, data)
+
+
+def _prepare_model(cfg: RefinerTrainingConfig, accelerator: Accelerator,
+                   model: torch.nn.Module) -> tuple[torch.nn.Module, torch.optim.Optimizer, Optional[EMA]]:
+    """Gradient checkpointing, AdamW over the trainable parameters, both wrapped by accelerate, and the EMA."""
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     params = list(trainable_parameters(model).values())
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
+    model, opt = accelerator.prepare(model, opt)
+    ema = EMA(trainable_parameters(unwrap(model)).items(), cfg.train.ema_decay) if cfg.train.ema_decay else None
+    return model, opt, ema
+
+
+def _resume(run: _Run, ckpt: Optional[Path], state: Optional[dict]) -> int:
+    """Load checkpoint ``ckpt`` (accelerate state and EMA); the step to go on from (0 without a state)."""
+    if state is None:
+        return 0
+    run.accelerator.load_state(str(ckpt))
+    if run.ema is not None:
+        run.ema.load(ckpt / EMA_NAME)
+    step = int(state["step"])
+    if run.main:
+        logger.info("resumed from %s (step %d)", ckpt, step)
+    return step
+
+
+def _log_start(run: _Run, step: int) -> None:
+    """The ``start`` record of ``log.jsonl`` (main process): processes, precision, data and model sizes."""
+    if run.main:
+        a = run.accelerator
+        _append(run.log_path, {"event": "start", "step": step, "processes": a.num_processes,
+                               "distributed_type": str(a.distributed_type), "mixed_precision": a.mixed_precision,
+                               "pairs": run.data["z_hr"].shape[0], "parameters": count_parameters(run.inner),
+                               "trainable": count_parameters(run.inner, True)})
+
+
+def _progress_bar(run: _Run, step: int, progress: bool) -> Optional[tqdm]:
+    """With ``progress``, the main process's bar over ``train.max_steps`` (the model's size logged); else ``None``."""
+    if not (progress and run.main):
+        return None
+    bar = tqdm(total=run.cfg.train.max_steps, initial=step, desc="train-refiner", dynamic_ncols=True)
+    logger.info("refiner %s params (%s trainable), %d pairs, %d process(es)", f"{count_parameters(run.inner):,}",
+                f"{count_parameters(run.inner, True):,}", run.data["z_hr"].shape[0], run.accelerator.num_processes)
+    return bar
+
+
+def _train_steps(run: _Run, step: int, result: TrainResult, bar: Optional[tqdm], t_start: float,
+                 stop_after_steps: Optional[int], max_minutes: Optional[float]) -> int:
+    """Optimiser steps from ``step`` to ``train.max_steps`` or an early stop, each reported, checkpointed
+    and validated on schedule (losses and metrics into ``result``); the step reached."""
+    cfg = run.cfg
+    phases = cfg.train.phases(cfg.data.num_frames)
+    bounds = [sum(p.steps for p in phases[:i + 1]) for i in range(len(phases))]
     # the learning rate is a function of the step, set before each step: nothing to checkpoint, and not
     # accelerate's prepared scheduler, which steps once per process per optimiser step
     lr_at = _lr_lambda(cfg)
-    model, opt = accelerator.prepare(model, opt)
-    inner = unwrap(model)
-    ema = EMA(trainable_parameters(inner).items(), cfg.train.ema_decay) if cfg.train.ema_decay else None
-    step = 0
-    if state is not None:
-        accelerator.load_state(str(ckpts[-1]))
-        if ema is not None:
-            ema.load(ckpts[-1] / EMA_NAME)
-        step = int(state["step"])
-        if main:
-            logger.info("resumed from %s (step %d)", ckpts[-1], step)
-
-    phases = cfg.train.phases(cfg.data.num_frames)
-    bounds = [sum(p.steps for p in phases[:i + 1]) for i in range(len(phases))]
-    n = data["z_hr"].shape[0]
-    world, rank = accelerator.num_processes, accelerator.process_index
-    result = TrainResult(step=step, finished=False, is_main=main)
-    if main:
-        _append(out_dir / "log.jsonl", {"event": "start", "step": step, "processes": world,
-                                         "distributed_type": str(accelerator.distributed_type),
-                                         "mixed_precision": accelerator.mixed_precision, "pairs": n,
-                                         "parameters": count_parameters(inner),
-                                         "trainable": count_parameters(inner, True)})
-    bar = None
-    if progress and main:
-        bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train-refiner", dynamic_ncols=True)
-        logger.info("refiner %s params (%s trainable), %d pairs, %d process(es)", f"{count_parameters(inner):,}",
-                    f"{count_parameters(inner, True):,}", n, world)
-    log_path = out_dir / "log.jsonl"
     smooth = None
     this_call = 0
-    with registry.training_windows(inner, cfg.model.window):
-        while step < cfg.train.max_steps:
-            phase = phases[next(i for i, b in enumerate(bounds) if step < b)]
-            lt = latent_frames_for(phase.frames, pipe)
-            t0 = time.time()
-            model.train()
-            for group in opt.param_groups:
-                group["lr"] = cfg.train.lr * lr_at(step)
-            loss_sum = torch.zeros(())
-            for micro in range(cfg.train.grad_accum):
-                g = torch.Generator().manual_seed(_seed(cfg.seed, step, micro, rank))
-                idx = torch.randint(0, n, (phase.batch_size,), generator=g)
-                z_hr = data["z_hr"][idx, :, :lt]
-                lo, hi = cfg.pairs.latent_noise
-                std = lo + (hi - lo) * torch.rand(phase.batch_size, generator=g)
-                z_lr = objective.degrade_latent(data["z_lr"][idx, :, :lt], std, g)
-                text = data["text"][data["text_index"][idx]]
-                s = objective.sample_s(phase.batch_size, cfg.objective, cfg.model.num_steps, g)
-                dev = accelerator.device
-                sync = micro == cfg.train.grad_accum - 1
-                with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
-                    with accelerator.autocast():
-                        loss = objective.flow_loss(model, z_hr.to(dev), z_lr.to(dev), text.to(dev), s.to(dev), T)
-                    accelerator.backward(loss / cfg.train.grad_accum)
-                loss_sum += loss.detach().float().cpu()
-            if cfg.train.max_grad_norm:
-                accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.train.max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(trainable_parameters(inner).items(), step)
-            step += 1
-            this_call += 1
-            mean_loss = accelerator.reduce((loss_sum / cfg.train.grad_accum).to(accelerator.device), "mean").item()
-            result.losses.append((step, mean_loss))
-            dt = time.time() - t0
-            clips = phase.batch_size * cfg.train.grad_accum * world
-            smooth = mean_loss if smooth is None else 0.9 * smooth + 0.1 * mean_loss
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{smooth:.4f}", clips_s=f"{clips / dt:.2f}", frames=phase.frames)
-            if main and (step % cfg.log_every == 0 or step == 1):
-                _append(log_path, {"step": step, "loss": mean_loss, "loss_smooth": smooth, "lr": opt.param_groups[0]["lr"],
-                                   "frames": phase.frames, "clips_per_s": clips / dt, "step_s": dt,
-                                   "elapsed_s": time.time() - t_start})
-            if step % cfg.checkpoint.every == 0 or step == cfg.train.max_steps:
-                save_checkpoint(accelerator, cfg, step, ema)
-            v = cfg.validation
-            if (v.every and step % v.every == 0) or step == cfg.train.max_steps:
-                metrics = _validate(accelerator, pipe, adapter, model, ema, cfg, data.get("val"), T)
-                if metrics is not None:
-                    result.validation.append((step, metrics))
-                    _append(log_path, {"step": step, "validation": metrics})
-                    if bar is not None:
-                        bar.write(f"step {step} validation: {json.dumps(metrics)}")
-            stop = (stop_after_steps is not None and this_call >= stop_after_steps) or (
-                max_minutes is not None and time.time() - t_start > 60 * max_minutes)
-            if max_minutes is not None and world > 1:  # clocks differ: stop where any process would
-                stop = accelerator.reduce(torch.tensor(float(stop), device=accelerator.device), "sum").item() > 0
-            if stop and step < cfg.train.max_steps:
-                break
+    while step < cfg.train.max_steps:
+        phase = phases[next(i for i, b in enumerate(bounds) if step < b)]
+        t0 = time.time()
+        mean_loss = _optimizer_step(run, step, phase, cfg.train.lr * lr_at(step))
+        step += 1
+        this_call += 1
+        result.losses.append((step, mean_loss))
+        dt = time.time() - t0
+        smooth = mean_loss if smooth is None else 0.9 * smooth + 0.1 * mean_loss
+        _report_step(run, bar, step, mean_loss, smooth, phase, dt, t_start)
+        _checkpoint_and_validate(run, step, result, bar)
+        if _stop_early(run, this_call, t_start, stop_after_steps, max_minutes) and step < cfg.train.max_steps:
+            break
+    return step
+
+
+def _optimizer_step(run: _Run, step: int, phase: Phase, lr: float) -> float:
+    """Optimiser step ``step`` at learning rate ``lr`` over ``train.grad_accum`` micro-batches of
+    ``phase``'s clips (EMA updated); the loss, mean over micro-batches and processes."""
+    cfg, accelerator, model = run.cfg, run.accelerator, run.model
+    lt = latent_frames_for(phase.frames, run.pipe)
+    model.train()
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros(())
+    for micro in range(cfg.train.grad_accum):
+        z_hr, z_lr, text, s = _micro_batch(run, step, micro, phase.batch_size, lt)
+        dev = accelerator.device
+        sync = micro == cfg.train.grad_accum - 1
+        with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
+            with accelerator.autocast():
+                loss = objective.flow_loss(model, z_hr.to(dev), z_lr.to(dev), text.to(dev), s.to(dev),
+                                           run.num_train_timesteps)
+            accelerator.backward(loss / cfg.train.grad_accum)
+        loss_sum += loss.detach().float().cpu()
+    if cfg.train.max_grad_norm:
+        accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.train.max_grad_norm)
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.update(trainable_parameters(run.inner).items(), step)
+    return accelerator.reduce((loss_sum / cfg.train.grad_accum).to(accelerator.device), "mean").item()
+
+
+def _micro_batch(run: _Run, step: int, micro: int, batch_size: int,
+                 lt: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(z_hr, z_lr, text, s)`` of micro-batch ``micro`` of step ``step`` on this process: ``batch_size``
+    pairs cut to ``lt`` latent frames, ``z_lr`` degraded, drawn from a generator seeded by
+    ``(seed, step, micro, process)``."""
+    cfg, data = run.cfg, run.data
+    g = torch.Generator().manual_seed(_seed(cfg.seed, step, micro, run.accelerator.process_index))
+    idx = torch.randint(0, data["z_hr"].shape[0], (batch_size,), generator=g)
+    z_hr = data["z_hr"][idx, :, :lt]
+    lo, hi = cfg.pairs.latent_noise
+    std = lo + (hi - lo) * torch.rand(batch_size, generator=g)
+    z_lr = objective.degrade_latent(data["z_lr"][idx, :, :lt], std, g)
+    text = data["text"][data["text_index"][idx]]
+    s = objective.sample_s(batch_size, cfg.objective, cfg.model.num_steps, g)
+    return z_hr, z_lr, text, s
+
+
+def _report_step(run: _Run, bar: Optional[tqdm], step: int, mean_loss: float, smooth: float, phase: Phase,
+                 dt: float, t_start: float) -> None:
+    """Step ``step``'s loss and speed on the bar and, every ``log_every`` steps and at step 1, in ``log.jsonl``."""
+    clips = phase.batch_size * run.cfg.train.grad_accum * run.accelerator.num_processes
     if bar is not None:
-        bar.close()
-    result.step = step
-    if step >= cfg.train.max_steps:
-        result.finished = True
-        full = _full_model(accelerator, model, pipe, cfg, ema if cfg.export.use_ema else None)
-        if main:
-            result.export_dir = str(export_refiner_now(full, cfg, step))
-        accelerator.wait_for_everyone()
-    result.seconds = time.time() - t_start
+        bar.update(1)
+        bar.set_postfix(loss=f"{smooth:.4f}", clips_s=f"{clips / dt:.2f}", frames=phase.frames)
+    if run.main and (step % run.cfg.log_every == 0 or step == 1):
+        _append(run.log_path, {"step": step, "loss": mean_loss, "loss_smooth": smooth,
+                               "lr": run.opt.param_groups[0]["lr"], "frames": phase.frames,
+                               "clips_per_s": clips / dt, "step_s": dt, "elapsed_s": time.time() - t_start})
+
+
+def _checkpoint_and_validate(run: _Run, step: int, result: TrainResult, bar: Optional[tqdm]) -> None:
+    """After step ``step``: the state checkpoint every ``checkpoint.every`` steps and the validation every
+    ``validation.every`` steps (both at ``train.max_steps``), its metrics into ``result`` and ``log.jsonl``."""
+    cfg = run.cfg
+    if step % cfg.checkpoint.every == 0 or step == cfg.train.max_steps:
+        save_checkpoint(run.accelerator, cfg, step, run.ema)
+    v = cfg.validation
+    if (v.every and step % v.every == 0) or step == cfg.train.max_steps:
+        metrics = _validate(run.accelerator, run.pipe, run.adapter, run.model, run.ema, cfg, run.data.get("val"),
+                            run.num_train_timesteps)
+        if metrics is not None:
+            result.validation.append((step, metrics))
+            _append(run.log_path, {"step": step, "validation": metrics})
+            if bar is not None:
+                bar.write(f"step {step} validation: {json.dumps(metrics)}")
+
+
+def _stop_early(run: _Run, this_call: int, t_start: float, stop_after_steps: Optional[int],
+                max_minutes: Optional[float]) -> bool:
+    """Whether ``stop_after_steps`` steps of this call or ``max_minutes`` have passed (on any process)."""
+    stop = (stop_after_steps is not None and this_call >= stop_after_steps) or (
+        max_minutes is not None and time.time() - t_start > 60 * max_minutes)
+    if max_minutes is not None and run.accelerator.num_processes > 1:  # clocks differ: stop where any process would
+        stop = run.accelerator.reduce(torch.tensor(float(stop), device=run.accelerator.device), "sum").item() > 0
+    return stop
+
+
+def _export(run: _Run, step: int) -> Optional[str]:
+    """Export the trained refiner (EMA applied with ``export.use_ema``); its folder on the main process."""
+    full = _full_model(run.accelerator, run.model, run.pipe, run.cfg, run.ema if run.cfg.export.use_ema else None)
+    export_dir = str(export_refiner_now(full, run.cfg, step)) if run.main else None
+    run.accelerator.wait_for_everyone()
+    return export_dir
+
+
+def _end_training(accelerator: Accelerator) -> None:
+    """End accelerate's run and drop its per-process state."""
     accelerator.end_training()
     # accelerate keeps one AcceleratorState per process (mixed precision, plugins): drop it so that a
     # next train() call in this process (tests, notebooks) may use other settings; the process group
     # (PartialState) stays
     AcceleratorState._reset_state()
-    return result
 
 
 def _check_rope(model, pipe, cfg: RefinerTrainingConfig) -> None:
