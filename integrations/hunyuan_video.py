@@ -27,7 +27,7 @@ import torch
 
 from surf_accel.config import SurfConfig
 from surf_accel.cost_model import FamilyDefaults, HunyuanVideoSpec, VaeSpec
-from surf_accel.family import (AttentionSpec, Family, FamilyAdapter, PreparedCall, ScaledLatentsVAE,
+from surf_accel.family import (AttentionSpec, CallEncoding, Family, FamilyAdapter, PreparedCall, ScaledLatentsVAE,
                                check_diffusers_version, diffusers_class, noise_latents)
 from surf_accel.integrations.accelerators.sparse_attention import HunyuanVideoSparseAttnProcessor
 from surf_accel.integrations.accelerators.surf_teacache import TeaCacheModel
@@ -107,21 +107,12 @@ class HunyuanVideoAdapter(ScaledLatentsVAE, FamilyAdapter):
         return HunyuanVideoSpec.from_config(transformer.config, type(transformer).__name__, text_len)
 
     # ------------------------------------------------------------------ call preparation
-    def prepare_call(self, pipe, original_call, args, kwargs) -> PreparedCall:
-        a = self.bind_call(pipe, original_call, args, kwargs)
-        if a["sigmas"] is not None:
-            raise ValueError("surf_accel plans each stage's sigmas itself (SurfConfig, the scheduler's shift); "
-                             "the `sigmas` argument is not supported while the pipeline is patched")
+    def check_call(self, pipe, a: dict) -> tuple:
         cb, cb_inputs = self.callback_and_inputs(a)
         pipe.check_inputs(a["prompt"], a["prompt_2"], a["height"], a["width"], a["prompt_embeds"], cb_inputs,
                           a["prompt_template"])
-        nvp = self.videos_per_prompt(a)
-        # as the pipeline: true CFG needs a scale > 1 and a negative prompt (text or both embeddings)
-        has_neg = a["negative_prompt"] is not None or (a["negative_prompt_embeds"] is not None
-                                                        and a["negative_pooled_prompt_embeds"] is not None)
-        do_cfg = a["true_cfg_scale"] > 1 and has_neg
         needs = [("prompt_embeds", ("prompt_attention_mask", "pooled_prompt_embeds"))]
-        if do_cfg:  # the pipeline ignores negative inputs otherwise
+        if self._true_cfg(a):  # the pipeline ignores negative inputs otherwise
             needs.append(("negative_prompt_embeds", ("negative_prompt_attention_mask",)))
         for given, needed in needs:
             if a[given] is not None:
@@ -129,10 +120,16 @@ class HunyuanVideoAdapter(ScaledLatentsVAE, FamilyAdapter):
                 if missing:
                     raise ValueError(f"`{given}` needs {' and '.join(f'`{n}`' for n in missing)} too "
                                      "(HunyuanVideo's transformer reads the text mask and the pooled CLIP text)")
-        self.start_call(pipe, a["guidance_scale"], a["attention_kwargs"])
-        device = pipe._execution_device
-        prompt = a["prompt"]
-        n_prompts = self.prompt_count(prompt, a["prompt_embeds"])
+        return cb, cb_inputs
+
+    @staticmethod
+    def _true_cfg(a: dict) -> bool:
+        """As the pipeline: true CFG needs a scale > 1 and a negative prompt (text or both embeddings)."""
+        has_neg = a["negative_prompt"] is not None or (a["negative_prompt_embeds"] is not None
+                                                        and a["negative_pooled_prompt_embeds"] is not None)
+        return a["true_cfg_scale"] > 1 and has_neg
+
+    def encode_call(self, pipe, a: dict, n_prompts: int, nvp: int, device: torch.device) -> CallEncoding:
         batch = n_prompts * nvp
         tdtype = pipe.transformer.dtype
 
@@ -148,8 +145,9 @@ class HunyuanVideoAdapter(ScaledLatentsVAE, FamilyAdapter):
             return tuple(self._per_video(t, n_prompts, nvp, f"{what}[{i}]").to(device=device, dtype=tdtype)
                          for i, t in enumerate(out))
 
-        pe, pooled, mask = encode(prompt, a["prompt_2"], a["prompt_embeds"], a["pooled_prompt_embeds"],
+        pe, pooled, mask = encode(a["prompt"], a["prompt_2"], a["prompt_embeds"], a["pooled_prompt_embeds"],
                                   a["prompt_attention_mask"], "prompt")
+        do_cfg = self._true_cfg(a)
         ne = neg_pooled = neg_mask = None
         if do_cfg:
             ne, neg_pooled, neg_mask = encode(a["negative_prompt"], a["negative_prompt_2"], a["negative_prompt_embeds"],
@@ -161,11 +159,8 @@ class HunyuanVideoAdapter(ScaledLatentsVAE, FamilyAdapter):
         request = Request(a["height"], a["width"], a["num_frames"], a["num_inference_steps"], cfg_scale)
         extra = dict(n_prompts=n_prompts, pooled=pooled, mask=mask, negative_pooled=neg_pooled,
                      negative_mask=neg_mask, guidance=guidance)
-        return PreparedCall(request=request, batch=batch, guidance_scale=cfg_scale, do_cfg=do_cfg, prompt_embeds=pe,
-                            negative_prompt_embeds=ne, generator=a["generator"], latents=a["latents"],
-                            output_type=a["output_type"], return_dict=a["return_dict"],
-                            attention_kwargs=a["attention_kwargs"], callback=cb, callback_inputs=cb_inputs,
-                            device=device, extra=extra)
+        return CallEncoding(request=request, guidance_scale=cfg_scale, do_cfg=do_cfg, prompt_embeds=pe,
+                            negative_prompt_embeds=ne, extra=extra)
 
     @staticmethod
     def _per_video(t: torch.Tensor, n_prompts: int, nvp: int, what: str) -> torch.Tensor:

@@ -45,7 +45,7 @@ import torch
 
 from surf_accel.config import SurfConfig
 from surf_accel.cost_model import FamilyDefaults, HunyuanVideo15Spec, VaeSpec
-from surf_accel.family import (AttentionSpec, Family, FamilyAdapter, PreparedCall, ScaledLatentsVAE,
+from surf_accel.family import (AttentionSpec, CallEncoding, Family, FamilyAdapter, PreparedCall, ScaledLatentsVAE,
                                check_diffusers_version, diffusers_class, noise_latents)
 from surf_accel.integrations.accelerators.sparse_attention import HunyuanVideoSparseAttnProcessor
 from surf_accel.integrations.hunyuan_video import patch_sizes
@@ -138,40 +138,39 @@ class HunyuanVideo15Adapter(ScaledLatentsVAE, FamilyAdapter):
         return HunyuanVideo15Spec.from_config(transformer.config, type(transformer).__name__, text_len)
 
     # ------------------------------------------------------------------ call preparation
-    def prepare_call(self, pipe, original_call, args, kwargs) -> PreparedCall:
-        a = self.bind_call(pipe, original_call, args, kwargs)
-        if a["sigmas"] is not None:
-            raise ValueError("surf_accel plans each stage's sigmas itself (SurfConfig, the scheduler's shift); "
-                             "the `sigmas` argument is not supported while the pipeline is patched")
-        i2v = self.is_i2v(pipe)
-        text_args = {k: a[k] for k in ("negative_prompt", "prompt_embeds", "negative_prompt_embeds", "prompt_embeds_mask",
-                                       "negative_prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2",
-                                       "negative_prompt_embeds_2", "negative_prompt_embeds_mask_2")}
-        image = None
-        if i2v:
+    _TEXT_ARGS = ("negative_prompt", "prompt_embeds", "negative_prompt_embeds", "prompt_embeds_mask",
+                  "negative_prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2", "negative_prompt_embeds_2",
+                  "negative_prompt_embeds_mask_2")
+
+    def check_call(self, pipe, a: dict) -> tuple:
+        text_args = {k: a[k] for k in self._TEXT_ARGS}
+        if self.is_i2v(pipe):
             pipe.check_inputs(prompt=a["prompt"], image=a["image"], **text_args)
+        else:
+            pipe.check_inputs(prompt=a["prompt"], height=a["height"], width=a["width"], **text_args)
+        return None, []  # the pipeline takes no step callbacks
+
+    def start_call(self, pipe, a: dict) -> None:
+        # the call state the pipeline sets (it has no guidance_scale of its own)
+        pipe._attention_kwargs = a["attention_kwargs"]
+        pipe._current_timestep = None
+        pipe._interrupt = False
+
+    def encode_call(self, pipe, a: dict, n_prompts: int, nvp: int, device: torch.device) -> CallEncoding:
+        batch = n_prompts * nvp
+        tdtype = pipe.transformer.dtype
+        image = None
+        if self.is_i2v(pipe):
             image = a["image"]
             height, width = pipe.video_processor.calculate_default_height_width(
                 height=image.size[1], width=image.size[0], target_size=pipe.target_size)
             image = pipe.video_processor.resize(image, height=height, width=width, resize_mode="crop")
+            image_embeds = pipe.encode_image(image=image, batch_size=batch, device=device, dtype=tdtype)
         else:
-            pipe.check_inputs(prompt=a["prompt"], height=a["height"], width=a["width"], **text_args)
             height, width = a["height"], a["width"]
             if height is None and width is None:
                 height, width = pipe.video_processor.calculate_default_height_width(
                     pipe.default_aspect_ratio[1], pipe.default_aspect_ratio[0], pipe.target_size)
-        nvp = self.videos_per_prompt(a)
-        # the call state the pipeline sets (it has no guidance_scale of its own and no callbacks)
-        pipe._attention_kwargs = a["attention_kwargs"]
-        pipe._current_timestep = None
-        pipe._interrupt = False
-        device = pipe._execution_device
-        tdtype = pipe.transformer.dtype
-        n_prompts = self.prompt_count(a["prompt"], a["prompt_embeds"])
-        batch = n_prompts * nvp
-        if i2v:
-            image_embeds = pipe.encode_image(image=image, batch_size=batch, device=device, dtype=tdtype)
-        else:
             # the pipeline's zero SigLIP states, one row per video (it allocates one per prompt, which the
             # transformer cannot pair with num_videos_per_prompt > 1 latents)
             image_embeds = torch.zeros(batch, pipe.vision_num_semantic_tokens, pipe.vision_states_dim, dtype=tdtype,
@@ -194,11 +193,8 @@ class HunyuanVideo15Adapter(ScaledLatentsVAE, FamilyAdapter):
         extra = dict(n_prompts=n_prompts, mask=mask, embeds_2=pe_2, mask_2=mask_2, negative_mask=neg_mask,
                      negative_embeds_2=ne_2, negative_mask_2=neg_mask_2, image_embeds=image_embeds, image=image)
         request = Request(int(height), int(width), a["num_frames"], a["num_inference_steps"], scale)
-        return PreparedCall(request=request, batch=batch, guidance_scale=scale, do_cfg=do_cfg, prompt_embeds=pe,
-                            negative_prompt_embeds=ne, generator=a["generator"], latents=a["latents"],
-                            output_type=a["output_type"], return_dict=a["return_dict"],
-                            attention_kwargs=a["attention_kwargs"], callback=None, callback_inputs=[],
-                            device=device, extra=extra)
+        return CallEncoding(request=request, guidance_scale=scale, do_cfg=do_cfg, prompt_embeds=pe,
+                            negative_prompt_embeds=ne, extra=extra)
 
     @staticmethod
     def _guider_runs_cfg(guider) -> bool:

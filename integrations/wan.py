@@ -31,8 +31,8 @@ from typing import Optional
 import torch
 
 from surf_accel.cost_model import FamilyDefaults, TransformerSpec, VaeSpec
-from surf_accel.family import (AttentionSpec, Family, FamilyAdapter, PreparedCall, check_diffusers_version,
-                               diffusers_class, noise_latents)
+from surf_accel.family import (AttentionSpec, CallEncoding, Family, FamilyAdapter, PreparedCall,
+                               check_diffusers_version, diffusers_class, noise_latents)
 from surf_accel.integrations.accelerators.sparse_attention import WanSparseAttnProcessor
 from surf_accel.integrations.accelerators.surf_teacache import TeaCacheModel
 from surf_accel.integrations.window_processors import WanWindowAttnProcessor, mask_text_lengths, mask_text_sources
@@ -143,37 +143,36 @@ class WanAdapter(FamilyAdapter):
         return TransformerSpec.from_config(transformer.config, type(transformer).__name__, text_len)
 
     # ------------------------------------------------------------------ call preparation
-    def prepare_call(self, pipe, original_call, args, kwargs) -> PreparedCall:
-        a = self.bind_call(pipe, original_call, args, kwargs)
-        i2v = self.is_i2v(pipe)
+    def check_call(self, pipe, a: dict) -> tuple:
         cb, cb_inputs = self.callback_and_inputs(a)
-        if i2v:
+        if self.is_i2v(pipe):
             pipe.check_inputs(a["prompt"], a["negative_prompt"], a["image"], a["height"], a["width"],
                               a["prompt_embeds"], a["negative_prompt_embeds"], a["image_embeds"], cb_inputs,
                               a["guidance_scale_2"])
         else:
             pipe.check_inputs(a["prompt"], a["negative_prompt"], a["height"], a["width"], a["prompt_embeds"],
                               a["negative_prompt_embeds"], cb_inputs, a["guidance_scale_2"])
-        nvp = self.videos_per_prompt(a)
+        return cb, cb_inputs
+
+    def start_call(self, pipe, a: dict) -> None:
+        super().start_call(pipe, a)
+        guidance_2 = a["guidance_scale_2"]
+        if pipe.config.get("boundary_ratio") is not None and guidance_2 is None:
+            guidance_2 = a["guidance_scale"]  # as the pipeline does
+        pipe._guidance_scale_2 = guidance_2
+
+    def encode_call(self, pipe, a: dict, n_prompts: int, nvp: int, device: torch.device) -> CallEncoding:
         num_frames = a["num_frames"]
         vt = pipe.vae_scale_factor_temporal
         if num_frames % vt != 1:
             logger.warning("`num_frames - 1` has to be divisible by %d. Rounding to the nearest number.", vt)
             num_frames = num_frames // vt * vt + 1
         num_frames = max(num_frames, 1)
-        steps = a["num_inference_steps"]
         guidance = a["guidance_scale"]
         do_cfg = guidance > 1.0
-        guidance_2 = a["guidance_scale_2"]
-        if pipe.config.get("boundary_ratio") is not None and guidance_2 is None:
-            guidance_2 = guidance  # as the pipeline does
-        self.start_call(pipe, guidance, a["attention_kwargs"])
-        pipe._guidance_scale_2 = guidance_2
-        device = pipe._execution_device
-        prompt = a["prompt"]
-        n_prompts = self.prompt_count(prompt, a["prompt_embeds"])
-        pe, ne = pipe.encode_prompt(prompt=prompt, negative_prompt=a["negative_prompt"], do_classifier_free_guidance=do_cfg,
-                                    num_videos_per_prompt=nvp, prompt_embeds=a["prompt_embeds"],
+        pe, ne = pipe.encode_prompt(prompt=a["prompt"], negative_prompt=a["negative_prompt"],
+                                    do_classifier_free_guidance=do_cfg, num_videos_per_prompt=nvp,
+                                    prompt_embeds=a["prompt_embeds"],
                                     negative_prompt_embeds=a["negative_prompt_embeds"],
                                     max_sequence_length=a["max_sequence_length"], device=device)
         tdtype = pipe.transformer.dtype
@@ -186,8 +185,8 @@ class WanAdapter(FamilyAdapter):
         pe = pe.to(tdtype)
         if ne is not None:
             ne = ne.to(tdtype)
-        extra = {"n_prompts": n_prompts, "guidance_scale_2": guidance_2}
-        if i2v:
+        extra = {"n_prompts": n_prompts, "guidance_scale_2": pipe._guidance_scale_2}
+        if self.is_i2v(pipe):
             image_embeds = a["image_embeds"]
             if pipe.transformer.config.image_dim is not None:
                 if image_embeds is None:
@@ -199,12 +198,9 @@ class WanAdapter(FamilyAdapter):
                     image_embeds = image_embeds.repeat_interleave(nvp, dim=0)
                 image_embeds = image_embeds.to(tdtype)
             extra.update(image=a["image"], last_image=a["last_image"], image_embeds=image_embeds)
-        request = Request(a["height"], a["width"], num_frames, steps, guidance)
-        return PreparedCall(request=request, batch=batch, guidance_scale=guidance, do_cfg=do_cfg, prompt_embeds=pe,
-                            negative_prompt_embeds=ne, generator=a["generator"], latents=a["latents"],
-                            output_type=a["output_type"], return_dict=a["return_dict"],
-                            attention_kwargs=a["attention_kwargs"], callback=cb, callback_inputs=cb_inputs,
-                            device=device, extra=extra)
+        request = Request(a["height"], a["width"], num_frames, a["num_inference_steps"], guidance)
+        return CallEncoding(request=request, guidance_scale=guidance, do_cfg=do_cfg, prompt_embeds=pe,
+                            negative_prompt_embeds=ne, extra=extra)
 
     # ------------------------------------------------------------------ latents and conditioning
     def _shape(self, pipe, call, stage):

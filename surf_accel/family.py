@@ -21,7 +21,7 @@ from typing import Any, Callable, ClassVar, Optional
 import torch
 
 from surf_accel.config import PRESETS, register_preset
-from surf_accel.planner import FamilySpec, SchedulerSpec
+from surf_accel.planner import FamilySpec, Request, SchedulerSpec
 from surf_accel.schedulers import scheduler_spec
 from surf_accel.stages import cache_context_kwargs
 
@@ -84,7 +84,7 @@ def noise_latents(call: "PreparedCall", shape: tuple[int, ...], stage, dtype: to
 class PreparedCall:
     """One call's inputs after validation and encoding (the family-independent part)."""
 
-    request: Any  # surf_accel.planner.Request
+    request: Request
     batch: int  # effective batch (prompts x videos per prompt)
     guidance_scale: float
     do_cfg: bool
@@ -99,6 +99,18 @@ class PreparedCall:
     callback_inputs: list
     device: torch.device
     extra: dict = field(default_factory=dict)  # family-specific (image, image_embeds, ...)
+
+
+@dataclass
+class CallEncoding:
+    """A family's encoding of one call (``FamilyAdapter.encode_call``)."""
+
+    request: Request
+    guidance_scale: float
+    do_cfg: bool
+    prompt_embeds: torch.Tensor  # (batch, text tokens, text dim) in the transformer's dtype
+    negative_prompt_embeds: Optional[torch.Tensor]
+    extra: dict
 
 
 class ScaledLatentsVAE:
@@ -157,7 +169,34 @@ class FamilyAdapter:
         raise NotImplementedError
 
     def prepare_call(self, pipe, original_call, args, kwargs) -> PreparedCall:
-        """Validate and encode one call (prompts once, images once)."""
+        """Validate and encode one call (prompts once, images once): the arguments bound as the
+        pipeline binds them, the family's checks (``check_call``), the call state the pipeline sets
+        (``start_call``), then the family's encoding (``encode_call``)."""
+        a = self.bind_call(pipe, original_call, args, kwargs)
+        if a.get("sigmas") is not None:
+            raise ValueError("surf_accel plans each stage's sigmas itself (SurfConfig, the scheduler's shift); "
+                             "the `sigmas` argument is not supported while the pipeline is patched")
+        callback, callback_inputs = self.check_call(pipe, a)
+        nvp = self.videos_per_prompt(a)
+        self.start_call(pipe, a)
+        n_prompts = self.prompt_count(a["prompt"], a["prompt_embeds"])
+        device = pipe._execution_device
+        enc = self.encode_call(pipe, a, n_prompts, nvp, device)
+        return PreparedCall(request=enc.request, batch=n_prompts * nvp, guidance_scale=enc.guidance_scale,
+                            do_cfg=enc.do_cfg, prompt_embeds=enc.prompt_embeds,
+                            negative_prompt_embeds=enc.negative_prompt_embeds, generator=a["generator"],
+                            latents=a["latents"], output_type=a["output_type"], return_dict=a["return_dict"],
+                            attention_kwargs=a["attention_kwargs"], callback=callback,
+                            callback_inputs=callback_inputs, device=device, extra=enc.extra)
+
+    def check_call(self, pipe, a: dict) -> tuple[Any, list]:
+        """Raise for arguments the pipeline (or SURF) refuses; the callback and the tensor inputs it asks
+        for. ``a``: the bound arguments."""
+        raise NotImplementedError
+
+    def encode_call(self, pipe, a: dict, n_prompts: int, nvp: int, device: torch.device) -> "CallEncoding":
+        """The request, guidance and text (one row per video: ``n_prompts * nvp``, each prompt's videos
+        together) and the family's other conditioning, encoded once for the whole call."""
         raise NotImplementedError
 
     def initial_latents(self, pipe, call: PreparedCall, stage) -> torch.Tensor:
@@ -249,11 +288,10 @@ class FamilyAdapter:
             return 1 if isinstance(prompt, str) else len(prompt)
         return prompt_embeds.shape[0]
 
-    @staticmethod
-    def start_call(pipe, guidance_scale, attention_kwargs) -> None:
+    def start_call(self, pipe, a: dict) -> None:
         """The pipeline state its properties and callbacks read, as its own ``__call__`` sets it."""
-        pipe._guidance_scale = guidance_scale
-        pipe._attention_kwargs = attention_kwargs
+        pipe._guidance_scale = a["guidance_scale"]
+        pipe._attention_kwargs = a["attention_kwargs"]
         pipe._current_timestep = None
         pipe._interrupt = False
 
