@@ -10,9 +10,10 @@ module, so torch.compile sees at most two variants of a block and never recompil
 Cross-attention, the token refiner and everything else keep their processors and the diffusers
 attention backend the user set.
 
-The token grid ``(T / p_t, H / p_h, W / p_w)`` is read from the transformer's input by a forward
-pre-hook. Windows are in tokens (after patchify). ``remove_window_attention`` puts the original
-processor objects back and removes the hook; ``windowed_attention`` is the context-manager form.
+The token grid ``(T / p_t, H / p_h, W / p_w)`` is read from the transformer's input by a diffusers
+model hook (``GridHook`` in the transformer's ``HookRegistry``, beside the caches and group offload).
+Windows are in tokens (after patchify). ``remove_window_attention`` puts the original processor
+objects back and removes the hook; ``windowed_attention`` is the context-manager form.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 
 from surf_accel.family import AttentionSpec, attention_spec
 from surf_accel.ops.window_attention import window_attention
@@ -40,7 +42,6 @@ class WindowState:
     backend: str | None
     grid: tuple[int, int, int] | None = None
     originals: dict = field(default_factory=dict)  # attention module -> its original processor
-    hook: object = None
     processor: object = None
     # Valid text tokens per batch item as host ints, and the encoder_attention_mask they came from:
     # counted once per new mask (a pipeline passes one mask object for all its steps), never per layer.
@@ -190,19 +191,27 @@ def mask_text_lengths(sources: tuple) -> tuple[int, ...] | None:
     return tuple(int(x) for x in n.tolist())
 
 
-def _grid_hook(state: WindowState, spec: AttentionSpec, patch: tuple[int, int, int]):
-    def hook(module, args, kwargs):
+class GridHook(ModelHook):
+    """A diffusers model hook on the transformer: before each call, the token grid of its
+    ``hidden_states`` ``(B, C, T, H, W)`` and its text mask's valid lengths into ``state``."""
+
+    def __init__(self, state: WindowState, spec: AttentionSpec, patch: tuple[int, int, int]):
+        super().__init__()
+        self.state, self.spec, self.patch = state, spec, patch
+
+    def pre_forward(self, module, *args, **kwargs):
         x = kwargs.get("hidden_states", args[0] if args else None)
         if x is None or x.dim() != 5:
             raise RuntimeError("window attention expects the transformer's hidden_states (B, C, T, H, W)")
         _, _, t, h, w = x.shape
+        state, patch = self.state, self.patch
         state.grid = (t // patch[0], h // patch[1], w // patch[2])
-        sources = spec.text_sources(kwargs)
+        sources = self.spec.text_sources(kwargs)
         old = state.text_source
         if old is None or len(old) != len(sources) or any(a is not b for a, b in zip(old, sources)):
             state.text_source = sources
-            state.text_lengths = spec.text_lengths(sources)
-    return hook
+            state.text_lengths = self.spec.text_lengths(sources)
+        return args, kwargs
 
 
 def apply_window_attention(transformer, window: tuple[int, int, int], *, backend: str | None = None) -> None:
@@ -221,7 +230,7 @@ def apply_window_attention(transformer, window: tuple[int, int, int], *, backend
 def install_processors(transformer, spec: AttentionSpec, state: WindowState, proc_cls, state_attr: str, *,
                        shifted_blocks: bool) -> None:
     """One shared ``proc_cls(state)`` on every target attention module of ``transformer`` (the
-    originals kept in ``state``), the grid hook, and ``state`` at ``transformer.<state_attr>``;
+    originals kept in ``state``), the grid hook (named ``state_attr`` in its ``HookRegistry``), and ``state`` at ``transformer.<state_attr>``;
     ``shifted_blocks`` marks odd blocks shifted. Refused under diffusers' context parallelism: its hooks
     hand each rank a shard of the token sequence, while these processors attend over the whole grid."""
     parallel = getattr(transformer, "_parallel_config", None)
@@ -236,8 +245,8 @@ def install_processors(transformer, spec: AttentionSpec, state: WindowState, pro
         if shifted_blocks:
             setattr(attn, SHIFT_ATTR, i % 2 == 1)
         attn.set_processor(state.processor)
-    state.hook = transformer.register_forward_pre_hook(_grid_hook(state, spec, spec.patch_sizes(transformer)),
-                                                       with_kwargs=True)
+    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(
+        GridHook(state, spec, spec.patch_sizes(transformer)), state_attr)
     setattr(transformer, state_attr, state)
 
 
@@ -250,7 +259,7 @@ def restore_processors(transformer, state_attr: str) -> None:
         attn.set_processor(original)
         if hasattr(attn, SHIFT_ATTR):
             delattr(attn, SHIFT_ATTR)
-    state.hook.remove()
+    HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(state_attr, recurse=False)
     delattr(transformer, state_attr)
 
 

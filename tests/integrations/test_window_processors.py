@@ -3,6 +3,7 @@ built in process (configs in the spirit of diffusers' own model tests)."""
 
 import pytest
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 from surf_accel.integrations import window_processors as wp
 from surf_accel.integrations.window_processors import (
     apply_window_attention,
@@ -87,7 +88,9 @@ def test_small_windows_change_the_output_and_remove_restores_exactly(model_and_i
     model, inputs = model_and_inputs
     before = {a: a.processor for a in targets(model) + others(model)}
     ref = run(model, inputs)
+    forward = model.forward
     apply_window_attention(model, (2, 3, 4))
+    assert list(model._diffusers_hook.hooks) == [wp.STATE_ATTR], "the grid hook sits in diffusers' HookRegistry"
     procs = {id(a.processor) for a in targets(model)}
     assert len(procs) == 1, "one shared processor instance per model"
     assert all(a.processor is before[a] for a in others(model))
@@ -96,7 +99,42 @@ def test_small_windows_change_the_output_and_remove_restores_exactly(model_and_i
     remove_window_attention(model)
     assert all(a.processor is before[a] for a in before)
     assert not any(hasattr(a, wp.SHIFT_ATTR) for a in targets(model))
-    assert not model._forward_pre_hooks
+    assert not model._forward_pre_hooks and not model._diffusers_hook.hooks
+    assert model.forward == forward, "the transformer's own forward is back"
+    assert torch.equal(run(model, inputs), ref)
+
+
+class ScaleOutput(ModelHook):
+    """Another hook in the transformer's HookRegistry: doubles the output and counts calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def post_forward(self, module, output):
+        self.calls += 1
+        return (output[0] * 2,)
+
+
+@pytest.mark.parametrize("windows_first", [True, False])
+def test_grid_hook_shares_the_hook_registry_in_either_order(model_and_inputs, windows_first):
+    """Removing the windows' grid hook from before or after another hook keeps that hook in the call
+    (diffusers relinks its chain), and the model is then exactly the other hook alone."""
+    model, inputs = model_and_inputs
+    ref = run(model, inputs)
+    registry = HookRegistry.check_if_exists_or_initialize(model)
+    other = ScaleOutput()
+    if windows_first:
+        apply_window_attention(model, (2, 3, 4))
+        registry.register_hook(other, "other")
+    else:
+        registry.register_hook(other, "other")
+        apply_window_attention(model, (2, 3, 4))
+    windowed = run(model, inputs)
+    assert other.calls == 1 and (windowed / 2 - ref).abs().max() > 1e-3
+    remove_window_attention(model)
+    assert torch.equal(run(model, inputs), ref * 2) and other.calls == 2
+    registry.remove_hook("other", recurse=False)
     assert torch.equal(run(model, inputs), ref)
 
 
