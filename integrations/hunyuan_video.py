@@ -24,6 +24,7 @@ a clear error; HunyuanVideo-1.5 has its own adapter (``integrations.hunyuan_vide
 from __future__ import annotations
 
 import torch
+from diffusers.pipelines.hunyuan_video.pipeline_output import HunyuanVideoPipelineOutput
 
 from surf_accel.config import SurfConfig
 from surf_accel.cost_model import FamilyDefaults, HunyuanVideoSpec, VaeSpec
@@ -195,8 +196,6 @@ class HunyuanVideoAdapter(ScaledLatentsVAE, FamilyAdapter):
             return model(**kwargs)[0]
 
     def output(self, frames):
-        from diffusers.pipelines.hunyuan_video.pipeline_output import HunyuanVideoPipelineOutput
-
         return HunyuanVideoPipelineOutput(frames=frames)
 
 

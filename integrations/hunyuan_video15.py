@@ -42,6 +42,7 @@ import logging
 from typing import Optional
 
 import torch
+from diffusers.pipelines.hunyuan_video1_5.pipeline_output import HunyuanVideo15PipelineOutput
 
 from surf_accel.config import SurfConfig
 from surf_accel.cost_model import FamilyDefaults, HunyuanVideo15Spec, VaeSpec
@@ -280,8 +281,6 @@ class HunyuanVideo15Adapter(ScaledLatentsVAE, FamilyAdapter):
         return super().encode(pipe, video)
 
     def output(self, frames):
-        from diffusers.pipelines.hunyuan_video1_5.pipeline_output import HunyuanVideo15PipelineOutput
-
         return HunyuanVideo15PipelineOutput(frames=frames)
 
 

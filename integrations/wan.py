@@ -29,6 +29,7 @@ import logging
 from typing import Optional
 
 import torch
+from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 
 from surf_accel.cost_model import FamilyDefaults, TransformerSpec, VaeSpec
 from surf_accel.family import (AttentionSpec, CallEncoding, Family, FamilyAdapter, PreparedCall,
@@ -309,8 +310,6 @@ class WanAdapter(FamilyAdapter):
         return (z - mean) * inv_std
 
     def output(self, frames):
-        from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
-
         return WanPipelineOutput(frames=frames)
 
 

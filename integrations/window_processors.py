@@ -25,6 +25,8 @@ from typing import Optional
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
 from surf_accel.family import AttentionSpec, attention_spec
 from surf_accel.ops.window_attention import window_attention
@@ -78,8 +80,6 @@ class WanWindowAttnProcessor:
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, rotary_emb=None) -> torch.Tensor:
-        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
-
         if encoder_hidden_states is not None or attention_mask is not None:
             raise RuntimeError("WanWindowAttnProcessor serves self-attention without a mask (attn1) only")
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
@@ -117,8 +117,6 @@ class HunyuanVideoWindowAttnProcessor:
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, image_rotary_emb=None):
-        from diffusers.models.embeddings import apply_rotary_emb
-
         n_video = hidden_states.shape[1]
         num_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         dual = attn.add_q_proj is not None

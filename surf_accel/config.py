@@ -180,6 +180,7 @@ class SurfConfig:
                 raise ValueError(f"window must be None or (wt, wh, ww) of ints >= 1 (tokens after patchify), got {w!r}")
             object.__setattr__(self, "window", tuple(int(v) for v in w))
         if self.preview_attention is not None:
+            # the ops package loads torch; a SurfConfig without sparse preview attention does not need it
             from surf_accel.ops.sparse_attention import SparsePattern
 
             if not isinstance(self.preview_attention, SparsePattern):

@@ -34,7 +34,7 @@ TESTED_DIFFUSERS = "0.42"
 
 
 def check_diffusers_version() -> None:
-    import diffusers
+    import diffusers  # heavy: this module's diffusers imports wait until a pipeline is driven
 
     parts = []
     for p in diffusers.__version__.split(".")[:2]:
@@ -64,7 +64,7 @@ def noise_latents(call: "PreparedCall", shape: tuple[int, ...], stage, dtype: to
     """The first stage's start latent ``(B, C, T, H, W)`` float32: the caller's ``latents`` (checked
     against ``shape``) or noise drawn exactly as diffusers' ``prepare_latents`` draws it, in ``dtype``
     (the pipeline's latent dtype: a caller's latents are rounded to it as the pipeline does)."""
-    from diffusers.utils.torch_utils import randn_tensor
+    from diffusers.utils.torch_utils import randn_tensor  # heavy (see check_diffusers_version)
 
     shape = tuple(shape)
     if call.latents is not None:
@@ -267,7 +267,7 @@ class FamilyAdapter:
     @staticmethod
     def callback_and_inputs(a: dict) -> tuple[Any, list]:
         """``callback_on_step_end`` and the tensor inputs it asks for (a ``PipelineCallback`` names its own)."""
-        from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+        from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback  # heavy (see check_diffusers_version)
 
         cb = a["callback_on_step_end"]
         cb_inputs = a["callback_on_step_end_tensor_inputs"]
@@ -298,7 +298,7 @@ class FamilyAdapter:
     @staticmethod
     def to_vae(pipe, x: torch.Tensor) -> torch.Tensor:
         """``x`` on the VAE's execution device (its offload hook's device) in the VAE's dtype."""
-        from diffusers.utils.torch_utils import get_module_execution_device
+        from diffusers.utils.torch_utils import get_module_execution_device  # heavy (see check_diffusers_version)
 
         return x.to(get_module_execution_device(pipe.vae), dtype=pipe.vae.dtype)
 

@@ -195,7 +195,7 @@ def detect(model) -> list[Accelerator]:
 def reset_stateful_hooks(model) -> None:
     """Reset every stateful diffusers hook under ``model``, however it was installed (``enable_cache``
     or a public ``apply_*`` function: the latter leaves ``is_cache_enabled`` False)."""
-    from diffusers.hooks import HookRegistry
+    from diffusers.hooks import HookRegistry  # heavy: surf_accel.stages loads without diffusers
 
     reg = HookRegistry.check_if_exists_or_initialize(model)
     # apply_* functions do not invalidate the child-registry list an earlier cache_context built, so

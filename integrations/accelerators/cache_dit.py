@@ -33,7 +33,7 @@ def is_cache_dit(model) -> bool:
 
 def _cache_configs(model) -> list:
     """The DBCache config of each of the transformer's cache contexts (``cache_dit.summary``)."""
-    import cache_dit
+    import cache_dit  # optional dependency
 
     stats = cache_dit.summary(model, logging=False)
     return [s.cache_options["cache_config"] for s in stats if s.cache_options.get("cache_config") is not None]
@@ -72,12 +72,12 @@ class CacheDiT(Accelerator):
                         + f"enable cache-dit with DBCacheConfig(enable_separate_cfg={two})")
 
     def stage_start(self, model, stage: StageInfo) -> None:
-        import cache_dit
+        import cache_dit  # optional dependency
 
         cache_dit.refresh_context(model, num_inference_steps=stage.steps)
 
     def stage_end(self, model, stage: StageInfo) -> None:
-        import cache_dit
+        import cache_dit  # optional dependency
 
         # left as cache-dit expects it for a call of the request's step count (the next stage refreshes again)
         cache_dit.refresh_context(model, num_inference_steps=stage.request_steps)

@@ -33,7 +33,7 @@ def is_compiled(model) -> bool:
 
 
 def _new_guard_failures(before: dict) -> list[str]:
-    from torch._dynamo.utils import guard_failures
+    from torch._dynamo.utils import guard_failures  # dynamo loads only for a compiled model
 
     out = []
     for code, reasons in guard_failures.items():
@@ -49,6 +49,7 @@ def compile_watch(pipe, model, stage, first_timestep) -> Iterator[None]:
     if not is_compiled(model):
         yield
         return
+    # dynamo loads only for a compiled model
     from torch._dynamo import callback_handler
     from torch._dynamo.utils import guard_failures
 

@@ -38,6 +38,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import StateManager
 
 from surf_accel.family import families
 from surf_accel.stages import Accelerator, AcceleratorKind, StageInfo, cache_threshold, current_step, detect
@@ -183,8 +184,6 @@ class _TeaCacheShared:
     """What the hooks of one transformer share: config, per-branch states, per-stage statistics."""
 
     def __init__(self, transformer, config: SurfTeaCacheConfig):
-        from diffusers.hooks.hooks import StateManager
-
         self.transformer = transformer
         self.config = config
         self.indicator, self.poly, self.retention = config.resolve(transformer)
@@ -365,8 +364,6 @@ def apply_teacache(transformer, config: SurfTeaCacheConfig) -> None:
 
 def remove_teacache(transformer) -> None:
     """Remove what ``apply_teacache`` installed (nothing if it is not installed)."""
-    from diffusers.hooks import HookRegistry
-
     for m in transformer.modules():
         reg = getattr(m, "_diffusers_hook", None)
         if reg is not None:

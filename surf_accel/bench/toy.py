@@ -21,11 +21,12 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 import surf_accel
 from surf_accel.config import SurfConfig
-from surf_accel.toyworld import (DEFAULT_GUIDANCE, DEFAULT_STEPS, EVAL_PROMPTS, FLOW_SHIFT, NUM_FRAMES,
-                                 PREVIEW_SIZE, load_pipeline)
+from surf_accel.toyworld import (DEFAULT_GUIDANCE, DEFAULT_STEPS, EVAL_PROMPTS, FLOW_SHIFT, NUM_FRAMES, PREVIEW_SIZE,
+                                 load_pipeline)
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,6 @@ def generate(pipe, unipc_config, run: Run, prompts, seed: int, guidance: float, 
     """(B, T, H, W, 3) frames in [0, 1], CPU seconds and wall seconds for one batch of prompts;
     ``unipc_config``: the shipped pipeline's scheduler config; ``refiner``: the trained refiner of
     ``run.trained`` rows."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
-
     # Plain runs use the shift the model was trained with at their size; SURF runs set their own shifts.
     shift = FLOW_SHIFT[run.size]
     if run.solver == "euler":

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 
 from ..toyworld.world import COLOURS, DIRECTION_VECTORS
 
@@ -60,13 +61,8 @@ class VideoSignature:
 
 def as_video(frames) -> np.ndarray:
     """Any of torch/numpy, float in [0, 1] or uint8, (T, H, W, 3) -> float32 numpy (T, H, W, 3)."""
-    try:
-        import torch
-
-        if isinstance(frames, torch.Tensor):
-            frames = frames.detach().float().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().float().cpu().numpy()
     v = np.asarray(frames)
     if v.dtype == np.uint8:
         v = v.astype(np.float32) / 255.0
@@ -169,13 +165,8 @@ def _jitter(track: np.ndarray) -> float:
 def detect_batch(frames) -> list[VideoSignature]:
     """WanPipeline ``output_type="np"`` frames (B, T, H, W, 3), or one video (T, H, W, 3)."""
     arr = frames
-    try:
-        import torch
-
-        if isinstance(arr, torch.Tensor):
-            arr = arr.detach().float().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(arr, torch.Tensor):
+        arr = arr.detach().float().cpu().numpy()
     arr = np.asarray(arr)
     if arr.ndim == 4:
         arr = arr[None]

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
-from .world import (COLOURS, DIRECTIONS, SHAPES, ClipSpec, all_label_combinations, parse_prompt, prompt_for,
-                    sample_specs)
+from surf_accel.config import SurfConfig
+from surf_accel.refiner import Refiner
+
+from .world import COLOURS, DIRECTIONS, SHAPES, ClipSpec, all_label_combinations, parse_prompt, prompt_for, sample_specs
 
 PIPELINE_DIR = Path(__file__).resolve().parent / "pipeline"
 REFINER_DIR = Path(__file__).resolve().parent / "refiner"  # the trained toy refiner (TRAINING.md)
@@ -48,8 +50,6 @@ def surf_config(**changes):
     0.7, and windows against dense refine attention are indistinguishable, so the cheaper (latent,
     windows) or simpler (fresh) is taken; the refine keeps guidance (without it colour falls outside
     the base model's interval). ``changes`` override fields (``SurfConfig.replace``)."""
-    from surf_accel.config import SurfConfig
-
     cfg = SurfConfig(optimal_size=(OPTIMAL_SIZE, OPTIMAL_SIZE), preview_fraction=1.0, switch_fraction=0.24,
                      downsample=OPTIMAL_SIZE // PREVIEW_SIZE, reshift="paper", handoff="latent",
                      refine_fraction=0.2, refine_start=REFINE_START, window=REFINE_WINDOW,
@@ -67,7 +67,7 @@ def load_pipeline(dtype: torch.dtype = torch.float32, device: str | torch.device
     """Load the shipped toy ``WanPipeline`` offline (weights are stored in fp16; ``dtype`` is the
     compute dtype, float32 by default). The progress bar is left on; disable it with
     ``pipe.set_progress_bar_config(disable=True)``."""
-    from diffusers import WanPipeline
+    from diffusers import WanPipeline  # heavy: the toy world loads without diffusers
 
     path = Path(path) if path is not None else PIPELINE_DIR
     if not (path / "model_index.json").exists():
@@ -81,8 +81,6 @@ def load_pipeline(dtype: torch.dtype = torch.float32, device: str | torch.device
 def load_refiner(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", path: str | Path | None = None):
     """Load the shipped trained toy ``Refiner`` (fp16 weights, ``dtype`` compute); use it with
     ``surf_accel.patch(pipe, surf_config(), refiner=load_refiner())``."""
-    from surf_accel.refiner import Refiner
-
     path = Path(path) if path is not None else REFINER_DIR
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no toy refiner at {path}; train one with `surf-accel train-refiner "

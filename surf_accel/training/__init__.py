@@ -21,7 +21,7 @@ from surf_accel.training.config import (ConfigError, RefinerTrainingConfig, conf
 
 def train(config, **kwargs):
     """``surf_accel.training.loop.train`` for a config object, dict or file path."""
-    from surf_accel.training.loop import train as _train
+    from surf_accel.training.loop import train as _train  # heavy (accelerate, diffusers): configs load without it
 
     if isinstance(config, dict):
         config = config_from_dict(config)

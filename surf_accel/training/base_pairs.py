@@ -19,6 +19,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
+
+import surf_accel
+from surf_accel.training.pairs import target_stage, z_lr_from_preview
 
 
 @torch.no_grad()
@@ -30,9 +34,6 @@ def make_base_pairs(pipe, adapter, surf_config, prompts: Sequence[str], seeds: S
     ``surf_config`` must refine without a trained refiner (its preview and its training-free refine
     make the pair); ``pairs_cfg`` gives the handoff of ``z_lr`` (as the trained refiner will see it).
     """
-    import surf_accel
-    from surf_accel.training.pairs import target_stage, z_lr_from_preview
-
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     preview_steps = surf_config.step_counts(num_inference_steps)[0]
@@ -47,8 +48,6 @@ def make_base_pairs(pipe, adapter, surf_config, prompts: Sequence[str], seeds: S
     z_lr, z_hr = [], []
     it = list(zip(prompts, seeds))
     if progress:
-        from tqdm.auto import tqdm
-
         it = tqdm(it, desc="base pairs")
     with surf_accel.patched(pipe, surf_config):
         bar_cfg = dict(getattr(pipe, "_progress_bar_config", {}) or {})

@@ -435,7 +435,7 @@ def load_config(path: str | os.PathLike) -> RefinerTrainingConfig:
         raise FileNotFoundError(f"training config {path} does not exist")
     text = path.read_text()
     if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
+        import yaml  # optional (the train extra): only YAML configs need it
 
         d = yaml.safe_load(text)
     else:

@@ -25,7 +25,9 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
+from surf_accel.toyworld import world
 from surf_accel.training.config import DataConfig
 
 logger = logging.getLogger("surf_accel.training")
@@ -66,8 +68,6 @@ class ClipSource:
 def toy_source(n: int, seed: int, size: tuple[int, int], num_frames: int) -> ClipSource:
     """``n`` toy-world clips (balanced labels, seeded) rendered at ``size`` = (height, width); the
     caption is the clip's prompt."""
-    from surf_accel.toyworld import world
-
     specs = world.sample_specs(n, seed, num_frames)
     return ClipSource([s.prompt for s in specs], [f"toy-{seed}-{i}" for i in range(n)],
                       lambda i: specs[i].render(size[0], size[1], num_frames))
@@ -90,7 +90,7 @@ def fit_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def read_video(path: str | os.PathLike, max_frames: Optional[int] = None) -> torch.Tensor:
     """The frames of a video file as ``(F, H, W, 3)`` uint8 (at most ``max_frames``)."""
-    import imageio.v2 as imageio
+    import imageio.v2 as imageio  # optional (the video/train extras): only mp4 data needs it
     import numpy as np
 
     frames = []
@@ -218,8 +218,6 @@ class TextEmbeddingCache:
         self.folder = Path(folder)
 
     def get(self, pipe, captions: Sequence[str], max_sequence_length: int) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file, save_file
-
         unique = sorted(set(captions))
         key = {"max_sequence_length": max_sequence_length, "encoder": text_encoder_id(pipe)}
         meta_p, w_p = self.folder / "embeddings.json", self.folder / "embeddings.safetensors"

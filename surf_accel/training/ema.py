@@ -11,6 +11,7 @@ import os
 from typing import Iterable
 
 import torch
+from safetensors.torch import load_file, save_file
 
 
 class EMA:
@@ -38,13 +39,9 @@ class EMA:
             params[n].copy_(v.to(params[n].dtype))
 
     def save(self, path: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
         save_file({n: v.contiguous() for n, v in self.shadow.items()}, str(path), metadata={"decay": str(self.decay)})
 
     def load(self, path: str | os.PathLike) -> None:
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
         if set(state) != set(self.shadow):
             raise ValueError(f"EMA checkpoint {path} holds other parameters than this model trains")

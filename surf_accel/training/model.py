@@ -17,8 +17,11 @@ import os
 from typing import Any
 
 import torch
+from diffusers import DiffusionPipeline, WanTransformer3DModel
 
 from surf_accel import registry
+from surf_accel.refiner import Refiner
+from surf_accel.toyworld import load_pipeline
 from surf_accel.training.config import ModelConfig
 
 TOY_BASE = "toy"
@@ -27,14 +30,11 @@ TOY_BASE = "toy"
 def load_base_pipeline(base: str, dtype: torch.dtype = torch.float32):
     """The base ``WanPipeline``: ``"toy"`` (the shipped toy pipeline) or a local diffusers folder."""
     if base == TOY_BASE:
-        from surf_accel.toyworld import load_pipeline
-
         pipe = load_pipeline(dtype)
     else:
         if not os.path.isdir(base) or not os.path.isfile(os.path.join(base, "model_index.json")):
             raise FileNotFoundError(f"base {base!r} is not a local diffusers pipeline folder (no model_index.json); "
                                     "use 'toy' or the path of a Wan2.1 Diffusers folder")
-        from diffusers import DiffusionPipeline
 
         pipe = DiffusionPipeline.from_pretrained(base, torch_dtype=dtype, local_files_only=True)
     wan = registry.family_named("wan").adapter
@@ -84,7 +84,6 @@ def base_transformer_config(pipe, cfg: ModelConfig) -> dict:
 def _source_transformer(pipe, cfg: ModelConfig):
     if cfg.transformer is None:
         return pipe.transformer
-    from diffusers import WanTransformer3DModel
 
     if not os.path.isfile(os.path.join(cfg.transformer, "config.json")):
         raise FileNotFoundError(f"model.transformer {cfg.transformer!r} is not a WanTransformer3DModel folder")
@@ -93,8 +92,6 @@ def _source_transformer(pipe, cfg: ModelConfig):
 
 def build_transformer(pipe, cfg: ModelConfig):
     """The trainable transformer (float32, train mode) for ``cfg``; LoRA adapters added for ``"lora"``."""
-    from diffusers import WanTransformer3DModel
-
     if cfg.init == "scratch":
         tcfg = base_transformer_config(pipe, cfg)
         unknown = sorted(set(cfg.config) - set(tcfg))
@@ -110,7 +107,6 @@ def build_transformer(pipe, cfg: ModelConfig):
         model = copy.deepcopy(src)
         if cfg.init == "lora":
             add_lora(model, cfg)
-    from surf_accel.refiner import Refiner
 
     Refiner(model).check_compatible(pipe.transformer)  # what surf_accel.patch will require of the export
     model.to(torch.float32).train()
@@ -121,7 +117,7 @@ def add_lora(model, cfg: ModelConfig) -> None:
     """Freeze ``model`` and add peft LoRA adapters (``cfg.lora``) to its attention/FFN linears; the
     adapters' B matrices start at zero (peft's default), so step 0 equals the base model."""
     try:
-        from peft import LoraConfig
+        from peft import LoraConfig  # optional (the train extra): only LoRA training needs it
     except ImportError as e:
         raise ImportError("model.init 'lora' needs peft: pip install 'surf_accel[train]'") from e
     model.requires_grad_(False)
@@ -137,8 +133,6 @@ def has_lora(model) -> bool:
 def merged_copy(model):
     """A plain ``WanTransformer3DModel`` with ``model``'s weights, LoRA adapters merged into the base
     weights (``W + (alpha / r) B A``); a copy of ``model`` when it has none."""
-    from diffusers import WanTransformer3DModel
-
     m = copy.deepcopy(model)
     if has_lora(m):
         m.fuse_lora(lora_scale=1.0)

@@ -27,10 +27,16 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
+from surf_accel.config import SurfConfig
 from surf_accel.planner import Stage
+from surf_accel.refiner import handoff
 from surf_accel.training.config import PairsConfig
 
 
@@ -61,9 +67,6 @@ def _from_uint8(arr) -> torch.Tensor:
 
 def jpeg_roundtrip(clip: torch.Tensor, quality: int) -> torch.Tensor:
     """Every frame of ``(3, F, H, W)`` through JPEG at ``quality`` (PIL)."""
-    import numpy as np
-    from PIL import Image
-
     out = []
     for fr in _to_uint8(clip):
         buf = io.BytesIO()
@@ -75,8 +78,7 @@ def jpeg_roundtrip(clip: torch.Tensor, quality: int) -> torch.Tensor:
 def h264_roundtrip(clip: torch.Tensor, crf: int) -> torch.Tensor:
     """``(3, F, H, W)`` through an H.264 encode (libx264, yuv420p, constant rate factor ``crf``) and
     decode with imageio-ffmpeg's ffmpeg binary. Frame size must be even (yuv420p)."""
-    import imageio_ffmpeg
-    import numpy as np
+    import imageio_ffmpeg  # optional (the video/train extras): only H.264 degradations need it
 
     frames = _to_uint8(clip)
     n, h, w, _ = frames.shape
@@ -156,8 +158,6 @@ def target_stage(pipe, height: int, width: int, num_frames: int) -> Stage:
 
 def handoff_config(cfg: PairsConfig):
     """The ``SurfConfig`` fields the handoff reads (mode and latent interpolation)."""
-    from surf_accel.config import SurfConfig
-
     return SurfConfig(handoff=cfg.handoff, latent_resize=cfg.latent_resize)
 
 
@@ -170,8 +170,6 @@ def encode(pipe, adapter, video: torch.Tensor) -> torch.Tensor:
 def z_lr_from_preview(pipe, adapter, preview: torch.Tensor, stage: Stage, cfg: PairsConfig) -> torch.Tensor:
     """Inference's ``z_lr`` for a preview latent ``(B, C, T, h, w)``: ``refiner.handoff`` with no
     noise, the call the runner makes before a trained refiner."""
-    from surf_accel.refiner import handoff
-
     return handoff(pipe, adapter, preview, stage, handoff_config(cfg), None, 1.0)
 
 
@@ -188,8 +186,6 @@ def make_pairs(pipe, adapter, clips, cfg: PairsConfig, seed: int, *, batch: int 
     stage = None
     it = range(0, n, batch)
     if progress:
-        from tqdm.auto import tqdm
-
         it = tqdm(it, desc="pairs", total=math.ceil(n / batch))
     for i in it:
         x = take(i, i + batch).float()
@@ -226,8 +222,6 @@ def cached_tensors(folder: str | os.PathLike, name: str, key: dict, recipe: dict
                    make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """``make()`` once per ``key``: stored as ``<folder>/<name>-<hash of key>.safetensors`` with
     ``recipe`` in its metadata; later calls load it."""
-    from safetensors.torch import load_file, save_file
-
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()[:16]
     path = os.path.join(folder, f"{name}-{digest}.safetensors")
     if os.path.isfile(path):

@@ -12,8 +12,18 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
+import surf_accel
+from surf_accel import toyworld
+from surf_accel.config import SurfConfig
+from surf_accel.metrics import aggregate
+from surf_accel.metrics.similarity import psnr, ssim
+from surf_accel.refiner import Refiner
+from surf_accel.runner import window_context
+from surf_accel.toyworld.world import parse_prompt
+from surf_accel.training.model import merged_copy
 from surf_accel.training.objective import euler_refine
 
 
@@ -26,8 +36,6 @@ def _frames(video: torch.Tensor):
 def pair_metrics(pipe, adapter, model, z_lr: torch.Tensor, text: torch.Tensor, hr: torch.Tensor, num_steps: int,
                  num_train_timesteps: int) -> dict:
     """PSNR/SSIM to the HR clips ``hr`` (B, 3, F, H, W) of the refined and of the unrefined ``z_lr``."""
-    from surf_accel.metrics.similarity import psnr, ssim
-
     refined = euler_refine(model, z_lr, text, num_steps, num_train_timesteps)
     out = {}
     target = _frames(hr)
@@ -41,12 +49,8 @@ def pair_metrics(pipe, adapter, model, z_lr: torch.Tensor, text: torch.Tensor, h
 def surf_config_for(cfg, surf) -> "object":
     """The SurfConfig of the prompt validation: ``"toy"`` = the toy world's setting with this run's
     handoff, a dict = SurfConfig fields, or a preset name."""
-    from surf_accel.config import SurfConfig
-
     if surf == "toy":
-        from surf_accel.toyworld import surf_config
-
-        return surf_config(handoff=cfg.pairs.handoff, latent_resize=cfg.pairs.latent_resize, window=cfg.model.window)
+        return toyworld.surf_config(handoff=cfg.pairs.handoff, latent_resize=cfg.pairs.latent_resize, window=cfg.model.window)
     if isinstance(surf, dict):
         d = dict(surf)
         for k in ("optimal_size", "window", "shifts"):
@@ -61,11 +65,6 @@ def prompt_metrics(pipe, refiner, surf_config, prompts: Sequence[str], *, height
                    num_inference_steps: int, guidance_scale: float, seed: int) -> dict:
     """Generate ``prompts`` through SURF with ``refiner``; the toy signature metrics when every
     prompt is a toy-world prompt (else only that the videos are finite)."""
-    import numpy as np
-
-    import surf_accel
-    from surf_accel.toyworld.world import parse_prompt
-
     videos = []
     with surf_accel.patched(pipe, surf_config, refiner=refiner):
         for i, p in enumerate(prompts):
@@ -75,8 +74,6 @@ def prompt_metrics(pipe, refiner, surf_config, prompts: Sequence[str], *, height
                                generator=g, output_type="np").frames[0])
     out: dict = {"finite": bool(all(np.isfinite(v).all() for v in videos))}
     if all(len(parse_prompt(p)) == 3 for p in prompts):
-        from surf_accel.metrics import aggregate
-
         ev = aggregate.evaluate(videos, list(prompts))["summary"]
         out.update({k: ev[k] for k in ("colour_acc", "shape_acc", "direction_acc", "all_acc")})
     return out
@@ -85,15 +82,10 @@ def prompt_metrics(pipe, refiner, surf_config, prompts: Sequence[str], *, height
 def run_validation(pipe, adapter, model, cfg, val: Optional[dict], *, num_train_timesteps: int) -> dict:
     """Both validations for the (EMA-applied, eval-mode) ``model``; ``val``: held-out tensors
     ``{"z_lr", "text", "hr"}`` or ``None``."""
-    from surf_accel.refiner import Refiner
-    from surf_accel.training.model import merged_copy
-
     res: dict = {}
     plain = merged_copy(model)
     if val is not None and val["z_lr"].shape[0]:
         # the refiner attends as at inference: the inference processors (SurfConfig.window)
-        from surf_accel.runner import window_context
-
         with window_context(plain, cfg.model.window):
             res.update(pair_metrics(pipe, adapter, plain, val["z_lr"], val["text"], val["hr"], cfg.model.num_steps,
                                     num_train_timesteps))
