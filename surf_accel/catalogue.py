@@ -23,9 +23,10 @@ def family_defaults() -> dict[str, FamilyDefaults]:
 
 def estimate(model: str | TransformerSpec | HunyuanVideoSpec, height: int, width: int, frames: int,
              config: Optional[SurfConfig] = None, *, steps: int = 50, guidance: Optional[bool] = None,
-             refiner: Optional[str | TransformerSpec | HunyuanVideoSpec] = None, vae: Optional[VaeSpec] = None,
-             family: Optional[FamilySpec] = None, scheduler: Optional[SchedulerSpec] = None,
-             decode_output: bool = True) -> Estimate:
+             refiner: Optional[str | TransformerSpec | HunyuanVideoSpec] = None,
+             refiner_transformer: Optional[str | TransformerSpec | HunyuanVideoSpec] = None,
+             vae: Optional[VaeSpec] = None, family: Optional[FamilySpec] = None,
+             scheduler: Optional[SchedulerSpec] = None, decode_output: bool = True) -> Estimate:
     """Baseline (``steps`` at the request's size) vs SURF (``config``) FLOPs.
 
     ``None`` for ``config``, ``guidance``, ``vae``, ``family``, ``scheduler``: the model family's
@@ -33,26 +34,33 @@ def estimate(model: str | TransformerSpec | HunyuanVideoSpec, height: int, width
     step and the ``"hunyuan-paper"`` preset). ``guidance=True`` counts two passes per step.
     ``refiner=None``: training-free refine with the base model (guidance as the call);
     a model name or spec: a trained refiner of that size (no guidance, docs/design.md 1.3).
+    ``refiner_transformer``: a training-free refine by another transformer of the family (a model
+    name or spec; its guidance passes counted as the base's), e.g. Wan2.1-1.3B refining Wan2.1-14B.
     ``decode_output=False``: leave out the final VAE decode on both sides (``output_type="latent"``).
     """
     catalogue = models()
-    if isinstance(model, str) and model not in catalogue:
-        raise ValueError(f"unknown model {model!r}; known: {sorted(catalogue)}")
-    spec = catalogue[model] if isinstance(model, str) else model
-    ref_spec = None
-    if refiner is not None:
-        if isinstance(refiner, str) and refiner not in catalogue:
-            raise ValueError(f"unknown refiner model {refiner!r}; known: {sorted(catalogue)}")
-        ref_spec = catalogue[refiner] if isinstance(refiner, str) else refiner
+    spec = _spec(catalogue, model, "model")
+    if refiner is not None and refiner_transformer is not None:
+        raise ValueError("give a trained refiner or a refiner transformer, not both")
+    ref_spec = _spec(catalogue, refiner if refiner is not None else refiner_transformer, "refiner model")
     defaults = family_defaults()[spec.family]
     family = family or defaults.family
     scheduler = scheduler or defaults.scheduler
     config = config or SurfConfig.preset(defaults.preset)
     passes = 2 if (defaults.cfg if guidance is None else guidance) else 1
     plan = plan_stages(Request(height, width, frames, steps), family, scheduler, config,
-                       trained_refiner=ref_spec is not None)
+                       trained_refiner=refiner is not None, refiner_transformer=refiner_transformer is not None)
     return estimate_plan(plan, spec, passes=passes, vae=vae or defaults.vae, refiner=ref_spec,
                          decode_output=decode_output)
+
+
+def _spec(catalogue: dict, model, what: str):
+    """A catalogue name's spec, a spec itself, or ``None``."""
+    if isinstance(model, str):
+        if model not in catalogue:
+            raise ValueError(f"unknown {what} {model!r}; known: {sorted(catalogue)}")
+        return catalogue[model]
+    return model
 
 
 def __getattr__(name: str):

@@ -93,7 +93,7 @@ def cmd_estimate(args) -> int:
               f"ffn {info.spec.ffn_dim}, {info.spec.params / 1e6:.3g}M block parameters, "
               f"{cfg.refine_steps if cfg.refine_steps is not None else 'default'} steps, window {cfg.window}")
     est = estimate(args.model, args.height, args.width, frames, cfg, steps=args.steps, guidance=guidance,
-                   refiner=refiner)
+                   refiner=refiner, refiner_transformer=args.refiner_transformer)
     print(est.plan.describe())
     print()
     print(est.table())
@@ -343,10 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     passes.add_argument("--no-cfg", action="store_true", help="count one pass per step (no classifier-free guidance)")
     passes.add_argument("--cfg", action="store_true", help="count two passes per step (HunyuanVideo: true CFG; "
                         "default: Wan2.1 two, HunyuanVideo one, as it is guidance-distilled)")
-    e.add_argument("--refiner", default=None, help="a trained refiner: a model name (wan2.1-1.3b, ...), a Refiner "
-                   "folder or config.json, a WanTransformer3DModel config, or a train-refiner config (its steps and "
-                   "windows are used unless --refine-steps/--window say otherwise; default: training-free refine with "
-                   "the base model)")
+    refine = e.add_mutually_exclusive_group()
+    refine.add_argument("--refiner", default=None, help="a trained refiner: a model name (wan2.1-1.3b, ...), a "
+                        "Refiner folder or config.json, a WanTransformer3DModel config, or a train-refiner config (its "
+                        "steps and windows are used unless --refine-steps/--window say otherwise; default: "
+                        "training-free refine with the base model)")
+    refine.add_argument("--refiner-transformer", default=None, metavar="MODEL",
+                        help="a training-free refine by another transformer of the family, a model name "
+                        "(wan2.1-1.3b refining wan2.1-14b), with the call's guidance passes")
     _add_config_args(e)
     e.set_defaults(func=cmd_estimate)
 

@@ -50,6 +50,33 @@ def test_estimate_paper_720p_and_1080p():
     assert "predicted speedup" in e720.table()
 
 
+def test_refiner_transformer_costs_the_refine_by_the_smaller_model_with_guidance():
+    """Wan2.1-1.3B refining Wan2.1-14B's preview: the same plan as the base's training-free refine, its
+    refine stage costed as the 1.3B's forward (hand formula in test_forward_flops_match_flop_counter)
+    times the call's two guidance passes; the 14B itself as the refiner is the default estimate."""
+    base = estimate("wan2.1-14b", 720, 1280, 81)
+    assert estimate("wan2.1-14b", 720, 1280, 81, refiner_transformer="wan2.1-14b").surf_total == base.surf_total
+    small = estimate("wan2.1-14b", 720, 1280, 81, refiner_transformer="wan2.1-1.3b")
+    assert [s.name for s in small.surf] == [s.name for s in base.surf]
+    refine = small.surf[-1]
+    assert refine.model == "wan2.1-1.3b" and refine.passes_per_step == 2
+    spec = MODELS["wan2.1-1.3b"]
+    one = spec.forward_flops(refine.tokens, refine.tokens)  # dense: every query sees every video key
+    assert refine.linear + refine.attention == pytest.approx(refine.steps * 2 * (one["linear"] + one["attention"]),
+                                                             rel=1e-12)
+    assert small.surf_total == pytest.approx(base.surf_total - (base.surf[-1].linear + base.surf[-1].attention)
+                                             + refine.linear + refine.attention, rel=1e-12)
+    assert 7.5 < small.speedup < 10  # the training-free sibling refine's predicted speedup at 720p
+    windowed = estimate("wan2.1-14b", 720, 1280, 81, SurfConfig(window=(4, 1000, 1000)),
+                        refiner_transformer="wan2.1-1.3b")
+    assert small.speedup < windowed.speedup < estimate(
+        "wan2.1-14b", 720, 1280, 81, SurfConfig(window=(4, 1000, 1000)), refiner="wan2.1-1.3b").speedup
+    with pytest.raises(ValueError, match="not both"):
+        estimate("wan2.1-14b", 720, 1280, 81, refiner="wan2.1-1.3b", refiner_transformer="wan2.1-1.3b")
+    with pytest.raises(ValueError, match="unknown refiner model"):
+        estimate("wan2.1-14b", 720, 1280, 81, refiner_transformer="nope")
+
+
 def test_decode_output_off_drops_final_decode_only():
     on = estimate("wan2.1-1.3b", 480, 832, 81, SurfConfig())
     off = estimate("wan2.1-1.3b", 480, 832, 81, SurfConfig(), decode_output=False)
