@@ -145,6 +145,15 @@ MUTANTS = [
     ("stack table counts computed calls as skipped", "surf_accel/bench/stacking.py",
      "return {s: 1.0 - computed[s] / calls[s] for s in calls}", "return {s: computed[s] / calls[s] for s in calls}",
      STACKING_TESTS),
+    ("prepared call's batch ignores videos per prompt", "surf_accel/family.py",
+     "batch=n_prompts * nvp,", "batch=n_prompts,"),
+    ("window grid hook swaps height and width", "integrations/window_processors.py",
+     "state.grid = (t // patch[0], h // patch[1], w // patch[2])",
+     "state.grid = (t // patch[0], w // patch[2], h // patch[1])",
+     ["tests/integrations/test_window_processors.py", "tests/test_surf_replay.py"]),
+    ("refiner transformer costed as a trained refiner", "surf_accel/catalogue.py",
+     "trained_refiner=refiner is not None, refiner_transformer=refiner_transformer is not None)",
+     "trained_refiner=ref_spec is not None, refiner_transformer=False)"),
 ]
 
 
