@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Optional
 
 import torch
@@ -87,6 +88,25 @@ def _predicted_noise(latents, v, sigma, factor):
     pooled = torch.nn.functional.avg_pool3d(eps, (1, factor, factor))
     std = pooled.flatten(1).std(dim=1).clamp_min(1e-6).view(-1, 1, 1, 1, 1)
     return (pooled / std).contiguous()
+
+
+@contextlib.contextmanager
+def _onloaded(pipe, model) -> Iterator[None]:
+    """Under the pipeline's model CPU offload, a model that is none of its components (a refiner) runs
+    as the components do: they are offloaded and ``model`` sits on the offload device for the stage,
+    then goes back where it was. A no-op otherwise (group offload on the refiner is the refiner's own)."""
+    hooks = getattr(pipe, "_all_hooks", None)
+    if not hooks or any(model is c for c in pipe.components.values()):
+        yield
+        return
+    for hook in hooks:
+        hook.offload()
+    home = next(model.parameters()).device
+    model.to(pipe._offload_device)
+    try:
+        yield
+    finally:
+        model.to(home)
 
 
 class StageRunner:
@@ -199,6 +219,8 @@ class StageRunner:
         # cache state and gets the stage's accelerator events, attention and compile watch
         models = adapter.stage_models(pipe, call, stage, model, self.plan.config)
         with contextlib.ExitStack() as stack:
+            for m in models:
+                stack.enter_context(_onloaded(pipe, m))
             info = stack.enter_context(self.protocol.stage(models, self.plan.stages.index(stage)))
             for m in models:
                 stack.enter_context(stage_attention(m, stage, self.plan.config))

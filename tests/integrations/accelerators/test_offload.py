@@ -153,3 +153,53 @@ def test_offload_with_a_cache_equals_the_cache_without_offload(offload, install,
         computed = sum(d["computed"] for v in alone.values() for d in v.values())
         assert computed < CACHE_CALLS
         assert seen.count("blocks.1") == (CACHE_CALLS if cache_first else computed)
+
+
+def _sibling():
+    """A training-free refiner of the tiny pipeline's family: one block instead of two, same interface."""
+    from tests.tiny_pipelines import tiny_transformer
+
+    return tiny_transformer(num_layers=1, seed=7)
+
+
+def test_model_cpu_offload_runs_a_refiner_transformer_as_a_component(monkeypatch):
+    """With model CPU offload, the refine by another transformer (not a pipeline component) runs after
+    every component is offloaded, on the offload device, and goes home after; the result is SURF's
+    without offload."""
+    from accelerate.hooks import UserCpuOffloadHook
+
+    ref_pipe = tiny_wan_t2v("euler")
+    with surf_accel.patched(ref_pipe, CFG, refiner=_sibling()):
+        reference = ref_pipe(generator=gen(0), **KW).frames
+    pipe = tiny_wan_t2v("euler")
+    pipe.enable_model_cpu_offload(device="cpu")
+    refiner = _sibling()
+    seen = offload_recorder(monkeypatch, pipe, ("text_encoder", "transformer", "vae"))
+    offload = UserCpuOffloadHook.offload
+    monkeypatch.setattr(UserCpuOffloadHook, "offload", lambda self: (seen.append("offload"), offload(self))[1])
+    to = refiner.to
+    monkeypatch.setattr(refiner, "to", lambda *a, **k: (seen.append(f"refiner to {a[0]}"), to(*a, **k))[1])
+    refiner.register_forward_pre_hook(lambda m, a: seen.append("refiner"))
+    with surf_accel.patched(pipe, CFG, refiner=refiner):
+        out = pipe(generator=gen(0), **KW).frames
+    components = sum(1 for c in pipe.components.values() if isinstance(c, torch.nn.Module))
+    assert seen == (["text_encoder"] * 2 + ["transformer"] * 8 + ["vae"] * 2 + ["offload"] * components
+                    + [f"refiner to {pipe._offload_device}"] + ["refiner"] * 4 + ["refiner to cpu"])
+    torch.testing.assert_close(out, reference, atol=0, rtol=0)
+
+
+def test_group_offload_on_a_refiner_transformer(monkeypatch):
+    """Group offload enabled on the refiner by the user serves each of its calls in block order."""
+    ref_pipe = tiny_wan_t2v("euler")
+    with surf_accel.patched(ref_pipe, CFG, refiner=_sibling()):
+        reference = ref_pipe(generator=gen(0), **KW).frames
+    pipe = tiny_wan_t2v("euler")
+    refiner = _sibling()
+    cpu = torch.device("cpu")
+    refiner.enable_group_offload(onload_device=cpu, offload_device=cpu, offload_type="block_level",
+                                 num_blocks_per_group=1)
+    seen = _record_group_onloads(monkeypatch, refiner)
+    with surf_accel.patched(pipe, CFG, refiner=refiner):
+        out = pipe(generator=gen(0), **KW).frames
+    assert [n for n in seen if n.startswith("blocks.")] == ["blocks.0"] * 4  # 2 refine steps x 2 branches
+    torch.testing.assert_close(out, reference, atol=0, rtol=0)
