@@ -168,6 +168,18 @@ def _cost_warnings(adapter, pipe, plan, call, refiner) -> tuple[str, ...]:
     return (est.cost_warning,) if est.cost_warning else ()
 
 
+def _lora_warnings(pipe, plan) -> tuple[str, ...]:
+    """One warning when LoRA adapters on the pipeline's transformer shape the preview but not the
+    refine, which another model runs (a trained refiner or another transformer)."""
+    adapters = sorted(getattr(pipe.transformer, "peft_config", None) or {})
+    refine = [s.model for s in plan.stages if s.model != "base"]
+    if not adapters or not refine:
+        return ()
+    what = "trained refiner" if refine[0] == "trained_refiner" else "refiner transformer"
+    return (f"the LoRA adapters {adapters} on pipe.transformer shape the preview but not the refine by the "
+            f"{what}; load them on the refiner too, or refine with the base model (refiner=None)",)
+
+
 @torch.no_grad()
 def _surf_call(pipe, *args, **kwargs):
     state: _SurfState = pipe.__dict__[_STATE_ATTR]
@@ -177,7 +189,7 @@ def _surf_call(pipe, *args, **kwargs):
     plan = _plan(call.request, adapter, pipe, state.config, ref)
     for m in plan.messages:
         logger.info("surf_accel: %s", m)
-    for w in plan.warnings + _cost_warnings(adapter, pipe, plan, call, ref):
+    for w in plan.warnings + _cost_warnings(adapter, pipe, plan, call, ref) + _lora_warnings(pipe, plan):
         logger.warning("surf_accel: %s", w)
     pipe.__dict__["_surf_last_plan"] = plan
     return run_plan(pipe, adapter, plan, call, refiner=ref)
