@@ -221,3 +221,19 @@ def test_uniform_grid_sigmas_are_the_pipelines_float32_ones():
     plan = plan_stages(Request(64, 64, 5, 30), FamilySpec("hy", 8, 4, (1, 2, 2), 64 * 64),
                        SchedulerSpec("euler", 7.0, grid="uniform"), SurfConfig.identity())
     np.testing.assert_array_equal(np.array(plan.stages[0].sigmas, dtype=np.float32), ref.sigmas.numpy())
+
+
+@pytest.mark.parametrize("preset", ["paper", "fast", "quality"])
+@pytest.mark.parametrize("steps", range(1, 9))
+def test_step_distilled_step_counts_plan_no_empty_stage_and_say_when_surf_costs_more(preset, steps):
+    """A step-distilled Wan (4-8 steps, guidance 1): every stage takes at least one step; from 4 steps SURF
+    is predicted cheaper than the call; where it is not (1 step), the estimate says so."""
+    from surf_accel.catalogue import estimate
+
+    est = estimate("wan2.1-14b", 720, 1280, 81, SurfConfig.preset(preset), steps=steps, guidance=False)
+    assert all(s.steps >= 1 for s in est.plan.stages)
+    assert est.plan.stages[-1].latent_size == (21, 90, 160)
+    if steps >= 4:
+        assert est.speedup > 1.5
+    if est.speedup < 1:
+        assert est.cost_warning
