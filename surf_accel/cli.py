@@ -1,10 +1,11 @@
-"""``surf-accel``: generate, estimate, info, demo, bench, train-refiner.
+"""``surf-accel``: generate, estimate, plan, info, demo, bench, train-refiner.
 
     surf-accel generate ./Wan2.1-T2V-1.3B-Diffusers --prompt "a cat" --height 720 --width 1280 \\
         --frames 81 --preset paper --output cat.mp4 [--baseline]
     surf-accel generate ./HunyuanVideo --prompt "a cat" --height 720 --width 1280 --frames 129
     surf-accel estimate --model wan2.1-14b --height 720 --width 1280 --frames 81 --preset paper
     surf-accel estimate --model hunyuanvideo --height 720 --width 1280 --frames 129
+    surf-accel plan --model wan2.1-14b --height 720 --width 1280 --target 10
     surf-accel info
     surf-accel bench --seeds 0 1 2 --out stacking.md
     surf-accel train-refiner refiner.yaml
@@ -97,6 +98,22 @@ def cmd_estimate(args) -> int:
     print(est.plan.describe())
     print()
     print(est.table())
+    return 0
+
+
+# ---------------------------------------------------------------------------- plan
+def cmd_plan(args) -> int:
+    from surf_accel.plan_target import plan_for_target  # imports diffusers: only for this command
+
+    try:
+        plan = plan_for_target(args.model, args.height, args.width, args.target, frames=args.frames,
+                               steps=args.steps, trained=args.trained_refiners)
+    except ValueError as e:
+        print(f"surf-accel plan: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.model} at {args.height}x{args.width}, target {args.target:g}x: the plan with the fewest "
+          "approximations predicted to reach it")
+    print(plan.describe())
     return 0
 
 
@@ -353,6 +370,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "(wan2.1-1.3b refining wan2.1-14b), with the call's guidance passes")
     _add_config_args(e)
     e.set_defaults(func=cmd_estimate)
+
+    pl = sub.add_parser("plan", help="the SURF plan predicted to reach a speedup target (preset, refine model, "
+                        "windows, cache), with what it assumes")
+    pl.add_argument("--model", default="wan2.1-14b", help="a published model name (see estimate --model)")
+    pl.add_argument("--height", type=int, required=True)
+    pl.add_argument("--width", type=int, required=True)
+    pl.add_argument("--target", type=float, required=True, help="the speedup to reach, e.g. 10")
+    pl.add_argument("--frames", type=int, default=None, help="default: the model's")
+    pl.add_argument("--steps", type=int, default=50, help="the baseline's steps")
+    pl.add_argument("--trained-refiners", action="store_true",
+                    help="also consider trained refiners (none is published: they need `surf-accel train-refiner`)")
+    pl.set_defaults(func=cmd_plan)
 
     i = sub.add_parser("info", help="versions, device, and which backend serves each op")
     i.add_argument("rest", nargs=argparse.REMAINDER)
