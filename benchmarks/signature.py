@@ -8,7 +8,8 @@ with UniPC and with Euler; SURF in the toy setting (``surf_accel.toyworld.surf_c
 change at a time: every reshift mode, predicted re-noise, pixel handoff, temporal refine windows,
 refine start, switch step, no refine, refine without guidance, a sparse preview (two sliding-tile
 patterns); the trained toy refiner (``surf_accel.toyworld.load_refiner``) at its 10 steps, at 5 and 8,
-and without windows. The "layout distance" column is the mean distance (frame fractions) between
+and without windows; the toy sibling (``surf_accel.toyworld.load_sibling``) refining training-free,
+windowed, dense, with TeaCache on the preview, and from earlier refine starts. The "layout distance" column is the mean distance (frame fractions) between
 the object tracks of a run and of its same-noise base run (a SURF run's first ``switch_step`` steps
 are the optimal-size base run's; a fewer-steps run starts from the target-size base run's noise).
 Timing, seeds and shards: ``surf_accel.bench.toy``; wall time and the load average are recorded too.
@@ -33,7 +34,7 @@ from surf_accel.bench import record as _record
 from surf_accel.bench.toy import Run, add_shard_arguments, fmt, generate, run_sharded, setup, upsample
 from surf_accel.integrations.accelerators.sparse_attention import SparsePattern
 from surf_accel.toyworld import (NUM_FRAMES, OPTIMAL_SIZE, PREVIEW_SIZE, REFINE_WINDOW, TARGET_SIZE, load_refiner,
-                                 surf_config)
+                                 load_sibling, surf_config)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "signature.md"
 
@@ -66,6 +67,13 @@ def runs(steps: int) -> list[Run]:
     trained = [("SURF, trained refiner", toy), ("SURF, trained refiner, 5 steps", toy.replace(refine_steps=5)),
                ("SURF, trained refiner, 8 steps", toy.replace(refine_steps=8)),
                ("SURF, trained refiner, dense attention", toy.replace(window=None))]
+    # the toy sibling (a ~1/5-size transformer of the same family) refining training-free, as Wan2.1-1.3B
+    # would refine Wan2.1-14B: the toy setting, dense, with TeaCache on the preview, and earlier refine starts
+    sibling = [("SURF, sibling refine", toy, None),
+               ("SURF, sibling refine, dense attention", toy.replace(window=None), None),
+               ("SURF, sibling refine + TeaCache 0.15", toy, "teacache:0.15"),
+               ("SURF, sibling refine, refine_start 0.5", toy.replace(refine_start=0.5), None),
+               ("SURF, sibling refine, refine_start 0.3", toy.replace(refine_start=0.3), None)]
     return [
         Run(base, TARGET_SIZE, steps),
         Run(opt, OPTIMAL_SIZE, steps),
@@ -73,14 +81,15 @@ def runs(steps: int) -> list[Run]:
         Run(f"30% steps ({third}), UniPC", TARGET_SIZE, third, reference=base),
         Run(f"30% steps ({third}), Euler", TARGET_SIZE, third, reference=base, solver="euler"),
         *(Run(name, TARGET_SIZE, steps, cfg, opt) for name, cfg in surf),
-        *(Run(name, TARGET_SIZE, steps, cfg, opt, trained=True) for name, cfg in trained),
+        *(Run(name, TARGET_SIZE, steps, cfg, opt, refiner="trained") for name, cfg in trained),
+        *(Run(name, TARGET_SIZE, steps, cfg, opt, refiner="sibling", cache=cache) for name, cfg, cache in sibling),
     ]
 
 
 def measure(a) -> dict:
     """Every row for ``a.seeds``: per-video labels and distances, CPU and wall seconds per row."""
     pipe, unipc_config, prompts = setup(a)
-    refiner = load_refiner(torch.float32)
+    refiners = {"trained": load_refiner(torch.float32), "sibling": load_sibling(torch.float32)}
     all_runs = runs(a.steps)
     if a.only:
         keep = {r.name for r in all_runs if any(r.name.startswith(o) for o in a.only)} | {all_runs[0].name}
@@ -93,7 +102,7 @@ def measure(a) -> dict:
         vids, cpu, wall = [], 0.0, 0.0
         for seed in a.seeds:
             for i in range(0, len(prompts), a.batch):
-                out, c, w = generate(pipe, unipc_config, run, prompts[i:i + a.batch], seed, a.guidance, refiner)
+                out, c, w = generate(pipe, unipc_config, run, prompts[i:i + a.batch], seed, a.guidance, refiners)
                 vids.extend(list(upsample(out, TARGET_SIZE) if run.size == PREVIEW_SIZE else out))
                 cpu, wall = cpu + c, wall + w
         videos[run.name] = vids

@@ -32,7 +32,7 @@ import torch
 
 from surf_accel import metrics
 from surf_accel.bench import record
-from surf_accel.bench.toy import Run, add_shard_arguments, fmt, generate, run_sharded, setup
+from surf_accel.bench.toy import TOY_TEACACHE, Run, add_shard_arguments, fmt, generate, run_sharded, setup
 from surf_accel.config import SurfConfig
 from surf_accel.stages import current_step
 from surf_accel.toyworld import NUM_FRAMES, TARGET_SIZE, load_refiner, surf_config
@@ -46,7 +46,6 @@ DEFAULT_CACHES = ("teacache:0.15", "fbc:0.08")
 DEFAULT_SPARSE = (1, 2, 2, 3, 3, 3, 1)
 # the same kind of pattern on Wan2.1-14B's preview grids (README: fits the 480p and 240p token grids)
 WAN_SPARSE = (3, 5, 13, 3, 3, 3, 1)
-TOY_TEACACHE = ("temb", (1.0, 0.0))  # indicator, identity rescale
 PREDICTED = ((720, 1280), (1088, 1920))
 
 
@@ -63,12 +62,13 @@ def stack_rows(steps: int, caches, sparse, trained: bool) -> list[StackRow]:
     """``sparse``: the preview's ``SparsePattern`` of the sparse rows (``None``: no sparse rows)."""
     base = Run(f"base {TARGET_SIZE} px", TARGET_SIZE, steps)
     toy = surf_config()
-    surf = Run("SURF" + ("" if trained else " (training-free refine)"), TARGET_SIZE, steps, toy, trained=trained)
+    refiner = "trained" if trained else None
+    surf = Run("SURF" + ("" if trained else " (training-free refine)"), TARGET_SIZE, steps, toy, refiner=refiner)
     out = [StackRow(base.name, base), StackRow(surf.name, surf)]
     out += [StackRow(f"{c} alone", base, c, base.name) for c in caches]
     out += [StackRow(f"SURF + {c}", surf, c, surf.name) for c in caches]
     if sparse is not None:
-        sp = Run("SURF + sparse preview", TARGET_SIZE, steps, toy.replace(preview_attention=sparse), trained=trained)
+        sp = Run("SURF + sparse preview", TARGET_SIZE, steps, toy.replace(preview_attention=sparse), refiner=refiner)
         out.append(StackRow(sp.name, sp, None, surf.name, True))
         out += [StackRow(f"SURF + {c} + sparse preview", sp, c, surf.name, True) for c in caches]
     return out
@@ -105,7 +105,7 @@ def measure(a) -> dict:
     from surf_accel.registry import install_cache, remove_caches
 
     pipe, unipc, prompts = setup(a)
-    refiner = None if a.training_free else load_refiner(torch.float32)
+    refiners = {} if a.training_free else {"trained": load_refiner(torch.float32)}
     for c in a.cache:  # a bad form is refused before any row runs
         install_cache(pipe, c, teacache_fit=TOY_TEACACHE)
         remove_caches(pipe.transformer)
@@ -120,7 +120,7 @@ def measure(a) -> dict:
         try:
             for seed in a.seeds:
                 for i in range(0, len(prompts), a.batch):
-                    frames, c, _ = generate(pipe, unipc, row.run, prompts[i:i + a.batch], seed, a.guidance, refiner)
+                    frames, c, _ = generate(pipe, unipc, row.run, prompts[i:i + a.batch], seed, a.guidance, refiners)
                     vids.extend(list(frames))
                     cpu += c
         finally:

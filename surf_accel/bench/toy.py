@@ -21,12 +21,14 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 import surf_accel
 from surf_accel.config import SurfConfig
 from surf_accel.toyworld import (DEFAULT_GUIDANCE, DEFAULT_STEPS, EVAL_PROMPTS, FLOW_SHIFT, NUM_FRAMES, PREVIEW_SIZE,
                                  load_pipeline)
+
+
+TOY_TEACACHE = ("temb", (1.0, 0.0))  # TeaCache on the toy: time-embedding indicator, identity rescale
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,9 @@ class Run:
     config: Optional[SurfConfig] = None
     reference: Optional[str] = None  # same-noise run for the layout distance
     solver: str = "unipc"            # the pipeline's scheduler for this run
-    trained: bool = False            # SURF with the shipped trained toy refiner (toyworld.load_refiner)
+    refiner: Optional[str] = None    # SURF refining with "trained" (toyworld.load_refiner) or "sibling"
+                                     # (toyworld.load_sibling, training-free); None: the base model
+    cache: Optional[str] = None      # a `--cache` form on the pipeline's transformer (the preview's model)
 
 
 def upsample(frames: np.ndarray, size: int) -> np.ndarray:
@@ -50,10 +54,15 @@ def upsample(frames: np.ndarray, size: int) -> np.ndarray:
     return y.permute(0, 2, 3, 1).reshape(b, t, size, size, c).clamp(0, 1).numpy()
 
 
-def generate(pipe, unipc_config, run: Run, prompts, seed: int, guidance: float, refiner=None):
+def generate(pipe, unipc_config, run: Run, prompts, seed: int, guidance: float, refiners: Optional[dict] = None):
     """(B, T, H, W, 3) frames in [0, 1], CPU seconds and wall seconds for one batch of prompts;
-    ``unipc_config``: the shipped pipeline's scheduler config; ``refiner``: the trained refiner of
-    ``run.trained`` rows."""
+    ``unipc_config``: the shipped pipeline's scheduler config; ``refiners``: ``run.refiner`` name -> model."""
+    # diffusers and the registry (every accelerator) load when a benchmark runs, not when the CLI builds
+    # its parser from this module
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    from surf_accel.registry import install_cache, remove_caches
+
     # Plain runs use the shift the model was trained with at their size; SURF runs set their own shifts.
     shift = FLOW_SHIFT[run.size]
     if run.solver == "euler":
@@ -61,11 +70,17 @@ def generate(pipe, unipc_config, run: Run, prompts, seed: int, guidance: float, 
     else:
         pipe.scheduler = UniPCMultistepScheduler.from_config(unipc_config, flow_shift=shift)
     c0, t0 = time.process_time(), time.perf_counter()
-    patch = surf_accel.patched(pipe, run.config, refiner=refiner if run.trained else None)
-    with patch if run.config is not None else contextlib.nullcontext():
-        frames = pipe(prompt=list(prompts), height=run.size, width=run.size, num_frames=NUM_FRAMES,
-                      num_inference_steps=run.steps, guidance_scale=guidance, output_type="np",
-                      generator=torch.Generator().manual_seed(seed)).frames
+    patch = surf_accel.patched(pipe, run.config, refiner=(refiners or {})[run.refiner] if run.refiner else None)
+    if run.cache:
+        install_cache(pipe, run.cache, teacache_fit=TOY_TEACACHE)
+    try:
+        with patch if run.config is not None else contextlib.nullcontext():
+            frames = pipe(prompt=list(prompts), height=run.size, width=run.size, num_frames=NUM_FRAMES,
+                          num_inference_steps=run.steps, guidance_scale=guidance, output_type="np",
+                          generator=torch.Generator().manual_seed(seed)).frames
+    finally:
+        if run.cache:
+            remove_caches(pipe.transformer)
     return frames, time.process_time() - c0, time.perf_counter() - t0
 
 

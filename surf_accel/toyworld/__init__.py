@@ -20,6 +20,8 @@ from .world import COLOURS, DIRECTIONS, SHAPES, ClipSpec, all_label_combinations
 
 PIPELINE_DIR = Path(__file__).resolve().parent / "pipeline"
 REFINER_DIR = Path(__file__).resolve().parent / "refiner"  # the trained toy refiner (TRAINING.md)
+# the sibling: a smaller WanTransformer3DModel trained on the same world, the training-free refiner (TRAINING.md)
+SIBLING_DIR = Path(__file__).resolve().parent / "sibling"
 
 OPTIMAL_SIZE = 64   # the DiT's main training resolution (height = width)
 TARGET_SIZE = 128   # also trained there (fewer steps) so the base model can render the baseline
@@ -88,10 +90,23 @@ def load_refiner(dtype: torch.dtype = torch.float32, device: str | torch.device 
     return Refiner.from_pretrained(path, torch_dtype=dtype).to(device)
 
 
+def load_sibling(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 path: str | Path | None = None):
+    """Load the shipped toy sibling, a ``WanTransformer3DModel`` of the toy's family at about a fifth of
+    its layers x width (fp16 weights, ``dtype`` compute); it refines the toy's preview training-free
+    with ``surf_accel.patch(pipe, surf_config(), refiner=load_sibling())``."""
+    from diffusers import WanTransformer3DModel  # heavy: the toy world loads without diffusers
+
+    path = Path(path) if path is not None else SIBLING_DIR
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"no toy sibling at {path}; train one with `python -m surf_accel.toyworld.train "
+                                "sibling` (see surf_accel/toyworld/TRAINING.md)")
+    return WanTransformer3DModel.from_pretrained(path, torch_dtype=dtype).eval().to(device)
+
+
 __all__ = [
     "COLOURS", "ClipSpec", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "DEMO_PROMPTS", "DIRECTIONS", "EVAL_PROMPTS",
-    "EVAL_SEEDS", "FLOW_SHIFT", "NUM_FRAMES", "OPTIMAL_SIZE", "PIPELINE_DIR", "PREVIEW_SIZE", "REFINER_DIR", "REFINE_WINDOW",
-    "SHAPES",
-    "TARGET_SIZE", "all_label_combinations", "load_pipeline", "load_refiner", "parse_prompt", "pipeline_available",
-    "prompt_for", "sample_specs", "surf_config",
+    "EVAL_SEEDS", "FLOW_SHIFT", "NUM_FRAMES", "OPTIMAL_SIZE", "PIPELINE_DIR", "PREVIEW_SIZE", "REFINER_DIR",
+    "REFINE_WINDOW", "SHAPES", "SIBLING_DIR", "TARGET_SIZE", "all_label_combinations", "load_pipeline",
+    "load_refiner", "load_sibling", "parse_prompt", "pipeline_available", "prompt_for", "sample_specs", "surf_config",
 ]
