@@ -217,7 +217,9 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid, wi
     (wt, wh, ww), (st, sh, sw) = _effective(grid, window, shift)
     out = torch.empty((b, s, heads, d), dtype=q.dtype, device=q.device)
     if text_mask is not None:
-        tm = text_mask.to(torch.int8)
+        # The kernel reads the mask with unit stride along the text axis; a copy of B * num_text
+        # bytes makes any layout (column-major, sliced, expanded) fit.
+        tm = text_mask.to(torch.int8, memory_format=torch.contiguous_format)
         stride_tb = tm.stride(0)
     else:
         tm, stride_tb = q, 0
