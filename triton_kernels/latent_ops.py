@@ -21,12 +21,13 @@ larger, since each program instance costs milliseconds there.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from surf_accel.triton_kernels.launch import device_guard
 
 # Output elements per program: GPU tile sizes, and interpreter ones (few, big programs).
 _GPU_TILE = {"reshift": 512, "upsample": 1024, "guided": 1024, "guided_flat": 2048}
@@ -254,10 +255,6 @@ def _tile_elements(device: torch.device, kind: str) -> int:
     return _INTERP_TILE if device.type == "cpu" else _GPU_TILE[kind]
 
 
-def _device_guard(device: torch.device):
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def _grid(n_rows: int, n_cols: int, block_r: int, block_w: int) -> tuple[int, int]:
     # Rows on axis 0 (up to 2**31 - 1 programs); column blocks on axis 1 (few).
     return triton.cdiv(n_rows, block_r), triton.cdiv(n_cols, block_w)
@@ -276,7 +273,7 @@ def reshift_downsample(latents: torch.Tensor, model_output: torch.Tensor, noise:
     n_rows = b * c * t * ho
     block_r, block_w = _tile(n_rows, wo, _tile_elements(latents.device, "reshift"))
     scale = 1.0 if paper else 1.0 - sigma_new
-    with _device_guard(latents.device):
+    with device_guard(latents.device):
         _reshift_downsample_kernel[_grid(n_rows, wo, block_r, block_w)](
             latents, model_output, noise, out,
             sigma, scale, sigma_new,
@@ -294,7 +291,7 @@ def upsample_mix(latents: torch.Tensor, noise: torch.Tensor, sigma: float, facto
     out = torch.empty((b, c, t, ho, wo), dtype=latents.dtype, device=latents.device)
     n_rows = b * c * t * ho
     block_r, block_w = _tile(n_rows, wo, _tile_elements(latents.device, "upsample"))
-    with _device_guard(latents.device):
+    with device_guard(latents.device):
         _upsample_mix_kernel[_grid(n_rows, wo, block_r, block_w)](
             latents, noise, out,
             1.0 - sigma, sigma,
@@ -313,7 +310,7 @@ def guided_step(latents: torch.Tensor, v_cond: torch.Tensor, v_uncond: torch.Ten
     out = torch.empty(latents.shape, dtype=latents.dtype, device=latents.device)
     dt = sigma_next - sigma
     tensors = (latents, v_cond, v_u)
-    with _device_guard(latents.device):
+    with device_guard(latents.device):
         if all(x.is_contiguous() for x in tensors):
             n = latents.numel()
             block = min(triton.next_power_of_2(n), _tile_elements(latents.device, "guided_flat"))

@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from surf_accel.triton_kernels.launch import device_guard
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 LOG2E = 1.4426950408889634
 
@@ -243,12 +245,13 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid, wi
 
     if config is None and INTERPRET:
         config = INTERPRET_CONFIG
-    if config is None:
-        _autotuned(d, q.dtype)[lambda meta: launch(meta["BLOCK_M"])](*args, **flags)
-    else:
-        block_m, block_n, num_warps, num_stages = config
-        _window_attn_fwd_kernel[launch(block_m)](*args, **flags, BLOCK_M=block_m, BLOCK_N=block_n,
-                                                 num_warps=num_warps, num_stages=num_stages)
+    with device_guard(q.device):
+        if config is None:
+            _autotuned(d, q.dtype)[lambda meta: launch(meta["BLOCK_M"])](*args, **flags)
+        else:
+            block_m, block_n, num_warps, num_stages = config
+            _window_attn_fwd_kernel[launch(block_m)](*args, **flags, BLOCK_M=block_m, BLOCK_N=block_n,
+                                                     num_warps=num_warps, num_stages=num_stages)
     return out
 
 
