@@ -11,6 +11,7 @@ import torch
 from surf_accel import __version__, _extension
 from surf_accel.ops import BACKENDS, OPS
 from surf_accel.ops.backends import triton_interpreted
+from surf_accel.ops.window_attention import VARLEN_LIBRARIES, import_reason, varlen_reason
 
 
 def _version(dist: str) -> str:
@@ -46,6 +47,24 @@ def backend_table(device: str, dtype: torch.dtype = torch.float16) -> list[tuple
     return rows
 
 
+def varlen_table() -> list[str]:
+    """Whether each varlen attention library imports and, on a CUDA device, passes its test call."""
+    lines = ["varlen attention libraries (window attention's partition path on CUDA):"]
+    for lib in VARLEN_LIBRARIES:
+        reason = import_reason(lib)
+        if reason is not None:
+            cell = f"no: {reason}"
+        elif torch.cuda.is_available():
+            device = torch.device("cuda", torch.cuda.current_device())
+            probes = {name: varlen_reason(lib, device, dtype)
+                      for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16))}
+            cell = "; ".join(f"{name}: {'yes' if r is None else f'no: {r}'}" for name, r in probes.items())
+        else:
+            cell = "imports; no CUDA device to test it on"
+        lines.append(f"  {lib:<11}{cell}")
+    return lines
+
+
 def report() -> str:
     lines = [
         f"surf_accel {__version__}",
@@ -57,6 +76,7 @@ def report() -> str:
         + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""),
         f"extension surf_accel._C: {_extension.status().describe()}",
         f"triton mode: {'interpreter (TRITON_INTERPRET=1)' if triton_interpreted() else 'compiled'}",
+        *varlen_table(),
     ]
     for device in devices():
         lines.append(f"\nbackends on {device} (fp16 inputs); automatic choice first:")

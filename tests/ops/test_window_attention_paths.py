@@ -31,15 +31,17 @@ def everything_built(monkeypatch):
 
 
 def _libraries(monkeypatch, flash: bool, xformers: bool):
-    monkeypatch.setattr(partition, "flash_attn_reason", lambda: None if flash else "flash-attn is not installed")
-    monkeypatch.setattr(partition, "xformers_reason", lambda: None if xformers else "xformers is not installed")
+    usable = {"flash-attn": flash, "xformers": xformers}
+    monkeypatch.setattr(partition, "varlen_reason",
+                        lambda lib, device, dtype: None if usable[lib] else f"{lib} is not installed")
 
 
 @pytest.mark.parametrize("flash,xformers,dtype,expected", [
     (False, False, torch.bfloat16, "triton"),  # the slow-fallback case of issue 13: pack + padded SDPA
     (True, False, torch.bfloat16, "cuda"),
     (False, True, torch.float16, "cuda"),
-    (True, True, torch.float32, "triton"),  # flash-attn and xformers serve fp16/bf16 only
+    (False, False, torch.float32, "cuda"),  # fp32: SDPA on the partitioned windows, not the spilling kernel
+    (True, True, torch.float32, "cuda"),  # flash-attn and xformers serve fp16/bf16 only: SDPA all the same
 ])
 def test_cuda_choice_follows_the_varlen_library(everything_built, monkeypatch, flash, xformers, dtype, expected):
     _libraries(monkeypatch, flash, xformers)
