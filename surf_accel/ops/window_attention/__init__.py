@@ -81,7 +81,7 @@ WINDOW_ATTENTION = Op(
            "flex": _opaque(flex._flex_window_attention)},
     requires={"cpp": partition._partition_kernels("CPU"), "cuda": partition._partition_kernels("CUDA")},
     limits={"cpp": partition._partition_limits("CPU"), "cuda": partition._partition_limits("CUDA"),
-            "triton": triton_backend._triton_limits},
+            "triton": triton_backend._triton_limits, "flex": flex.flex_limits},
     preference=_preference,
 )
 assert _backends  # the import registers the backends
