@@ -1,6 +1,7 @@
-"""Every Triton launcher runs its kernels inside ``device_guard(inputs' device)``: Triton launches on
-the current CUDA device, so without the guard a tensor on cuda:1 would be read by a kernel running on
-cuda:0. No GPU here: the guard is replaced by a recorder and each kernel launch checks it is inside."""
+"""Every Triton launcher runs its kernels inside ``device_guard(inputs' device)`` (through the shared
+``launch.run``): Triton launches on the current CUDA device, so without the guard a tensor on cuda:1
+would be read by a kernel running on cuda:0. No GPU here: the guard is replaced by a recorder and
+each kernel launch checks it is inside."""
 
 import contextlib
 
@@ -52,8 +53,8 @@ class Spy:
 @pytest.fixture
 def guard(monkeypatch):
     g, launches = Guard(), []
+    monkeypatch.setattr(launch, "device_guard", g)
     for module in (latent_ops, attention_kernels):
-        monkeypatch.setattr(module, "device_guard", g)
         for name in dir(module):
             if name.endswith("_kernel"):
                 monkeypatch.setattr(module, name, Spy(getattr(module, name), g, launches))
