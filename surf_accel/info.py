@@ -1,15 +1,17 @@
-"""``python -m surf_accel.info``: versions, devices, the extension's state, and which backend
-serves each op on each device (and why the others do not)."""
+"""``python -m surf_accel.info [--check [--real]]``: versions, devices, the extension's state, and which
+backend serves each op on each device (and why the others do not); ``--check`` runs every available
+backend against the fp32 torch reference on this device (``surf_accel.ops.correctness``)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import platform
 
 import torch
 
 from surf_accel import __version__, _extension
-from surf_accel.ops import BACKENDS, OPS
+from surf_accel.ops import OPS, correctness
 from surf_accel.ops.backends import triton_interpreted
 from surf_accel.ops.window_attention import VARLEN_LIBRARIES, import_reason, varlen_reason
 
@@ -86,9 +88,29 @@ def report() -> str:
     return "\n".join(lines)
 
 
+def check(real: bool, budget_s: float) -> int:
+    """Run the correctness check (``surf_accel.ops.correctness``) on the best device here and print
+    its table; non-zero when a backend errs beyond its tolerance or raises."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    real = real or device.type == "cuda"
+    print(f"\ncorrectness on {device} ({'real' if real else 'small'} shapes) against the fp32 torch reference; "
+          "error = max |out - ref| / max |ref|:")
+    print("\n".join(correctness.TABLE_HEADER))
+    rows = correctness.run(device, real, budget_s, lambda row: print(correctness.table_row(row), flush=True))
+    print(correctness.summary(rows))
+    return 1 if correctness.failed(rows) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m surf_accel.info", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="also run every available backend against the fp32 torch reference on this device")
+    parser.add_argument("--real", action="store_true",
+                        help="with --check: real model shapes (the default on a GPU; small shapes on the CPU)")
+    parser.add_argument("--budget", type=float, default=float("inf"), help="with --check: seconds to spend at most")
+    args = parser.parse_args(argv)
     print(report())
-    return 0
+    return check(args.real, args.budget) if args.check else 0
 
 
 if __name__ == "__main__":
