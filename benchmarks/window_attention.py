@@ -11,7 +11,7 @@ installed) on the same inputs; the table gives time, speed-up over dense, the id
 (dense pairs / window pairs), achieved TFLOP/s on the attended pairs, and that rate relative to the
 measured dense rate. On CPU only the FLOP table is printed (and written).
 
-    python benchmarks/window_attention.py [--device cuda] [--dtype bf16] [--out PATH]
+    python benchmarks/window_attention.py [--device cuda] [--dtype bf16] [--budget SECONDS] [--out PATH]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import datetime
 import os
 import platform
 import sys
+import time
 from collections.abc import Callable
 
 import torch
@@ -140,11 +141,13 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     parser.add_argument("--backends", nargs="+", default=["triton", "cuda", "flex", "torch"])
     parser.add_argument("--out", default=None, help="results file (default benchmarks/results/window_attention_<device>.md)")
+    parser.add_argument("--budget", type=float, default=float("inf"), help="seconds after which timings are skipped")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: printing the FLOP table only", file=sys.stderr)
         args.device = "cpu"
-    lines = run(args)
+    deadline = time.perf_counter() + args.budget
+    lines = run(args, over_budget=lambda: time.perf_counter() > deadline)
     table = "\n".join(lines)
     print(table)
     machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
