@@ -464,8 +464,8 @@ def ops_section(suite: Suite) -> list[str]:
             gen = torch.Generator().manual_seed(0)
             src = torch.randn(shape, generator=gen).to(suite.device, suite.dtype)
             dst = torch.empty_like(src)
-            copy_bw.append(2 * src.numel() * src.element_size() / ops_bench.timed(lambda: dst.copy_(src), dev,  # noqa: B023
-                                                                                  reps))
+            copy_s = ops_bench.timed(lambda: dst.copy_(src), dev, reps)  # noqa: B023
+            copy_bw.append(2 * src.numel() * src.element_size() / copy_s)
             lines.append(f"| {shape} | copy | - | - | {copy_bw[0] / 1e9:.0f} | 1.00 |")
             cases = ops_bench.cases(shape, suite.dtype, dev, gen)
         for name, call, nbytes in cases:

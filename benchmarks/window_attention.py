@@ -117,8 +117,8 @@ def run(args, lines: list[str] | None = None, over_budget: Callable[[], bool] = 
                         lines.append("| " + " | ".join(row + [backend, f"n/a: {reason}"] + [""] * 5) + " |")
                         continue
                     try:
-                        ms = time_ms(lambda b=backend, w=window, s=shift: window_attention(q, k, v, grid, w, s,  # noqa: B023
-                                                                                             backend=b))
+                        ms = time_ms(lambda b=backend, w=window, s=shift:  # noqa: B023
+                                     window_attention(q, k, v, grid, w, s, backend=b))
                     except Exception as exc:  # noqa: BLE001 - a failing backend is a row of the table
                         lines.append("| " + " | ".join(row + [backend, f"raised {type(exc).__name__}: "
                                                                        f"{str(exc)[:120]}"] + [""] * 5) + " |")

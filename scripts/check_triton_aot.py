@@ -265,8 +265,8 @@ def markdown(results: list[Result], archs: list[int], seconds: float) -> list[st
              f"(divisibility hints on 16-aligned pointers and ints divisible by 16) in {seconds:.0f} s. Per-block "
              f"shared memory limits (opt-in): " + ", ".join(f"sm_{a} {MAX_SHARED_PER_BLOCK[a]} B" for a in archs
                                                            if a in MAX_SHARED_PER_BLOCK) + ".",
-             "", "| kernel | variant | dtype | main path | arch | shared B | regs | spill st/ld B | stack B | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "", "| kernel | variant | dtype | main path | arch | shared B | regs | spill st/ld B | stack B | "
+                 "verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         kernel = r.name.split(" [")[0].split(".")[-1]
         u = r.usage

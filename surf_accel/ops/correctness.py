@@ -150,27 +150,24 @@ def _latent_rows(shape: tuple[int, ...], device: torch.device, dtype: torch.dtyp
         strided = layout == "strided"
         lat, mo, vu, lat_lo = r(shape, strided), r(shape, strided), r(shape, strided), r(low, strided)
         noise_lo, noise_hi = r(low), r(shape)
+        # name: (public op, reference, arguments after the tensors); the reference runs on fp32 copies.
         cases = {
-            "reshift_downsample x2": (lambda be: latent_ops.reshift_downsample(lat, mo, noise_lo, 0.6, 0.7, 2, backend=be),
-                                      lambda: reference.reshift_downsample(lat.float(), mo.float(), noise_lo.float(),
-                                                                           0.6, 0.7, 2)),
-            "upsample_mix x2 bilinear": (lambda be: latent_ops.upsample_mix(lat_lo, noise_hi, 0.5, 2, "bilinear", backend=be),
-                                         lambda: reference.upsample_mix(lat_lo.float(), noise_hi.float(), 0.5, 2,
-                                                                        "bilinear")),
-            "guided_step cfg": (lambda be: latent_ops.guided_step(lat, mo, vu, 5.0, 0.6, 0.55, backend=be),
-                                lambda: reference.guided_step(lat.float(), mo.float(), vu.float(), 5.0, 0.6, 0.55)),
+            "reshift_downsample x2": (latent_ops.reshift_downsample, reference.reshift_downsample,
+                                      (lat, mo, noise_lo), (0.6, 0.7, 2)),
+            "upsample_mix x2 bilinear": (latent_ops.upsample_mix, reference.upsample_mix, (lat_lo, noise_hi),
+                                         (0.5, 2, "bilinear")),
+            "guided_step cfg": (latent_ops.guided_step, reference.guided_step, (lat, mo, vu), (5.0, 0.6, 0.55)),
         }
-        for name, (fn, ref_fn) in cases.items():
-            op_name = name.split()[0]
-            op = latent_ops.OPS[op_name]
+        for name, (fn, ref_fn, tensors, rest) in cases.items():
+            op = latent_ops.OPS[name.split()[0]]
             auto, _ = op.choose(device, dtype)
-            ref = ref_fn()
+            ref = ref_fn(*(x.float() for x in tensors), *rest)
             for backend in BACKENDS:
                 if backend not in op.impls:
                     continue
                 yield _measure(f"{name} {shape} {layout}", backend, dtype, LATENT_TOLERANCE[dtype], backend == auto,
                                op.reason_unusable(backend, device, dtype), budget, "",
-                               lambda f=fn, be=backend: f(be), ref, device)
+                               lambda f=fn, t=tensors, a=rest, be=backend: f(*t, *a, backend=be), ref, device)
 
 
 def _measure(op: str, backend: str, dtype: torch.dtype, tolerance: float, auto: bool, reason: str | None,
@@ -189,7 +186,8 @@ def _measure(op: str, backend: str, dtype: torch.dtype, tolerance: float, auto: 
         err = _error(out, ref)
     except Exception as exc:  # noqa: BLE001 - a failing backend is a result of the check, not its end
         _free(device)
-        return dataclasses.replace(row, seconds=time.perf_counter() - t0, note=f"raised {type(exc).__name__}: {str(exc)[:200]}")
+        return dataclasses.replace(row, seconds=time.perf_counter() - t0,
+                                   note=f"raised {type(exc).__name__}: {str(exc)[:200]}")
     return dataclasses.replace(row, error=err, seconds=time.perf_counter() - t0, note=note)
 
 

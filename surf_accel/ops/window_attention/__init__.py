@@ -119,5 +119,5 @@ def window_attention(
 
 
 __all__ = ["FLEX_BLOCK", "MAX_HEAD_DIM", "VARLEN_LIBRARIES", "WINDOW_ATTENTION", "compiled_flex", "flex_block_tables",
-           "flex_window_attention", "import_reason", "temporal_only", "varlen_library", "varlen_reason", "window_attention",
-           "window_seqlens"]
+           "flex_window_attention", "import_reason", "temporal_only", "varlen_library", "varlen_reason",
+           "window_attention", "window_seqlens"]

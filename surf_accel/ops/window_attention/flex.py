@@ -110,7 +110,8 @@ def run_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, comp
         fn = flex_attention
     else:
         fn = compiled_flex()
-    return fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask).transpose(1, 2).contiguous()
+    out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask)
+    return out.transpose(1, 2).contiguous()
 
 
 def flex_limits(q: torch.Tensor, *args) -> str | None:

@@ -134,9 +134,8 @@ def _probe_reason(library: str, device: torch.device, dtype: torch.dtype) -> str
     seqlens = (3, 5)
     gen = torch.Generator().manual_seed(0)
     host = [torch.randn(sum(seqlens), 2, 64, generator=gen).to(dtype) for _ in range(3)]
-    starts = (0, seqlens[0])
-    ref = torch.cat([F.scaled_dot_product_attention(*(x[a:a + n].double().transpose(0, 1) for x in host)).transpose(0, 1)
-                     for a, n in zip(starts, seqlens)])
+    ref = torch.cat([F.scaled_dot_product_attention(*(x[a:a + n].double().transpose(0, 1) for x in host))
+                     for a, n in zip((0, seqlens[0]), seqlens)], dim=1).transpose(0, 1)
     try:
         qp, kp, vp = (x.to(device) for x in host)
         cu, longest = _cu_seqlens(seqlens, device)
