@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from surf_accel.ops import latent_ops, reference, window_reference
-from surf_accel.ops.dispatch import BACKENDS
+from surf_accel.ops.dispatch import BACKENDS, BackendUnavailableError
 from surf_accel.ops.window_attention import WINDOW_ATTENTION, window_attention
 
 # Tolerances, as a fraction of max |ref|. Attention: a backend rounds its probabilities to the input
@@ -87,6 +87,14 @@ class Row:
         return None if self.error is None else self.error <= self.tolerance
 
 
+def _auto(op, device: torch.device, dtype: torch.dtype, args=None) -> str | None:
+    """The dispatch's choice for the call, or None where there is none (a forced, unusable backend)."""
+    try:
+        return op.choose(device, dtype, args=args)[0]
+    except BackendUnavailableError:
+        return None
+
+
 def _error(out: torch.Tensor, ref: torch.Tensor) -> float:
     diff = (out.float() - ref).abs().max()
     return float(diff / ref.abs().max()) if torch.isfinite(out).all() else float("inf")
@@ -120,7 +128,7 @@ def _attention_rows(case: AttentionCase, device: torch.device, dtype: torch.dtyp
     q, k, v, mask = _attention_inputs(case, dtype, device, gen)
     lengths = None if mask is None else tuple(case.valid_text)
     call = (q, k, v, case.grid, case.window, case.shift, case.num_text, mask, lengths)
-    auto, _ = WINDOW_ATTENTION.choose(device, dtype, args=call)
+    auto = _auto(WINDOW_ATTENTION, device, dtype, call)
     ref = window_reference.window_attention_partitioned(q.float(), k.float(), v.float(), case.grid, case.window,
                                                         case.shift, case.num_text, mask)
     for backend in BACKENDS:
@@ -160,7 +168,7 @@ def _latent_rows(shape: tuple[int, ...], device: torch.device, dtype: torch.dtyp
         }
         for name, (fn, ref_fn, tensors, rest) in cases.items():
             op = latent_ops.OPS[name.split()[0]]
-            auto, _ = op.choose(device, dtype)
+            auto = _auto(op, device, dtype)
             ref = ref_fn(*(x.float() for x in tensors), *rest)
             for backend in BACKENDS:
                 if backend not in op.impls:

@@ -59,6 +59,12 @@ def test_a_raising_backend_is_reported_and_the_check_goes_on(monkeypatch):
     assert correctness.failed(rows) and any(r.passed for r in rows if r.backend == "triton")
 
 
+def test_a_forced_unusable_backend_leaves_no_automatic_choice(monkeypatch):
+    monkeypatch.setenv("SURF_ACCEL_BACKEND", "cuda")
+    rows = _run(monkeypatch)
+    assert not any(r.auto for r in rows) and not correctness.failed(rows)
+
+
 def test_budget_skips_the_rest():
     rows = correctness.run("cpu", real=False, budget_s=0.0)
     assert rows and all(r.error is None for r in rows)
