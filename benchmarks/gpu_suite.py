@@ -22,8 +22,10 @@ Sections, each written to ``DIR/gpu_suite.md`` (plus PNG plots when matplotlib i
    measured VAE passes; beside the cost model's FLOP speedup and the paper's figures.
 
 ``--dry-run`` runs every section on CPU with tiny model configs and latents scaled down from the
-plans' (times are meaningless there; it proves the script runs). ``--budget`` seconds bound the
-optional measurements (later ones are reported as skipped).
+plans' (times are meaningless there; it proves the script runs). ``--budget`` seconds bound every
+section (measurements that would start later are reported as skipped). Any exception in a
+measurement is recorded under "Skipped or failed" and the suite goes on; ``gpu_suite.md`` is
+rewritten after every measurement, so an interrupted run keeps what it measured.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +50,7 @@ import ops as ops_bench  # noqa: E402
 import window_attention as window_bench  # noqa: E402
 from surf_accel import catalogue, cost_model  # noqa: E402
 from surf_accel.config import SurfConfig  # noqa: E402
+from surf_accel.ops import OPS  # noqa: E402
 from surf_accel.ops.window_attention import WINDOW_ATTENTION  # noqa: E402
 
 PAPER = {"wan2.1-14b 720p": (3497.0, 278.0)}  # docs/design.md 1: seconds, baseline and SURF (12.58x)
@@ -174,12 +178,28 @@ class Suite:
     forwards: dict = field(default_factory=dict)  # (model, latent, window, backend) -> (s per forward, GiB)
     vae: dict = field(default_factory=dict)  # (family, op, frames, h, w) -> s
     skipped: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # section name -> markdown lines (latent ops, window attention)
+    flush: Callable[[], None] = lambda: None  # writes the results so far
 
     def over_budget(self, what: str) -> bool:
         if time.perf_counter() - self.started > self.budget:
-            self.skipped.append(what)
+            self.skipped.append(f"{what}: time budget spent")
             return True
         return False
+
+    @contextlib.contextmanager
+    def attempt(self, what: str) -> Iterator[None]:
+        """Run one measurement: any exception (OOM, a kernel that fails to compile or launch, a
+        library error) is recorded with what was measured, the memory is released and the suite goes
+        on; the results so far are written either way."""
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - every failure is a result; the other sections still run
+            self.skipped.append(f"{what}: {type(exc).__name__}: {str(exc)[:160]}")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        finally:
+            self.flush()
 
     def latent(self, latent: tuple[int, int, int]) -> tuple[int, int, int]:
         """The measured latent: the plan's, or a tiny one scaled down from it for --dry-run."""
@@ -202,25 +222,29 @@ def measure_forwards(suite: Suite, shapes: dict[str, set]) -> None:
     for model, wanted in shapes.items():
         if suite.over_budget(f"forwards of {model}"):
             continue
-        m = build(model, suite.layers, suite.dry, suite.device, suite.dtype)
+        built = []
+        with suite.attempt(f"building {model}"):
+            built.append(build(model, suite.layers, suite.dry, suite.device, suite.dtype))
+        if not built:
+            continue
+        m = built[0]
         for latent, window in sorted(wanted, key=lambda x: (x[0], str(x[1]))):
             if suite.over_budget(f"{model} {latent} {window}"):
                 continue
-            x = inputs(m, suite.latent(latent), suite.device, suite.dtype)
             runs = [(None, None)] if window is None else [(window, b) for b in suite.window_backends()]
             for win, backend in runs:
-                ctx = windowed_attention(m.module, win, backend=backend) if win else contextlib.nullcontext()
-                mem = []
-                try:
+                if suite.over_budget(f"{model} {latent} {win} {backend or 'dense'}"):
+                    continue
+                with suite.attempt(f"{model} {latent} {win} {backend or 'dense'}"):
+                    x = inputs(m, suite.latent(latent), suite.device, suite.dtype)
+                    ctx = windowed_attention(m.module, win, backend=backend) if win else contextlib.nullcontext()
+                    mem = []
                     with ctx, torch.no_grad(), peak_memory(suite.device, mem):
                         s = seconds(lambda: m.module(**x), suite.device, suite.warmup, suite.iters)  # noqa: B023
-                except (RuntimeError, torch.OutOfMemoryError) as exc:  # report, keep measuring the rest
-                    suite.skipped.append(f"{model} {latent} {win} {backend}: {type(exc).__name__}: {str(exc)[:160]}")
-                    continue
-                suite.forwards[(model, latent, win, backend)] = (s * m.scale, mem[0])
-                print(f"forward {model} latent {latent} window {win} {backend or 'dense'}: {s * m.scale:.3f} s "
-                      f"(x{m.scale:g} blocks), peak {mem[0]:.1f} GiB", flush=True)
-        del m
+                    suite.forwards[(model, latent, win, backend)] = (s * m.scale, mem[0])
+                    print(f"forward {model} latent {latent} window {win} {backend or 'dense'}: {s * m.scale:.3f} s "
+                          f"(x{m.scale:g} blocks), peak {mem[0]:.1f} GiB", flush=True)
+        del m, built
         if suite.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -254,33 +278,32 @@ def measure_vae(suite: Suite, needs: dict[str, set]) -> None:
     for family, wanted in needs.items():
         if suite.over_budget(f"VAE {family}"):
             continue
-        vae = vae_module(family, suite.dry, suite.device)
-        dtype = torch.float32 if family == "wan2.1" else torch.float16
-        if suite.device.type == "cpu":
-            dtype = torch.float32
-        vae = vae.to(dtype)
+        dtype = torch.float32 if family == "wan2.1" or suite.device.type == "cpu" else torch.float16
+        built = []
+        with suite.attempt(f"building the {family} VAE"):
+            built.append(vae_module(family, suite.dry, suite.device).to(dtype))
+        if not built:
+            continue
+        vae = built[0]
         z_ch = vae.config.get("z_dim", None) or vae.config.latent_channels
         for op, h, w in sorted({(op, 32, 32) for op, _, _ in wanted} if suite.dry else wanted):
             for frames in vae_frames(suite.dry):
                 if suite.over_budget(f"VAE {family} {op} {h}x{w} {frames} frames"):
                     continue
                 lt = (frames - 1) // 4 + 1
-                gen = torch.Generator(suite.device).manual_seed(0)
-                if op == "encode":
-                    x = torch.randn(1, 3, frames, h, w, generator=gen, device=suite.device, dtype=dtype)
-                    fn = lambda: vae.encode(x)  # noqa: E731, B023
-                else:
-                    z = torch.randn(1, z_ch, lt, h // 8, w // 8, generator=gen, device=suite.device, dtype=dtype)
-                    fn = lambda: vae.decode(z)  # noqa: E731, B023
-                try:
+                with suite.attempt(f"VAE {family} {op} {h}x{w}x{frames}"):
+                    gen = torch.Generator(suite.device).manual_seed(0)
+                    if op == "encode":
+                        x = torch.randn(1, 3, frames, h, w, generator=gen, device=suite.device, dtype=dtype)
+                        fn = lambda: vae.encode(x)  # noqa: E731, B023
+                    else:
+                        z = torch.randn(1, z_ch, lt, h // 8, w // 8, generator=gen, device=suite.device, dtype=dtype)
+                        fn = lambda: vae.decode(z)  # noqa: E731, B023
                     with torch.no_grad():
                         suite.vae[(family, op, frames, h, w)] = seconds(fn, suite.device, 1, 1)
-                except (RuntimeError, torch.OutOfMemoryError) as exc:
-                    suite.skipped.append(f"VAE {family} {op} {h}x{w}x{frames}: {type(exc).__name__}: {str(exc)[:160]}")
-                    continue
-                print(f"VAE {family} {op} {h}x{w} {frames} frames: {suite.vae[(family, op, frames, h, w)]:.3f} s",
-                      flush=True)
-        del vae
+                    print(f"VAE {family} {op} {h}x{w} {frames} frames: {suite.vae[(family, op, frames, h, w)]:.3f} s",
+                          flush=True)
+        del vae, built
 
 
 def vae_seconds(suite: Suite, family: str, op: str, frames: int, h: int, w: int) -> float | None:
@@ -374,7 +397,8 @@ def report(suite: Suite, estimates, extra: dict[str, list[str]]) -> list[str]:
               "| family | op | size | frames | s |", "|---|---|---|---|---|"]
     for (family, op, frames, h, w), s in sorted(suite.vae.items()):
         lines.append(f"| {family} | {op} | {h}x{w} | {frames} | {fmt(s, 3)} |")
-    lines += ["", *extra.get("ops", []), "", *extra.get("window", []), "",
+    lines += ["", *extra.get("ops", ["## 3. Fused latent ops: not run yet"]), "",
+              *extra.get("window", ["## 4. Window attention: not run yet"]), "",
               "## 5. Predicted end-to-end time (measured forwards x plan + VAE passes) vs the cost model and the paper",
               "", "| request | preset | baseline s | SURF s | measured speedup | FLOP speedup | paper | windows served by |",
               "|---|---|---|---|---|---|---|---|"]
@@ -430,33 +454,41 @@ def ops_section(suite: Suite) -> list[str]:
              "| latent | op | backend | ms | GB/s | of copy |", "|---|---|---|---|---|---|"]
     shapes = [(1, 16, 2, 8, 8)] if suite.dry else [(1, 16, 21, 90, 160), (1, 16, 21, 60, 104)]
     dev = suite.device.type
+    reps = 3 if suite.dry else 30
+    suite.extra["ops"] = lines
     for shape in shapes:
         if suite.over_budget(f"latent ops {shape}"):
             continue
-        gen = torch.Generator().manual_seed(0)
-        src = torch.randn(shape, generator=gen).to(suite.device, suite.dtype)
-        dst = torch.empty_like(src)
-        reps = 3 if suite.dry else 30
-        copy_bw = 2 * src.numel() * src.element_size() / ops_bench.timed(lambda: dst.copy_(src), dev, reps)  # noqa: B023
-        lines.append(f"| {shape} | copy | - | - | {copy_bw / 1e9:.0f} | 1.00 |")
-        for name, call, nbytes in ops_bench.cases(shape, suite.dtype, dev, gen):
-            from surf_accel.ops import OPS
+        copy_bw, cases = [], []
+        with suite.attempt(f"latent ops {shape}: copy and inputs"):
+            gen = torch.Generator().manual_seed(0)
+            src = torch.randn(shape, generator=gen).to(suite.device, suite.dtype)
+            dst = torch.empty_like(src)
+            copy_s = ops_bench.timed(lambda: dst.copy_(src), dev, reps)  # noqa: B023
+            copy_bw.append(2 * src.numel() * src.element_size() / copy_s)
+            lines.append(f"| {shape} | copy | - | - | {copy_bw[0] / 1e9:.0f} | 1.00 |")
+            cases = ops_bench.cases(shape, suite.dtype, dev, gen)
+        for name, call, nbytes in cases:
             for backend, reason in OPS[name.split()[0]].explain(dev, suite.dtype).items():
-                if reason is None:
-                    s = ops_bench.timed(lambda b=backend, c=call: c(b), dev, reps)
-                    lines.append(f"| {shape} | {name} | {backend} | {s * 1e3:.3f} | {nbytes / s / 1e9:.0f} | "
-                                 f"{nbytes / s / copy_bw:.2f} |")
+                if reason is None and not suite.over_budget(f"latent ops {shape} {name} {backend}"):
+                    with suite.attempt(f"latent ops {shape} {name} {backend}"):
+                        s = ops_bench.timed(lambda b=backend, c=call: c(b), dev, reps)
+                        lines.append(f"| {shape} | {name} | {backend} | {s * 1e3:.3f} | {nbytes / s / 1e9:.0f} | "
+                                     f"{nbytes / s / copy_bw[0]:.2f} |")
     return lines
 
 
 def window_section(suite: Suite) -> list[str]:
-    title = "## 4. Window attention on attended pairs vs dense attention (Wan2.1-14B heads)"
+    lines = ["## 4. Window attention on attended pairs vs dense attention (Wan2.1-14B heads)", ""]
+    suite.extra["window"] = lines
     if suite.over_budget("window attention op"):
-        return [title, "", "skipped: time budget"]
+        return lines
     # On CPU the benchmark prints its FLOP table only (pure arithmetic at the real grids).
     args = argparse.Namespace(device=str(suite.device), dtype="bf16" if suite.dtype == torch.bfloat16 else "fp32",
                               backends=[b for b in WINDOW_BACKENDS if b not in ("torch", "cpp")])
-    return [title, "", *window_bench.run(args)]
+    with suite.attempt("window attention op"):
+        window_bench.run(args, lines, lambda: suite.over_budget("window attention op, the remaining rows"))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -474,6 +506,13 @@ def main(argv: list[str] | None = None) -> int:
                   args.layers, args.budget, 0 if dry else 1, 1 if dry else 2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    title = "GPU suite: real-shape transformer, VAE, latent-op and window-attention timings"
+    machine = torch.cuda.get_device_name(0) if suite.device.type == "cuda" else "CPU (dry run: times meaningless)"
+
+    def lines() -> list[str]:
+        return [*_record.provenance(argv, f"; {machine}"),
+                f"- window backends measured: {', '.join(suite.window_backends()) or 'none'}; wall time "
+                f"{time.perf_counter() - suite.started:.0f} s", "", *report(suite, estimates, suite.extra), ""]
 
     estimates = plans()
     shapes: dict[str, set] = {}
@@ -492,20 +531,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from surf_accel.info import report as info_report
     print(info_report(), flush=True)
+    # Written after every measurement: a crash, a kill at the time limit or a hung GPU keeps what was measured.
+    suite.flush = lambda: _record.write(out / "gpu_suite.md", title, lines(), quiet=True)
     measure_forwards(suite, shapes)
     measure_vae(suite, needs)
-    extra = {"ops": ops_section(suite), "window": window_section(suite)}
-    machine = torch.cuda.get_device_name(0) if suite.device.type == "cuda" else "CPU (dry run: times meaningless)"
-    lines = [*_record.provenance(argv, f"; {machine}"),
-             f"- window backends measured: {', '.join(suite.window_backends()) or 'none'}; wall time "
-             f"{time.perf_counter() - suite.started:.0f} s", "", *report(suite, estimates, extra), ""]
-    title = "GPU suite: real-shape transformer, VAE, latent-op and window-attention timings"
-    _record.write(out / "gpu_suite.md", title, lines)  # first: a plotting error must not lose the numbers
-    try:
+    ops_section(suite)
+    window_section(suite)
+    figures = []
+    with suite.attempt("plots"):
         figures = plots(suite, estimates, out)
-    except Exception as exc:  # noqa: BLE001 - reported in the results file
-        figures = [f"plots failed: {type(exc).__name__}: {exc}"]
-    _record.write(out / "gpu_suite.md", title, lines + figures)
+    _record.write(out / "gpu_suite.md", title, lines() + figures)
     return 0
 
 

@@ -11,7 +11,7 @@ installed) on the same inputs; the table gives time, speed-up over dense, the id
 (dense pairs / window pairs), achieved TFLOP/s on the attended pairs, and that rate relative to the
 measured dense rate. On CPU only the FLOP table is printed (and written).
 
-    python benchmarks/window_attention.py [--device cuda] [--dtype bf16] [--out PATH]
+    python benchmarks/window_attention.py [--device cuda] [--dtype bf16] [--budget SECONDS] [--out PATH]
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ import datetime
 import os
 import platform
 import sys
+import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from _timing import seconds
 from surf_accel.ops import window_attention
-from surf_accel.ops.window_attention import WINDOW_ATTENTION, window_seqlens
+from surf_accel.ops.window_attention import WINDOW_ATTENTION, varlen_reason, window_seqlens
 
 HEADS, HEAD_DIM = 40, 128
 GRIDS = {"720p": (21, 45, 80), "1080p": (21, 68, 120)}
@@ -60,18 +62,19 @@ def dense_fns(q, k, v):
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
             return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     fns["dense SDPA"] = sdpa
-    try:
+    if varlen_reason("flash-attn", q.device, q.dtype) is None:  # imported and tested once, as the dispatch does
         from flash_attn import flash_attn_func
         fns["dense flash-attn"] = lambda: flash_attn_func(q, k, v)
-    except ImportError:
-        pass
     return fns
 
 
-def run(args) -> list[str]:
+def run(args, lines: list[str] | None = None, over_budget: Callable[[], bool] = lambda: False) -> list[str]:
+    """The table's lines, appended to ``lines`` as they are measured (a caller may write them out
+    meanwhile). Once ``over_budget()`` says so, the remaining timings are listed as skipped; a
+    backend that raises is listed with its error and the others are still timed."""
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
-    lines = []
+    lines = [] if lines is None else lines
     header = ["grid", "window", "shift", "window pairs / dense", "window TFLOP"]
     if device.type == "cuda":
         header += ["backend", "ms", "dense ms", "speed-up", "ideal", "TFLOP/s", "vs dense rate"]
@@ -83,6 +86,9 @@ def run(args) -> list[str]:
         q = k = v = None
         dense = {}
         if device.type == "cuda":
+            if over_budget():
+                lines.append(f"| {gname} {grid} | skipped: time budget spent |")
+                continue
             gen = torch.Generator(device).manual_seed(0)
             q, k, v = (torch.randn(1, n, HEADS, HEAD_DIM, device=device, dtype=dtype, generator=gen) for _ in range(3))
             for name, fn in dense_fns(q, k, v).items():
@@ -105,10 +111,19 @@ def run(args) -> list[str]:
                 for backend in args.backends:
                     reason = WINDOW_ATTENTION.reason_unusable(backend, device, dtype,
                                                               (q, k, v, grid, window, shift, 0, None, None))
+                    if reason is None and over_budget():
+                        reason = "skipped: time budget spent"
                     if reason is not None:
                         lines.append("| " + " | ".join(row + [backend, f"n/a: {reason}"] + [""] * 5) + " |")
                         continue
-                    ms = time_ms(lambda b=backend, w=window, s=shift: window_attention(q, k, v, grid, w, s, backend=b))  # noqa: B023
+                    try:
+                        ms = time_ms(lambda b=backend, w=window, s=shift:  # noqa: B023
+                                     window_attention(q, k, v, grid, w, s, backend=b))
+                    except Exception as exc:  # noqa: BLE001 - a failing backend is a row of the table
+                        lines.append("| " + " | ".join(row + [backend, f"raised {type(exc).__name__}: "
+                                                                       f"{str(exc)[:120]}"] + [""] * 5) + " |")
+                        torch.cuda.empty_cache()
+                        continue
                     rate = flops(p) / (ms * 1e-3) / 1e12
                     lines.append("| " + " | ".join(row + [
                         backend, f"{ms:.2f}", f"{best_dense:.2f}", f"{best_dense / ms:.2f}",
@@ -126,11 +141,13 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     parser.add_argument("--backends", nargs="+", default=["triton", "cuda", "flex", "torch"])
     parser.add_argument("--out", default=None, help="results file (default benchmarks/results/window_attention_<device>.md)")
+    parser.add_argument("--budget", type=float, default=float("inf"), help="seconds after which timings are skipped")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: printing the FLOP table only", file=sys.stderr)
         args.device = "cpu"
-    lines = run(args)
+    deadline = time.perf_counter() + args.budget
+    lines = run(args, over_budget=lambda: time.perf_counter() > deadline)
     table = "\n".join(lines)
     print(table)
     machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"

@@ -8,7 +8,7 @@ TREE=$(mktemp -d)
 trap 'rm -rf "$TREE"' EXIT
 mkdir "$TREE/surf_accel"
 for entry in "$ROOT"/surf_accel/*; do ln -s "$entry" "$TREE/surf_accel/"; done
-ln -s "$ROOT/integrations" "$TREE/surf_accel/integrations"
-ln -s "$ROOT/triton_kernels" "$TREE/surf_accel/triton_kernels"
+ln -sfn "$ROOT/integrations" "$TREE/surf_accel/integrations"
+ln -sfn "$ROOT/triton_kernels" "$TREE/surf_accel/triton_kernels"
 cd "$TREE"
 PYTHONPATH="$TREE" lint-imports --config "$ROOT/pyproject.toml" --no-cache

@@ -233,7 +233,7 @@ def cmd_generate(args) -> int:
 def cmd_info(args) -> int:
     from surf_accel import info  # imports torch and the kernels: only when asked for
 
-    return int(info.main(args.rest) or 0)
+    return int(info.main(["--check"] * args.check + ["--real"] * args.real + args.rest) or 0)
 
 
 # ---------------------------------------------------------------------------- demo
@@ -384,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_plan)
 
     i = sub.add_parser("info", help="versions, device, and which backend serves each op")
+    i.add_argument("--check", action="store_true", help="run every available backend against the fp32 reference")
+    i.add_argument("--real", action="store_true", help="with --check: real model shapes (default on a GPU)")
     i.add_argument("rest", nargs=argparse.REMAINDER)
     i.set_defaults(func=cmd_info)
 

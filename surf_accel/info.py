@@ -1,16 +1,19 @@
-"""``python -m surf_accel.info``: versions, devices, the extension's state, and which backend
-serves each op on each device (and why the others do not)."""
+"""``python -m surf_accel.info [--check [--real]]``: versions, devices, the extension's state, and which
+backend serves each op on each device (and why the others do not); ``--check`` runs every available
+backend against the fp32 torch reference on this device (``surf_accel.ops.correctness``)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import platform
 
 import torch
 
 from surf_accel import __version__, _extension
-from surf_accel.ops import BACKENDS, OPS
+from surf_accel.ops import OPS, correctness
 from surf_accel.ops.backends import triton_interpreted
+from surf_accel.ops.window_attention import VARLEN_LIBRARIES, import_reason, varlen_reason
 
 
 def _version(dist: str) -> str:
@@ -46,6 +49,24 @@ def backend_table(device: str, dtype: torch.dtype = torch.float16) -> list[tuple
     return rows
 
 
+def varlen_table() -> list[str]:
+    """Whether each varlen attention library imports and, on a CUDA device, passes its test call."""
+    lines = ["varlen attention libraries (window attention's partition path on CUDA):"]
+    for lib in VARLEN_LIBRARIES:
+        reason = import_reason(lib)
+        if reason is not None:
+            cell = f"no: {reason}"
+        elif torch.cuda.is_available():
+            device = torch.device("cuda", torch.cuda.current_device())
+            probes = {name: varlen_reason(lib, device, dtype)
+                      for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16))}
+            cell = "; ".join(f"{name}: {'yes' if r is None else f'no: {r}'}" for name, r in probes.items())
+        else:
+            cell = "imports; no CUDA device to test it on"
+        lines.append(f"  {lib:<11}{cell}")
+    return lines
+
+
 def report() -> str:
     lines = [
         f"surf_accel {__version__}",
@@ -57,6 +78,7 @@ def report() -> str:
         + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""),
         f"extension surf_accel._C: {_extension.status().describe()}",
         f"triton mode: {'interpreter (TRITON_INTERPRET=1)' if triton_interpreted() else 'compiled'}",
+        *varlen_table(),
     ]
     for device in devices():
         lines.append(f"\nbackends on {device} (fp16 inputs); automatic choice first:")
@@ -66,9 +88,29 @@ def report() -> str:
     return "\n".join(lines)
 
 
+def check(real: bool, budget_s: float) -> int:
+    """Run the correctness check (``surf_accel.ops.correctness``) on the best device here and print
+    its table; non-zero when a backend errs beyond its tolerance or raises."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    real = real or device.type == "cuda"
+    print(f"\ncorrectness on {device} ({'real' if real else 'small'} shapes) against the fp32 torch reference; "
+          "error = max |out - ref| / max |ref|:")
+    print("\n".join(correctness.TABLE_HEADER))
+    rows = correctness.run(device, real, budget_s, lambda row: print(correctness.table_row(row), flush=True))
+    print(correctness.summary(rows))
+    return 1 if correctness.failed(rows) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m surf_accel.info", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="also run every available backend against the fp32 torch reference on this device")
+    parser.add_argument("--real", action="store_true",
+                        help="with --check: real model shapes (the default on a GPU; small shapes on the CPU)")
+    parser.add_argument("--budget", type=float, default=float("inf"), help="with --check: seconds to spend at most")
+    args = parser.parse_args(argv)
     print(report())
-    return 0
+    return check(args.real, args.budget) if args.check else 0
 
 
 if __name__ == "__main__":

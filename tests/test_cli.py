@@ -30,6 +30,7 @@ def test_info_delegates(monkeypatch):
     seen = []
     monkeypatch.setattr(info, "main", lambda argv=None: seen.append(argv) or 0)
     assert cli.main(["info"]) == 0 and seen == [[]]
+    assert cli.main(["info", "--check", "--real"]) == 0 and seen[-1] == ["--check", "--real"]
 
 
 def test_demo_command_runs_the_demo():

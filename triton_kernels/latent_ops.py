@@ -16,17 +16,18 @@ Block sizes are compile-time constants picked by a small heuristic (no ``@triton
 fails in the interpreter). On CPU tensors, i.e. under ``TRITON_INTERPRET=1``, blocks are made much
 larger, since each program instance costs milliseconds there.
 
-``AOT_SPECS`` lists the compile variants the launchers use, for ``scripts/check_triton_aot.py``.
+``aot_specs()`` lists the compile variants the launchers produce, for ``scripts/check_triton_aot.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from surf_accel.triton_kernels.launch import Launch, aot_spec, run
 
 # Output elements per program: GPU tile sizes, and interpreter ones (few, big programs).
 _GPU_TILE = {"reshift": 512, "upsample": 1024, "guided": 1024, "guided_flat": 2048}
@@ -254,83 +255,81 @@ def _tile_elements(device: torch.device, kind: str) -> int:
     return _INTERP_TILE if device.type == "cpu" else _GPU_TILE[kind]
 
 
-def _device_guard(device: torch.device):
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def _grid(n_rows: int, n_cols: int, block_r: int, block_w: int) -> tuple[int, int]:
     # Rows on axis 0 (up to 2**31 - 1 programs); column blocks on axis 1 (few).
     return triton.cdiv(n_rows, block_r), triton.cdiv(n_cols, block_w)
 
 
 # --------------------------------------------------------------------------------------------
-# Launchers (inputs validated by surf_accel.ops.latent_ops)
+# Launchers (inputs validated by surf_accel.ops.latent_ops): each builds its Launch (what the JIT
+# specialises on, also what scripts/check_triton_aot.py compiles), then runs it on the inputs' device
 # --------------------------------------------------------------------------------------------
 
 
-def reshift_downsample(latents: torch.Tensor, model_output: torch.Tensor, noise: torch.Tensor,
-                       sigma: float, sigma_new: float, factor: int, paper: bool) -> torch.Tensor:
+def _reshift_launch(latents, model_output, noise, sigma, sigma_new, factor, paper) -> tuple[torch.Tensor, Launch]:
     b, c, t, h, w = latents.shape
     ho, wo = h // factor, w // factor
     out = torch.empty((b, c, t, ho, wo), dtype=latents.dtype, device=latents.device)
     n_rows = b * c * t * ho
     block_r, block_w = _tile(n_rows, wo, _tile_elements(latents.device, "reshift"))
     scale = 1.0 if paper else 1.0 - sigma_new
-    with _device_guard(latents.device):
-        _reshift_downsample_kernel[_grid(n_rows, wo, block_r, block_w)](
-            latents, model_output, noise, out,
-            sigma, scale, sigma_new,
-            c, t, ho, wo, n_rows,
-            *latents.stride(), *model_output.stride(), *noise.stride(),
-            FACTOR=factor, BLOCK_R=block_r, BLOCK_W=block_w, num_warps=_NUM_WARPS,
-        )
-    return out
+    return out, Launch(_reshift_downsample_kernel, _grid(n_rows, wo, block_r, block_w),
+                       (latents, model_output, noise, out, sigma, scale, sigma_new, c, t, ho, wo, n_rows,
+                        *latents.stride(), *model_output.stride(), *noise.stride()),
+                       dict(FACTOR=factor, BLOCK_R=block_r, BLOCK_W=block_w, num_warps=_NUM_WARPS))
 
 
-def upsample_mix(latents: torch.Tensor, noise: torch.Tensor, sigma: float, factor: int,
-                 bilinear: bool) -> torch.Tensor:
+def _upsample_launch(latents, noise, sigma, factor, bilinear) -> tuple[torch.Tensor, Launch]:
     b, c, t, h, w = latents.shape
     ho, wo = h * factor, w * factor
     out = torch.empty((b, c, t, ho, wo), dtype=latents.dtype, device=latents.device)
     n_rows = b * c * t * ho
     block_r, block_w = _tile(n_rows, wo, _tile_elements(latents.device, "upsample"))
-    with _device_guard(latents.device):
-        _upsample_mix_kernel[_grid(n_rows, wo, block_r, block_w)](
-            latents, noise, out,
-            1.0 - sigma, sigma,
-            c, t, h, w, ho, wo, n_rows,
-            *latents.stride(), *noise.stride(),
-            FACTOR=factor, BILINEAR=bool(bilinear), BLOCK_R=block_r, BLOCK_W=block_w,
-            num_warps=_NUM_WARPS,
-        )
+    return out, Launch(_upsample_mix_kernel, _grid(n_rows, wo, block_r, block_w),
+                       (latents, noise, out, 1.0 - sigma, sigma, c, t, h, w, ho, wo, n_rows,
+                        *latents.stride(), *noise.stride()),
+                       dict(FACTOR=factor, BILINEAR=bool(bilinear), BLOCK_R=block_r, BLOCK_W=block_w,
+                            num_warps=_NUM_WARPS))
+
+
+def _guided_launch(latents, v_cond, v_uncond, guidance_scale, sigma, sigma_next) -> tuple[torch.Tensor, Launch]:
+    has_uncond = v_uncond is not None
+    v_u = v_uncond if has_uncond else v_cond  # placeholder pointer, never read without HAS_UNCOND
+    out = torch.empty(latents.shape, dtype=latents.dtype, device=latents.device)
+    dt = sigma_next - sigma
+    if all(x.is_contiguous() for x in (latents, v_cond, v_u)):
+        n = latents.numel()
+        block = min(triton.next_power_of_2(n), _tile_elements(latents.device, "guided_flat"))
+        return out, Launch(_guided_step_flat_kernel, (triton.cdiv(n, block),),
+                           (latents, v_cond, v_u, out, guidance_scale, dt, n),
+                           dict(HAS_UNCOND=has_uncond, BLOCK=block, num_warps=_NUM_WARPS))
+    b, c, t, h, w = latents.shape
+    n_rows = b * c * t * h
+    block_r, block_w = _tile(n_rows, w, _tile_elements(latents.device, "guided"))
+    return out, Launch(_guided_step_strided_kernel, _grid(n_rows, w, block_r, block_w),
+                       (latents, v_cond, v_u, out, guidance_scale, dt, c, t, h, w, n_rows,
+                        *latents.stride(), *v_cond.stride(), *v_u.stride()),
+                       dict(HAS_UNCOND=has_uncond, BLOCK_R=block_r, BLOCK_W=block_w, num_warps=_NUM_WARPS))
+
+
+def reshift_downsample(latents: torch.Tensor, model_output: torch.Tensor, noise: torch.Tensor,
+                       sigma: float, sigma_new: float, factor: int, paper: bool) -> torch.Tensor:
+    out, launch = _reshift_launch(latents, model_output, noise, sigma, sigma_new, factor, paper)
+    run(launch, latents.device)
+    return out
+
+
+def upsample_mix(latents: torch.Tensor, noise: torch.Tensor, sigma: float, factor: int,
+                 bilinear: bool) -> torch.Tensor:
+    out, launch = _upsample_launch(latents, noise, sigma, factor, bilinear)
+    run(launch, latents.device)
     return out
 
 
 def guided_step(latents: torch.Tensor, v_cond: torch.Tensor, v_uncond: torch.Tensor | None,
                 guidance_scale: float, sigma: float, sigma_next: float) -> torch.Tensor:
-    has_uncond = v_uncond is not None
-    v_u = v_uncond if has_uncond else v_cond  # placeholder pointer, never read without HAS_UNCOND
-    out = torch.empty(latents.shape, dtype=latents.dtype, device=latents.device)
-    dt = sigma_next - sigma
-    tensors = (latents, v_cond, v_u)
-    with _device_guard(latents.device):
-        if all(x.is_contiguous() for x in tensors):
-            n = latents.numel()
-            block = min(triton.next_power_of_2(n), _tile_elements(latents.device, "guided_flat"))
-            _guided_step_flat_kernel[(triton.cdiv(n, block),)](
-                latents, v_cond, v_u, out, guidance_scale, dt, n,
-                HAS_UNCOND=has_uncond, BLOCK=block, num_warps=_NUM_WARPS,
-            )
-        else:
-            b, c, t, h, w = latents.shape
-            n_rows = b * c * t * h
-            block_r, block_w = _tile(n_rows, w, _tile_elements(latents.device, "guided"))
-            _guided_step_strided_kernel[_grid(n_rows, w, block_r, block_w)](
-                latents, v_cond, v_u, out, guidance_scale, dt,
-                c, t, h, w, n_rows,
-                *latents.stride(), *v_cond.stride(), *v_u.stride(),
-                HAS_UNCOND=has_uncond, BLOCK_R=block_r, BLOCK_W=block_w, num_warps=_NUM_WARPS,
-            )
+    out, launch = _guided_launch(latents, v_cond, v_uncond, guidance_scale, sigma, sigma_next)
+    run(launch, latents.device)
     return out
 
 
@@ -339,73 +338,27 @@ def guided_step(latents: torch.Tensor, v_cond: torch.Tensor, v_uncond: torch.Ten
 # --------------------------------------------------------------------------------------------
 
 
-def _aot_specs() -> list[dict]:
-    """One entry per (kernel, dtype, constexpr variant) the launchers produce on a GPU.
+def aot_specs() -> list[dict]:
+    """The launches of SURF's calls at Wan2.1 720p, from meta tensors (CUDA allocations are aligned
+    like their zero address): latents (1, 16, 21, 90, 160) in fp32 (the pipelines keep latents in
+    fp32) and bf16, contiguous and, for fp32, as a transposed view (any layout: every stride a
+    runtime value); reshift and upsample by the factor SURF uses (2)."""
+    shape, low = (1, 16, 21, 90, 160), (1, 16, 21, 45, 80)
 
-    Each entry: ``kernel`` (the JITFunction), ``signature`` (every argument name -> Triton type,
-    ``"constexpr"`` for constants), ``constexprs`` (name -> value), ``num_warps``, ``label``.
-    Block sizes are those of large latents (a full tile). Strides come in two flavours: the
-    innermost ones equal to 1 (contiguous inputs: Triton specialises an int argument equal to 1
-    into a constant), for every dtype, and all runtime (any layout), for fp32 only: the layout
-    changes address arithmetic, not the dtype handling, and each compile takes seconds.
-    """
+    def meta(size, dtype, strided):
+        x = torch.empty(size, dtype=dtype, device="meta")
+        return x.transpose(-1, -2).contiguous().transpose(-1, -2) if strided else x
+
     specs = []
-    strides5 = ("sb", "sc", "st", "sh", "sw")
-
-    def stride_args(prefixes, unit_inner):
-        sig, const = {}, {}
-        for p in prefixes:
-            for s in strides5:
-                name = f"{p}_{s}"
-                if unit_inner and s == "sw":
-                    sig[name], const[name] = "constexpr", 1
-                else:
-                    sig[name] = "i32"
-        return sig, const
-
-    def add(kernel, dtype, scalars, ints, prefixes, unit_inner, constexprs, label):
-        sig = {}
-        for name in kernel.arg_names:
-            if name.endswith("_ptr"):
-                sig[name] = f"*{dtype}"
-        sig.update({s: "fp32" for s in scalars})
-        sig.update({s: "i32" for s in ints})
-        ssig, sconst = stride_args(prefixes, unit_inner)
-        sig.update(ssig)
-        sig.update({k: "constexpr" for k in constexprs})
-        missing = set(kernel.arg_names) ^ set(sig)
-        assert not missing, (kernel.__name__, missing)
-        specs.append({
-            "kernel": kernel,
-            "signature": {name: sig[name] for name in kernel.arg_names},
-            "constexprs": {**sconst, **constexprs},
-            "num_warps": _NUM_WARPS,
-            "label": f"{label} {'unit-stride' if unit_inner else 'strided'}" if prefixes else label,
-            "dtype": dtype,
-        })
-
-    for dtype in ("fp32", "fp16", "bf16"):
-        for unit_inner in (True, False) if dtype == "fp32" else (True,):
-            for factor in (2, 3):
-                br, bw = _tile(1 << 20, 1 << 20, _GPU_TILE["reshift"])
-                add(_reshift_downsample_kernel, dtype, ("sigma", "scale", "sigma_new"),
-                    ("C", "T", "HO", "WO", "n_rows"), ("l", "m", "n"), unit_inner,
-                    {"FACTOR": factor, "BLOCK_R": br, "BLOCK_W": bw}, f"FACTOR={factor}")
-                br, bw = _tile(1 << 20, 1 << 20, _GPU_TILE["upsample"])
-                for bilinear in (False, True):
-                    add(_upsample_mix_kernel, dtype, ("one_minus_sigma", "sigma"),
-                        ("C", "T", "H", "W", "HO", "WO", "n_rows"), ("l", "n"), unit_inner,
-                        {"FACTOR": factor, "BILINEAR": bilinear, "BLOCK_R": br, "BLOCK_W": bw},
-                        f"FACTOR={factor} BILINEAR={bilinear}")
-            br, bw = _tile(1 << 20, 1 << 20, _GPU_TILE["guided"])
-            for has_uncond in (True, False):
-                add(_guided_step_strided_kernel, dtype, ("g", "dt"), ("C", "T", "H", "W", "n_rows"),
-                    ("l", "c", "u"), unit_inner,
-                    {"HAS_UNCOND": has_uncond, "BLOCK_R": br, "BLOCK_W": bw}, f"HAS_UNCOND={has_uncond}")
-        for has_uncond in (True, False):
-            add(_guided_step_flat_kernel, dtype, ("g", "dt"), ("n",), (), False,
-                {"HAS_UNCOND": has_uncond, "BLOCK": _GPU_TILE["guided_flat"]}, f"HAS_UNCOND={has_uncond}")
+    for dtype, strided in ((torch.float32, False), (torch.float32, True), (torch.bfloat16, False)):
+        layout = "strided" if strided else "contiguous"
+        lat, mo, lat_lo = (meta(size, dtype, strided) for size in (shape, shape, low))
+        specs.append(aot_spec(_reshift_launch(lat, mo, meta(low, dtype, False), 0.6, 0.7, 2, False)[1],
+                              f"FACTOR=2 {layout}", main=True))
+        for bilinear in (False, True):
+            specs.append(aot_spec(_upsample_launch(lat_lo, meta(shape, dtype, False), 0.5, 2, bilinear)[1],
+                                  f"FACTOR=2 BILINEAR={bilinear} {layout}", main=True))
+        for uncond in (meta(shape, dtype, strided), None):
+            specs.append(aot_spec(_guided_launch(lat, mo, uncond, 5.0, 0.6, 0.55)[1],
+                                  f"HAS_UNCOND={uncond is not None} {layout}", main=True))
     return specs
-
-
-AOT_SPECS = _aot_specs()

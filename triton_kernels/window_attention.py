@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from surf_accel.triton_kernels.launch import Launch, aot_spec, run
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 LOG2E = 1.4426950408889634
 
@@ -170,15 +172,17 @@ INTERPRET_CONFIG: Config = (64, 64, 4, 1)
 
 
 def configs(head_dim: int, dtype: torch.dtype) -> list[Config]:
-    """Tile candidates, best guess first. fp32 tiles are twice the bytes and use IEEE dots: smaller
-    tiles keep shared memory within sm_80's 163 KB; head dims above 64 take fewer stages for the
-    same reason (every config is compiled by scripts/check_triton_aot.py)."""
+    """Tile candidates, best guess first. fp32 (run only when forced: the dispatch sends fp32 to SDPA)
+    tiles are twice the bytes and use IEEE dots: smaller tiles keep shared memory within sm_80's
+    163 KB; head dims above 64 take fewer stages for the same reason (scripts/check_triton_aot.py
+    compiles the bf16/fp16 ones)."""
     if dtype == torch.float32:
         return [(64, 32, 4, 2), (32, 32, 4, 2)]
     if head_dim <= 64:
         return [(128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3)]
-    # 128 x 64 with 4 warps at head dim 128 spills tens of KB per thread (ptxas, sm_80): left out.
-    return [(128, 64, 8, 2), (64, 64, 4, 2)]
+    # At head dim 128, 4 warps spill: tens of KB per thread at 128 x 64, 24 B at 64 x 64 with text
+    # (ptxas, sm_80; benchmarks/results/triton_aot.md): 8 warps for both tiles.
+    return [(128, 64, 8, 2), (64, 64, 8, 2)]
 
 
 @functools.cache
@@ -199,13 +203,10 @@ def _effective(grid, window, shift):
     return out_w, out_s
 
 
-def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid, window, shift,
-                     num_text: int = 0, text_mask: torch.Tensor | None = None,
-                     config: Config | None = None) -> torch.Tensor:
-    """Launch the fused kernel. ``q, k, v``: ``(B, S, heads, D)`` (any strides with unit last stride;
-    others are made contiguous); returns a contiguous ``(B, S, heads, D)`` in the input dtype.
-    ``config``: fixed tiles (BLOCK_M, BLOCK_N, num_warps, num_stages); None autotunes among
-    ``configs()`` on a GPU and uses ``INTERPRET_CONFIG`` under the interpreter."""
+def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid, window, shift, num_text: int,
+            text_mask: torch.Tensor | None, config: Config | None) -> tuple[torch.Tensor, Launch]:
+    """The output and the launch of one call (what the JIT specialises on; also what
+    scripts/check_triton_aot.py compiles): the fixed ``config`` or, for None, the autotuner."""
     if q.stride(-1) != 1:
         q = q.contiguous()
     if k.stride(-1) != 1:
@@ -217,7 +218,9 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid, wi
     (wt, wh, ww), (st, sh, sw) = _effective(grid, window, shift)
     out = torch.empty((b, s, heads, d), dtype=q.dtype, device=q.device)
     if text_mask is not None:
-        tm = text_mask.to(torch.int8)
+        # The kernel reads the mask with unit stride along the text axis; a copy of B * num_text
+        # bytes makes any layout (column-major, sliced, expanded) fit.
+        tm = text_mask.to(torch.int8, memory_format=torch.contiguous_format)
         stride_tb = tm.stride(0)
     else:
         tm, stride_tb = q, 0
@@ -236,49 +239,60 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid, wi
                  UPCAST=INTERPRET and q.dtype != torch.float32, IEEE=q.dtype == torch.float32,
                  TEMPORAL=wh == int(grid[1]) and ww == int(grid[2]))
 
-    def launch(block_m: int) -> tuple[int, int]:
+    def launch_grid(block_m: int) -> tuple[int, int]:
         return triton.cdiv(n_video, block_m) + triton.cdiv(num_text, block_m), b * heads
 
+    if config is None:
+        return out, Launch(_autotuned(d, q.dtype), lambda meta: launch_grid(meta["BLOCK_M"]), args, flags)
+    block_m, block_n, num_warps, num_stages = config
+    return out, Launch(_window_attn_fwd_kernel, launch_grid(block_m), args,
+                       dict(flags, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages))
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid, window, shift,
+                     num_text: int = 0, text_mask: torch.Tensor | None = None,
+                     config: Config | None = None) -> torch.Tensor:
+    """Launch the fused kernel. ``q, k, v``: ``(B, S, heads, D)`` (any strides with unit last stride;
+    others are made contiguous); returns a contiguous ``(B, S, heads, D)`` in the input dtype.
+    ``config``: fixed tiles (BLOCK_M, BLOCK_N, num_warps, num_stages); None autotunes among
+    ``configs()`` on a GPU and uses ``INTERPRET_CONFIG`` under the interpreter."""
     if config is None and INTERPRET:
         config = INTERPRET_CONFIG
-    if config is None:
-        _autotuned(d, q.dtype)[lambda meta: launch(meta["BLOCK_M"])](*args, **flags)
-    else:
-        block_m, block_n, num_warps, num_stages = config
-        _window_attn_fwd_kernel[launch(block_m)](*args, **flags, BLOCK_M=block_m, BLOCK_N=block_n,
-                                                 num_warps=num_warps, num_stages=num_stages)
+    out, launch = _launch(q, k, v, grid, window, shift, num_text, text_mask, config)
+    run(launch, q.device)
     return out
 
 
 # ---- ahead-of-time compile specs (scripts/check_triton_aot.py) ----------------------------------
-def _aot_specs():
-    """Every config the autotuner may pick, both variants, each dtype, head dims 64 and 128."""
+# Main path: the shapes the kernel serves by default (bf16/fp16; fp32 goes to SDPA), each autotune
+# candidate (the autotuner compiles and runs every one), temporal windows (the paper's) with text
+# (HunyuanVideo 720p: 24 heads, 256 text tokens) and without (Wan2.1 720p: 40 heads); head dim 64 on
+# the Wan grid. The 3D path (windows smaller than a frame) is compiled beside it, labelled, not gated.
+AOT_SHAPES = {
+    "wan 720p": dict(grid=(21, 45, 80), heads=40, num_text=0),
+    "hunyuan 720p text": dict(grid=(33, 45, 80), heads=24, num_text=256),
+}
+AOT_WINDOWS = {"temporal": ((4, 45, 80), (2, 0, 0)), "3d": ((4, 16, 16), (2, 8, 8))}
+
+
+def aot_specs() -> list[dict]:
     specs = []
-    types = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-    for dtype, name in types.items():
-        for head_dim in (64, 128):
-            ptr = f"*{name}"
-            signature = {
-                "Q": ptr, "K": ptr, "V": ptr, "O": ptr, "TM": "*i8",
-                **{f"stride_{t}{a}": "i32" for t in "qkvo" for a in "bsh"},
-                "stride_tb": "i32", "HEADS": "i32", "N_VIDEO": "i32", "NUM_TEXT": "i32",
-                "GT": "i32", "GH": "i32", "GW": "i32", "WT": "i32", "WH": "i32", "WW": "i32",
-                "ST": "i32", "SH": "i32", "SW": "i32", "qk_scale": "fp32",
-            }
-            for block_m, block_n, num_warps, num_stages in configs(head_dim, dtype):
-                for temporal in (False, True):
-                    constexprs = {
-                        "HEAD_DIM": head_dim, "BLOCK_D": head_dim, "BLOCK_M": block_m, "BLOCK_N": block_n,
-                        "HAS_TEXT_MASK": True, "UPCAST": False, "IEEE": dtype == torch.float32,
-                        "TEMPORAL": temporal,
-                    }
-                    sig = {**signature, **{key: "constexpr" for key in constexprs}}
-                    specs.append({"kernel": _window_attn_fwd_kernel, "signature": sig, "constexprs": constexprs,
-                                  "num_warps": num_warps, "options": {"num_stages": num_stages},
-                                  "label": f"D={head_dim} {block_m}x{block_n} w{num_warps} s{num_stages}"
-                                           f"{' temporal' if temporal else ''}", "dtype": name})
+    for dtype in (torch.bfloat16, torch.float16):
+        for head_dim in (128, 64):
+            for shape_name, shape in AOT_SHAPES.items():
+                if head_dim == 64 and shape["num_text"]:
+                    continue
+                for window_name, (window, shift) in AOT_WINDOWS.items():
+                    main = window_name == "temporal"
+                    if not main and (dtype != torch.bfloat16 or shape["num_text"]):
+                        continue
+                    grid, heads, num_text = shape["grid"], shape["heads"], shape["num_text"]
+                    n = grid[0] * grid[1] * grid[2] + num_text
+                    q, k, v = (torch.empty(1, n, heads, head_dim, dtype=dtype, device="meta") for _ in range(3))
+                    mask = torch.empty(1, num_text, dtype=torch.bool, device="meta") if num_text else None
+                    for config in configs(head_dim, dtype):
+                        launch = _launch(q, k, v, grid, window, shift, num_text, mask, config)[1]
+                        label = (f"D={head_dim} {config[0]}x{config[1]} w{config[2]} s{config[3]} {window_name} "
+                                 f"{shape_name}")
+                        specs.append(aot_spec(launch, label, main))
     return specs
-
-
-# (kernel, signature, constexprs) triples for the AOT compile check.
-AOT_SPECS = _aot_specs()

@@ -23,8 +23,9 @@ def provenance(argv: list[str] | None, machine_note: str = "", program: str | No
             f"- command: `{cmd}`"]
 
 
-def write(path: Path, title: str, lines: list[str]) -> None:
-    """``# title``, a blank line, then ``lines``; prints where it wrote."""
+def write(path: Path, title: str, lines: list[str], quiet: bool = False) -> None:
+    """``# title``, a blank line, then ``lines``; prints where it wrote unless ``quiet``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join([f"# {title}", "", *lines, ""]))
-    print(f"wrote {path}")
+    if not quiet:
+        print(f"wrote {path}")

@@ -34,7 +34,7 @@ from typing import Optional
 
 import torch
 
-from surf_accel.ops.window_attention.flex import FLEX_BLOCK, compiled_flex, flex_block_tables
+from surf_accel.ops.window_attention.flex import FLEX_BLOCK, flex_block_tables, run_flex
 
 def _positive_triple(name: str, value) -> tuple[int, int, int]:
     if isinstance(value, torch.Tensor) or not isinstance(value, Sequence) or len(value) != 3 or any(
@@ -186,12 +186,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: Sequence[int
            ) -> torch.Tensor:
     """Sparse attention of ``(B, S, heads, D)`` q, k, v (``S = T*H*W + num_text``) -> ``(B, S, heads, D)``
     in the input dtype, softmax scale ``D ** -0.5``. ``compiled`` (default: on CUDA): torch.compile's
-    fused flex kernel; else flex's eager implementation."""
-    from torch.nn.attention.flex_attention import flex_attention  # optional: see block_mask
-
-    bm = block_mask(grid, pattern, num_text, text_mask, device=q.device)
-    fn = compiled_flex() if (q.is_cuda if compiled is None else compiled) else flex_attention
-    return fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=bm).transpose(1, 2).contiguous()
+    fused flex kernel; else flex's eager implementation (refused with ``ValueError`` where it would
+    materialise more than ``flex.EAGER_MAX_SCORE_BYTES`` of scores)."""
+    return run_flex(q, k, v, block_mask(grid, pattern, num_text, text_mask, device=q.device), compiled)
 
 
 # The block tables are host-side and cached: opaque to torch.compile, which traces a model through this

@@ -20,17 +20,25 @@ TOLERANCES = {
 }
 
 
-def backend_cases(op_name: str):
-    """(device, backend) pairs, each skipped (never passed) where the backend cannot run here."""
+def backend_cases(op_name: str, exclude: tuple[tuple[str, str], ...] = ()):
+    """(device, backend) pairs but ``exclude``, each skipped (never passed) where the backend cannot
+    run here; the CUDA ones marked ``gpu``."""
     cases = []
     for device in DEVICES:
         for backend in ("torch", "cpp", "cuda", "triton"):
+            if (device, backend) in exclude:
+                continue
             reason = OPS[op_name].explain(device)[backend]
             marks = [pytest.mark.skip(reason=reason)] if reason else []
             if device == "cuda":
                 marks.append(pytest.mark.gpu)
             cases.append(pytest.param(device, backend, marks=marks, id=f"{device}-{backend}"))
     return cases
+
+
+def device_params():
+    """The devices to run on, the CUDA one marked ``gpu``."""
+    return [pytest.param(d, marks=[pytest.mark.gpu] if d == "cuda" else [], id=d) for d in DEVICES]
 
 
 def rand(shape, dtype, device, gen, scale=1.0, offset=0.0):

@@ -14,7 +14,7 @@ from surf_accel.ops.window_reference import (
     window_ids,
     window_mask,
 )
-from tests.ops.helpers import DEVICES, backend_cases, seeded
+from tests.ops.helpers import backend_cases, device_params, seeded
 
 # Outputs are convex combinations of values ~ N(0, 1), so |out| <= ~4. Error sources of a backend
 # against the float64 oracle: rounding of the output (<= half an ulp), the attention probabilities
@@ -61,7 +61,10 @@ def oracle(q, k, v, grid, window, shift, num_text, text_mask):
     return window_attention_masked(q.double(), k.double(), v.double(), grid, window, shift, num_text, text_mask)
 
 
-@pytest.mark.parametrize("device,backend", backend_cases("window_attention"))
+# The compiled Triton kernel on CUDA is tested at GPU-like tiles instead
+# (test_window_attention_paths.test_triton_real_tiles_every_config, every dtype, head dim and tile):
+# each odd shape here would compile every autotune candidate again (~84 compiles against ~56 there).
+@pytest.mark.parametrize("device,backend", backend_cases("window_attention", exclude=(("cuda", "triton"),)))
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("head_dim", [64, 128])
@@ -112,7 +115,7 @@ PARTITION_CASES = [((3, 5, 7), (2, 3, 4), (0, 0, 0)), ((3, 5, 7), (2, 3, 4), (1,
                    ((3, 5, 7), (8, 2, 9), (4, 1, 4)), ((1, 1, 1), (1, 1, 1), (0, 0, 0)), ((4, 6, 6), (3, 4, 5), (2, 3, 1))]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("grid,window,shift", PARTITION_CASES)
 def test_partition_kernels_pack_window_contiguously(device, grid, window, shift):
     """window_pack lays the video tokens out window by window (windows in lexicographic id order,

@@ -31,15 +31,17 @@ def everything_built(monkeypatch):
 
 
 def _libraries(monkeypatch, flash: bool, xformers: bool):
-    monkeypatch.setattr(partition, "flash_attn_reason", lambda: None if flash else "flash-attn is not installed")
-    monkeypatch.setattr(partition, "xformers_reason", lambda: None if xformers else "xformers is not installed")
+    usable = {"flash-attn": flash, "xformers": xformers}
+    monkeypatch.setattr(partition, "varlen_reason",
+                        lambda lib, device, dtype: None if usable[lib] else f"{lib} is not installed")
 
 
 @pytest.mark.parametrize("flash,xformers,dtype,expected", [
     (False, False, torch.bfloat16, "triton"),  # the slow-fallback case of issue 13: pack + padded SDPA
     (True, False, torch.bfloat16, "cuda"),
     (False, True, torch.float16, "cuda"),
-    (True, True, torch.float32, "triton"),  # flash-attn and xformers serve fp16/bf16 only
+    (False, False, torch.float32, "cuda"),  # fp32: SDPA on the partitioned windows, not the spilling kernel
+    (True, True, torch.float32, "cuda"),  # flash-attn and xformers serve fp16/bf16 only: SDPA all the same
 ])
 def test_cuda_choice_follows_the_varlen_library(everything_built, monkeypatch, flash, xformers, dtype, expected):
     _libraries(monkeypatch, flash, xformers)
@@ -281,14 +283,39 @@ def test_flex_block_structure_covers_exactly_the_mask(case):
     assert s > blk or nb == 1
 
 
-def test_flex_compiles_on_cpu():
+def test_flex_compiles_once_for_every_grid():
     """The fused flex kernel (torch.compile) honours the block structure: it skips unlisted blocks
     and evaluates no mask in full ones, so a wrong table shows here (eager flex evaluates the mask
-    everywhere)."""
+    everywhere). It is compiled once with dynamic shapes: grids of other token counts (a SURF call's
+    stages) reuse the graph instead of recompiling until dynamo's limit sends flex to eager."""
     if _flex_reason():
         pytest.skip(_flex_reason())
-    grid, window, shift, num_text, valid = TILE_CASES["3d-text"]
-    q, k, v, tm = make_inputs(grid, num_text, valid, 2, 2, 16, torch.float32, "cpu", seeded("flex-compiled"))
-    out = flex.flex_window_attention(q, k, v, grid, window, shift, num_text, tm, compiled=True)
-    torch.testing.assert_close(out.double(), oracle(q, k, v, grid, window, shift, num_text, tm),
-                               **TOLERANCES[torch.float32])
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    flex.compiled_flex.cache_clear()
+    counters.clear()
+    for grid, valid in (((3, 12, 16), (1, 4)), ((2, 12, 16), (4, 3)), ((4, 10, 16), (2, 2))):
+        window, shift, num_text = (2, 8, 8), (1, 4, 4), 4
+        q, k, v, tm = make_inputs(grid, num_text, valid, 2, 2, 16, torch.float32, "cpu", seeded("flex-compiled", grid))
+        out = flex.flex_window_attention(q, k, v, grid, window, shift, num_text, tm, compiled=True)
+        torch.testing.assert_close(out.double(), oracle(q, k, v, grid, window, shift, num_text, tm),
+                                   **TOLERANCES[torch.float32])
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_eager_flex_refuses_a_full_score_matrix_it_cannot_hold(monkeypatch):
+    """Eager flex (the CPU path) materialises B x heads x S x S scores: past the bound the flex backend
+    is unusable for the call with the size named, and a direct call raises before allocating."""
+    if _flex_reason():
+        pytest.skip(_flex_reason())
+    grid = (2, 3, 4)
+    q = torch.randn(2, 24, 3, 16)
+    assert wa.WINDOW_ATTENTION.reason_unusable("flex", q.device, q.dtype, (q, q, q, grid)) is None
+    monkeypatch.setattr(flex, "EAGER_MAX_SCORE_BYTES", 4 * 2 * 3 * 24 * 24 - 1)
+    reason = wa.WINDOW_ATTENTION.reason_unusable("flex", q.device, q.dtype, (q, q, q, grid))
+    assert "full 2x3x24x24 score matrix" in reason
+    with pytest.raises(dispatch.BackendUnavailableError, match="score matrix"):
+        window_attention(q, q, q, grid, (1, 2, 2), backend="flex")
+    with pytest.raises(ValueError, match="score matrix"):
+        flex.flex_window_attention(q, q, q, grid, (1, 2, 2), (0, 0, 0), compiled=False)

@@ -18,11 +18,13 @@ tokens); the output has the same layout and dtype. Modules:
   ids (compiled on CUDA, eager on CPU): torch-native, a second oracle, never chosen automatically.
 
 Automatic choice (``_preference``): on CUDA the partition path only when a varlen library serves
-the dtype (flash-attn, else xformers; fp16/bf16), else the fused Triton kernel, whose only
-alternative would be padded SDPA over gathered windows; logged once with the reason.
+the dtype (flash-attn, else xformers; fp16/bf16; each imported and probed with a tiny call on the
+device once), else the fused Triton kernel, whose only alternative would be padded SDPA over
+gathered windows; fp32 goes to SDPA's memory-efficient kernel through the partition path (the
+``torch`` backend without the extension); logged once with the reason.
 
 The names below re-export the backends' public helpers; a test that monkeypatches one patches the
-module that uses it (``partition.flash_attn_reason``, ``partition._pack``, ...).
+module that uses it (``partition.varlen_reason``, ``partition._pack``, ...).
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from surf_accel.ops import backends as _backends
 from surf_accel.ops.dispatch import Op
 from surf_accel.ops.window_attention import flex, partition, torch_backend, triton_backend
 from surf_accel.ops.window_attention.flex import FLEX_BLOCK, compiled_flex, flex_block_tables, flex_window_attention
-from surf_accel.ops.window_attention.partition import (flash_attn_reason, temporal_only, varlen_library,
-                                                       window_seqlens, xformers_reason)
+from surf_accel.ops.window_attention.partition import (VARLEN_LIBRARIES, import_reason, temporal_only,
+                                                       varlen_library, varlen_reason, window_seqlens)
 from surf_accel.ops.window_attention.validation import MAX_HEAD_DIM, _check_text_lengths, _validate
 
 # The torch, partition and flex backends are opaque custom ops with q's layout as output: one fake serves all.
@@ -55,13 +57,16 @@ def _opaque(op):
 def _preference(device: torch.device, dtype: torch.dtype) -> tuple[tuple[str, ...], str]:
     """Backends in order for ``device``/``dtype`` and why: the partition path pays on CUDA only with
     a varlen library (else it pads gathered windows for SDPA, several times the fused kernel's
-    traffic); the fused Triton kernel needs no pack copies and skips blocks outside the windows."""
+    traffic); the fused Triton kernel needs no pack copies and skips blocks outside the windows, but
+    its fp32 tiles spill registers (benchmarks/results/triton_aot.md), so fp32 goes to SDPA."""
     if device.type == "cuda":
-        lib = partition.varlen_library(dtype)
+        if dtype == torch.float32:
+            return ("cuda", "torch"), ("fp32: SDPA's memory-efficient kernel on the partitioned windows (temporal ones "
+                                       "in place); the fused Triton kernel's fp32 tiles spill registers")
+        lib = partition.varlen_library(device, dtype)
         if lib is not None:
             return ("cuda", "triton", "torch"), f"{lib} varlen attention serves the windows (temporal ones in place)"
-        missing = ("fp16/bf16 only" if dtype not in (torch.float16, torch.bfloat16)
-                   else f"{partition.flash_attn_reason()}; {partition.xformers_reason()}")
+        missing = "; ".join(partition.varlen_reason(name, device, dtype) for name in partition.VARLEN_LIBRARIES)
         return ("triton", "cuda", "torch"), (f"fused Triton kernel; no varlen attention library for {dtype} "
                                              f"({missing}), so the partition path would fall back to padded SDPA")
     return ("cpp", "torch"), "C++ pack/unpack + SDPA (temporal windows: SDPA on the in-place frame slabs)"
@@ -76,7 +81,7 @@ WINDOW_ATTENTION = Op(
            "flex": _opaque(flex._flex_window_attention)},
     requires={"cpp": partition._partition_kernels("CPU"), "cuda": partition._partition_kernels("CUDA")},
     limits={"cpp": partition._partition_limits("CPU"), "cuda": partition._partition_limits("CUDA"),
-            "triton": triton_backend._triton_limits},
+            "triton": triton_backend._triton_limits, "flex": flex.flex_limits},
     preference=_preference,
 )
 assert _backends  # the import registers the backends
@@ -113,6 +118,6 @@ def window_attention(
                             device=q.device, dtype=q.dtype, backend=backend)
 
 
-__all__ = ["FLEX_BLOCK", "MAX_HEAD_DIM", "WINDOW_ATTENTION", "compiled_flex", "flash_attn_reason", "flex_block_tables",
-           "flex_window_attention", "temporal_only", "varlen_library", "window_attention", "window_seqlens",
-           "xformers_reason"]
+__all__ = ["FLEX_BLOCK", "MAX_HEAD_DIM", "VARLEN_LIBRARIES", "WINDOW_ATTENTION", "compiled_flex", "flex_block_tables",
+           "flex_window_attention", "import_reason", "temporal_only", "varlen_library", "varlen_reason",
+           "window_attention", "window_seqlens"]

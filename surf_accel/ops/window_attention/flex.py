@@ -71,17 +71,57 @@ def _flex_tables(grid: tuple[int, int, int], window: tuple[int, int, int], shift
     return (ids.to(torch.int32).to(device), *flex_block_tables(groups, allowed, text_keys, device))
 
 
+# Eager flex_attention (the CPU path, and what a compiled call falls back to past dynamo's recompile
+# limit) materialises the (B, heads, S, S) fp32 scores and a mask as large: refused above 1 GiB of them.
+EAGER_MAX_SCORE_BYTES = 1 << 30
+
+
 @functools.cache
 def compiled_flex():
+    """torch.compile's fused flex kernel, compiled once with dynamic shapes: one graph serves every
+    sequence length (each stage's grid), where ``dynamic=False`` compiled one per shape and, past
+    the recompile limit, fell back to eager flex and its full score matrix."""
     # flex_attention is missing from older torch builds (the flex backend's check): imported on first use
     from torch.nn.attention.flex_attention import flex_attention
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention, dynamic=True)
+
+
+def eager_reason(batch: int, heads: int, seq: int) -> str | None:
+    """Why eager flex_attention refuses ``(batch, seq, heads, D)`` inputs (its score matrix is too large), or None."""
+    nbytes = 4 * batch * heads * seq * seq
+    if nbytes <= EAGER_MAX_SCORE_BYTES:
+        return None
+    return (f"eager flex_attention would materialise the full {batch}x{heads}x{seq}x{seq} score matrix "
+            f"({nbytes / 2**30:.1f} GiB > {EAGER_MAX_SCORE_BYTES / 2**30:g} GiB); compiled flex (CUDA) or "
+            f"another backend serves this size")
+
+
+def run_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, compiled: bool | None = None
+             ) -> torch.Tensor:
+    """``flex_attention`` of ``(B, S, heads, D)`` q, k, v under ``block_mask`` -> contiguous ``(B, S, heads,
+    D)``. ``compiled`` (default: on CUDA) runs torch.compile's fused kernel, else flex's eager
+    implementation, which raises ``ValueError`` above ``EAGER_MAX_SCORE_BYTES`` of scores."""
+    from torch.nn.attention.flex_attention import flex_attention  # optional: see compiled_flex
+
+    if not (q.is_cuda if compiled is None else compiled):
+        reason = eager_reason(q.shape[0], q.shape[2], q.shape[1])
+        if reason is not None:
+            raise ValueError(reason)
+        fn = flex_attention
+    else:
+        fn = compiled_flex()
+    out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask)
+    return out.transpose(1, 2).contiguous()
+
+
+def flex_limits(q: torch.Tensor, *args) -> str | None:
+    """The dispatch layer's per-call check: eager flex (non-CUDA tensors) within its memory bound."""
+    return None if q.is_cuda else eager_reason(q.shape[0], q.shape[2], q.shape[1])
 
 
 def flex_window_attention(q, k, v, grid, window, shift, num_text=0, text_mask=None, *, compiled: bool | None = None):
-    """``flex_attention`` over ``(B, S, heads, D)`` with the window block mask; ``compiled`` (default:
-    on CUDA) runs torch.compile's fused kernel, else flex's eager implementation."""
-    from torch.nn.attention.flex_attention import BlockMask, flex_attention  # optional: see compiled_flex
+    """``flex_attention`` over ``(B, S, heads, D)`` with the window block mask; ``compiled`` as ``run_flex``."""
+    from torch.nn.attention.flex_attention import BlockMask  # optional: see compiled_flex
 
     b, s, _, _ = q.shape
     n = s - num_text
@@ -105,9 +145,7 @@ def flex_window_attention(q, k, v, grid, window, shift, num_text=0, text_mask=No
 
     bm = BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod,
                                   seq_lengths=(s, s))
-    fn = compiled_flex() if (q.is_cuda if compiled is None else compiled) else flex_attention
-    out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=bm)
-    return out.transpose(1, 2).contiguous()
+    return run_flex(q, k, v, bm, compiled)
 
 
 # Host-side tables: an opaque custom op so torch.compile traces a model through it.

@@ -1,7 +1,7 @@
 """``cuda`` / ``cpp`` backends of ``window_attention`` (the partition path): the compiled
 ``surf_accel::window_pack`` / ``window_unpack`` kernels (CUDA on GPU, their C++ twin on CPU) pack the
 video tokens window-contiguously; the packed windows go to ``flash_attn.flash_attn_varlen_func`` when
-flash-attn is importable (CUDA, fp16/bf16), else to SDPA over a padded view; then unpack.
+flash-attn is usable (CUDA, fp16/bf16), else to SDPA over a padded view; then unpack.
 
 Layouts: ``q, k, v`` ``(B, S, heads, D)`` with ``S = T*H*W + num_text``; packed tensors
 ``(B * T*H*W, heads, D)``, windows in lexicographic (t, h, w) order, each window's tokens t-major,
@@ -19,9 +19,10 @@ With text, the valid text lengths are host ints (``text_lengths``, or one ``toli
 every index table is cached on the device per shape, so a layer never waits for the host.
 
 The varlen library (``varlen_library``): flash-attn, else xformers (not a backend name of the
-dispatch layer: when flash-attn is missing and xformers is importable, its
+dispatch layer: when flash-attn is unusable and xformers is usable, its
 ``memory_efficient_attention`` with a block-diagonal mask serves the packed windows instead of
-SDPA), else SDPA.
+SDPA), else SDPA. A library is usable once it imports and a tiny varlen call on the device gives the
+right answer (``varlen_reason``): a broken build is skipped with its reason, not met mid-model.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import itertools
+import logging
 from collections.abc import Sequence
 from typing import Optional
 
@@ -37,6 +39,8 @@ import torch.nn.functional as F
 
 from surf_accel import _extension
 from surf_accel.ops import window_reference
+
+logger = logging.getLogger("surf_accel")
 
 _PARTITION_OPS = ("window_pack", "window_unpack")
 
@@ -71,29 +75,87 @@ def _cu_seqlens(lens: tuple[int, ...], device: torch.device) -> tuple[torch.Tens
     return cu.to(device), max(lens)
 
 
-@functools.cache
-def flash_attn_reason() -> str | None:
-    if importlib.util.find_spec("flash_attn") is None:
-        return "flash-attn is not installed (pip install flash-attn)"
-    return None
+# Varlen attention libraries by preference: (module to import, distribution to install).
+VARLEN_LIBRARIES = {"flash-attn": ("flash_attn", "flash-attn"), "xformers": ("xformers.ops", "xformers")}
 
 
 @functools.cache
-def xformers_reason() -> str | None:
-    if importlib.util.find_spec("xformers") is None:
-        return "xformers is not installed (pip install xformers)"
+def import_reason(library: str) -> str | None:
+    """Why ``library`` (a key of ``VARLEN_LIBRARIES``) cannot be imported, or None. An installed
+    library whose import fails (a build for another torch or CUDA: undefined symbols, missing
+    shared objects) is logged once at WARNING."""
+    module, dist = VARLEN_LIBRARIES[library]
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        return f"{library} is not installed (pip install {dist})"
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - whatever a broken build raises makes it unavailable
+        reason = f"{library} is installed but `import {module}` fails: {_first_line(exc)}"
+        logger.warning("surf_accel: %s; window attention will not use it", reason)
+        return reason
     return None
 
 
-def varlen_library(dtype: torch.dtype) -> str | None:
-    """The varlen attention library the partition path uses for ``dtype`` on CUDA, or None (SDPA)."""
-    if dtype not in (torch.float16, torch.bfloat16):
+def varlen_reason(library: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why ``library`` cannot serve packed windows of ``dtype`` on ``device``, or None: not
+    installed, its import fails, or a tiny varlen call on the device raises or gives a wrong answer
+    (decided once per library, device and dtype; a failure is logged once at WARNING)."""
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return import_reason(library) or _probe_reason(library, device, dtype)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
+def _flash_varlen(qp, kp, vp, cu_q, cu_k, max_q, max_k, seqlens_q, seqlens_k):
+    from flash_attn import flash_attn_varlen_func  # optional dependency (import_reason)
+    return flash_attn_varlen_func(qp, kp, vp, cu_q, cu_k, max_q, max_k)
+
+
+def _xformers_varlen(qp, kp, vp, cu_q, cu_k, max_q, max_k, seqlens_q, seqlens_k):
+    from xformers.ops import fmha  # optional dependency (import_reason)
+    bias = fmha.attn_bias.BlockDiagonalMask.from_seqlens(list(seqlens_q), list(seqlens_k))
+    return fmha.memory_efficient_attention(qp[None], kp[None], vp[None], attn_bias=bias)[0]
+
+
+_VARLEN_CALLS = {"flash-attn": _flash_varlen, "xformers": _xformers_varlen}
+
+
+@functools.cache
+def _probe_reason(library: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Run the library's varlen call as the partition path does, on two packed sequences (3 and 5
+    tokens, 2 heads of 64) on ``device``, against per-sequence attention in float64. The error
+    allowed is 8 ulps of 1 in ``dtype`` on outputs of magnitude <= ~3: the inputs are exact in
+    ``dtype``, and the library rounds its probabilities and its output once each (<= ~3 ulps of 1
+    together); a wrong kernel (a build for another architecture, a broken mask) errs by O(1)."""
+    seqlens = (3, 5)
+    gen = torch.Generator().manual_seed(0)
+    host = [torch.randn(sum(seqlens), 2, 64, generator=gen).to(dtype) for _ in range(3)]
+    ref = torch.cat([F.scaled_dot_product_attention(*(x[a:a + n].double().transpose(0, 1) for x in host))
+                     for a, n in zip((0, seqlens[0]), seqlens)], dim=1).transpose(0, 1)
+    try:
+        qp, kp, vp = (x.to(device) for x in host)
+        cu, longest = _cu_seqlens(seqlens, device)
+        out = _VARLEN_CALLS[library](qp, kp, vp, cu, cu, longest, longest, seqlens, seqlens)
+        err = float((out.double().cpu() - ref).abs().max())
+    except Exception as exc:  # noqa: BLE001 - any failure of the test call makes the library unavailable
+        reason = f"{library} failed a test call on {device}/{dtype}: {_first_line(exc)}"
+    else:
+        if err <= 8 * torch.finfo(dtype).eps:
+            return None
+        reason = f"{library} gave wrong results in a test call on {device}/{dtype} (max error {err:.3g})"
+    logger.warning("surf_accel: %s; window attention will not use it", reason)
+    return reason
+
+
+def varlen_library(device: torch.device, dtype: torch.dtype) -> str | None:
+    """The varlen attention library the partition path uses for ``dtype`` on ``device``, or None (SDPA)."""
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
         return None
-    if flash_attn_reason() is None:
-        return "flash-attn"
-    if xformers_reason() is None:
-        return "xformers"
-    return None
+    return next((lib for lib in VARLEN_LIBRARIES if varlen_reason(lib, device, dtype) is None), None)
 
 
 def temporal_only(grid: Sequence[int], window: Sequence[int]) -> bool:
@@ -119,14 +181,9 @@ def _varlen_sdpa(qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, cu_q: tor
 
 
 def _packed_attention(qp, kp, vp, cu_q, cu_k, max_q, max_k, seqlens_q, seqlens_k):
-    lib = varlen_library(qp.dtype) if qp.is_cuda else None
-    if lib == "flash-attn":
-        from flash_attn import flash_attn_varlen_func  # optional dependency
-        return flash_attn_varlen_func(qp, kp, vp, cu_q, cu_k, max_q, max_k)
-    if lib == "xformers":
-        from xformers.ops import fmha  # optional dependency
-        bias = fmha.attn_bias.BlockDiagonalMask.from_seqlens(list(seqlens_q), list(seqlens_k))
-        return fmha.memory_efficient_attention(qp[None], kp[None], vp[None], attn_bias=bias)[0]
+    lib = varlen_library(qp.device, qp.dtype)
+    if lib is not None:
+        return _VARLEN_CALLS[lib](qp, kp, vp, cu_q, cu_k, max_q, max_k, seqlens_q, seqlens_k)
     return _varlen_sdpa(qp, kp, vp, cu_q, cu_k, max_q, max_k)
 
 
@@ -138,9 +195,10 @@ def _slab_attention(q, k, v, grid, window, shift):
     part, the whole windows, the tail), writing into one output."""
     b, n, heads, d = q.shape
     seqlens = window_seqlens(grid, window, shift)
-    if q.is_cuda and varlen_library(q.dtype) is not None:
+    if varlen_library(q.device, q.dtype) is not None:
         cu, longest = _cu_seqlens(seqlens * b, q.device)
-        flat = [x.flatten(0, 1) for x in (q, k, v)]  # views for (B, S)-contiguous strides
+        # Views for (B, S)-contiguous strides (else a copy); the libraries read D with unit stride.
+        flat = [x.flatten(0, 1) if x.stride(-1) == 1 else x.flatten(0, 1).contiguous() for x in (q, k, v)]
         return _packed_attention(*flat, cu, cu, longest, longest, seqlens * b, seqlens * b).view(b, n, heads, d)
     out = torch.empty(b, n, heads, d, dtype=q.dtype, device=q.device)
     start = 0
