@@ -199,8 +199,9 @@ def write_image(path: str | os.PathLike, image: Any) -> Path:
 def write_folder(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Write the folder ``path`` as a whole: ``write(tmp)`` fills a temporary folder beside it, which then
     takes the place of ``path`` (the previous folder is moved aside first and removed once the new one is
-    in place; put back if the swap fails). ``WriteError`` naming ``path`` on any failure; the previous
-    folder stays as it was."""
+    in place; put back if the swap fails). ``WriteError`` naming ``path`` on any failure, and where the
+    previous folder holds an entry the new one does not (it would be lost); the previous folder stays as
+    it was."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise WriteError(errno.ENOTDIR, f"cannot write the folder {path}: a file of that name exists")
@@ -215,6 +216,10 @@ def write_folder(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
                 _fsync_file(f)
         _fsync_dir(tmp)
         if path.exists():
+            lost = sorted(set(os.listdir(path)) - set(os.listdir(tmp)))
+            if lost:
+                raise OSError(errno.EEXIST, f"it holds {', '.join(lost)}, which the new folder would drop; "
+                                            "write into a new or empty folder")
             os.replace(path, old)
         try:
             os.replace(tmp, path)

@@ -224,6 +224,7 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
     checkpoint beyond the periodic ones, no export); calling again resumes.
     """
     t_start = time.time()
+    cfg.check_paths()
     accelerator = _make_accelerator(cfg)
     _warn_if_unsharded(cfg, accelerator)
     ckpt, state = _resume_point(cfg, accelerator, resume)
@@ -521,6 +522,7 @@ def export_checkpoint(cfg: RefinerTrainingConfig, checkpoint: Optional[str | os.
     """Export a checkpoint (default: the newest in ``output_dir``) without training: the model's
     weights from the accelerate state (safetensors), with the EMA applied when the run keeps one and
     ``export.use_ema`` is set. For a run stopped before ``max_steps``."""
+    cfg.check_paths()
     ckpts = checkpoint_dirs(cfg.output_dir)
     d = Path(checkpoint) if checkpoint is not None else (ckpts[-1] if ckpts else None)
     if d is None or not (d / STATE_NAME).is_file():
