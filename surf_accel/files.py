@@ -211,10 +211,7 @@ def write_folder(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         _make_folder(path.absolute().parent)
         tmp.mkdir()
         write(tmp)
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                _fsync_file(f)
-        _fsync_dir(tmp)
+        sync_folder(tmp)
         if path.exists():
             lost = sorted(set(os.listdir(path)) - set(os.listdir(tmp)))
             if lost:
@@ -235,6 +232,15 @@ def write_folder(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         raise _write_error(e, path, "folder") from e
     _remove(old)
     return path
+
+
+def sync_folder(folder: str | os.PathLike) -> None:
+    """fsync every file under ``folder`` and the folder itself (files another library wrote there)."""
+    folder = Path(folder)
+    for f in folder.rglob("*"):
+        if f.is_file():
+            _fsync_file(f)
+    _fsync_dir(folder)
 
 
 def check_writable(path: str | os.PathLike) -> None:

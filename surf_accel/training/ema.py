@@ -12,6 +12,8 @@ from typing import Iterable
 
 import torch
 
+from surf_accel import files
+
 
 class EMA:
     def __init__(self, named_params: Iterable[tuple[str, torch.nn.Parameter]], decay: float):
@@ -38,9 +40,7 @@ class EMA:
             params[n].copy_(v.to(params[n].dtype))
 
     def save(self, path: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
-        save_file({n: v.contiguous() for n, v in self.shadow.items()}, str(path), metadata={"decay": str(self.decay)})
+        files.write_safetensors(path, self.shadow, {"decay": str(self.decay)})
 
     def load(self, path: str | os.PathLike) -> None:
         from safetensors.torch import load_file

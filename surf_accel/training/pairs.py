@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from surf_accel import files
 from surf_accel.planner import Stage
 from surf_accel.training.config import PairsConfig
 
@@ -226,17 +227,14 @@ def cached_tensors(folder: str | os.PathLike, name: str, key: dict, recipe: dict
                    make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """``make()`` once per ``key``: stored as ``<folder>/<name>-<hash of key>.safetensors`` with
     ``recipe`` in its metadata; later calls load it."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()[:16]
     path = os.path.join(folder, f"{name}-{digest}.safetensors")
     if os.path.isfile(path):
         return load_file(path)
     out = make()
-    os.makedirs(folder, exist_ok=True)
-    tmp = path + ".tmp"
-    save_file({k: v.contiguous() for k, v in out.items()}, tmp, metadata={"recipe": json.dumps(recipe, default=list)})
-    os.replace(tmp, path)  # a stopped run never leaves a half-written cache
+    files.write_safetensors(path, out, {"recipe": json.dumps(recipe, default=list)})
     return out
 
 
