@@ -46,8 +46,11 @@ def test_failed_folder_keeps_the_previous_folder(tmp_path):
     with pytest.raises(files.WriteError, match="disk full"):
         files.write_folder(target, half)
     assert (target / "a.json").read_text() == "1" and os.listdir(tmp_path) == ["export"]
-    files.write_folder(target, lambda d: (d / "b.json").write_text("3"))
-    assert os.listdir(target) == ["b.json"] and os.listdir(tmp_path) == ["export"]
+    with pytest.raises(files.WriteError, match="a.json, which the new folder would drop"):
+        files.write_folder(target, lambda d: (d / "b.json").write_text("3"))
+    files.write_folder(target, lambda d: [(d / n).write_text("4") for n in ("a.json", "b.json")])
+    assert sorted(os.listdir(target)) == ["a.json", "b.json"] and os.listdir(tmp_path) == ["export"]
+    assert (target / "a.json").read_text() == "4"
 
 
 def test_torch_style_failure_on_a_full_file_system_is_called_disk_full(tmp_path, monkeypatch):
