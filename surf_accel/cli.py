@@ -165,11 +165,13 @@ def _outputs(args) -> list[str]:
 
 
 def _check_outputs(args) -> list[str]:
+    """The output files, each a video name in a folder that takes a new file, none there already unless
+    ``--overwrite``."""
     paths = _outputs(args)
     if os.path.splitext(args.output)[1].lower() not in files.VIDEO_SUFFIXES:
         raise ValueError(f"--output {args.output}: a video file name ending in {', '.join(files.VIDEO_SUFFIXES)}")
     for path in paths:
-        if os.path.exists(path) and not args.overwrite and not os.path.isdir(path):
+        if os.path.isfile(path) and not args.overwrite:
             raise ValueError(f"{path} exists; pass --overwrite to replace it")
         try:
             files.check_writable(path)
@@ -185,7 +187,7 @@ class _Checked:
     adapter: Any
     config: Any  # SurfConfig
     call_params: Any  # the pipeline's __call__ parameters
-    outputs: list
+    outputs: list[str]
 
 
 def _check_generate(args) -> _Checked:

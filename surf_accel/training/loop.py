@@ -102,13 +102,9 @@ def _read_state(d: Path) -> dict:
 
 
 def _damage(d: Path) -> Optional[str]:
-    """What in checkpoint ``d`` does not read back (a truncated or garbled file, named), or ``None``: its
-    trainer state parses, each safetensors file's header covers the file, each torch.save file is a whole
-    zip archive. A cheap check of every file, before any model is built."""
-    try:
-        _read_state(d)
-    except ValueError as e:
-        return str(e)
+    """Which file of checkpoint ``d`` does not read back (truncated or garbled), or ``None``: each
+    safetensors file's header covers the file, each torch.save file is a whole zip archive. A cheap check
+    of every file, before any model is built."""
     for f in sorted(d.iterdir()):
         try:
             if f.suffix == ".safetensors":
@@ -127,9 +123,14 @@ def sound_checkpoints(output_dir: str | os.PathLike) -> tuple[list[tuple[Path, d
     what is wrong with each of the others (naming the file)."""
     sound, damaged = [], []
     for d in reversed(checkpoint_dirs(output_dir)):
+        try:
+            state = _read_state(d)
+        except ValueError as e:
+            damaged.append(str(e))
+            continue
         problem = _damage(d)
         if problem is None:
-            sound.append((d, _read_state(d)))
+            sound.append((d, state))
         else:
             damaged.append(problem)
     return sound, damaged
@@ -613,10 +614,10 @@ def export_checkpoint(cfg: RefinerTrainingConfig, checkpoint: Optional[str | os.
     cfg.check_paths()
     if checkpoint is not None:
         d = Path(checkpoint)
-        problem = _damage(d) if (d / STATE_NAME).is_file() else f"{d} is no complete checkpoint"
+        state = _read_state(d)
+        problem = _damage(d)
         if problem is not None:
             raise ValueError(problem)
-        state = _read_state(d)
     else:
         sound, damaged = sound_checkpoints(cfg.output_dir)
         if not sound:
