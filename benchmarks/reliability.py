@@ -86,6 +86,14 @@ CASES = {
 }
 
 
+def commit(tree: Path) -> str:
+    """The commit ``tree`` has checked out (``+`` when it has uncommitted changes)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=tree, capture_output=True,
+                           text=True).stdout
+    return head.strip() + ("+" if dirty.strip() else "")
+
+
 def run(tree: Path, junit: Path) -> dict[str, tuple[str, str]]:
     """``python -m pytest tests/reliability`` in ``tree``: test name -> (outcome, first line of its message)."""
     subprocess.run([sys.executable, "-m", "pytest", "tests/reliability", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors",
@@ -144,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     kinds_before = {k: sum(1 for n, (_, kind, _, _) in CASES.items() if kind == k and before.get(n, ("",))[0] == "failed")
                     for k in ("silent", "data", "error", "refused", "gap", "new")}
     lines = provenance(argv, program="python benchmarks/reliability.py") + [
+        f"- after: this tree at {commit(ROOT)}"
+        + (f"; before: {args.before} at {commit(args.before)}" if args.before is not None else ""),
         "",
         f"{len(CASES)} cases (tests/reliability). After the fixes: {counts['clear errors']} end in a clear error, "
         f"{counts['right results']} give the right result, {counts['silent wrong results']} silent wrong results, "
