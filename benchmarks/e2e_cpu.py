@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 import surf_accel  # noqa: E402
-from surf_accel import SurfConfig  # noqa: E402
+from surf_accel import SurfConfig, files  # noqa: E402
 from surf_accel.catalogue import estimate  # noqa: E402
 from surf_accel.cost_model import TransformerSpec, forward_flops, measure_vae  # noqa: E402
 from surf_accel.schedulers import scheduler_spec  # noqa: E402
@@ -191,9 +191,7 @@ def main(argv=None) -> int:
         lines.append(f"- {name}:")
         lines += [f"    - {ln}" for ln in plan]
     text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
+    files.write_text(args.out, text)
     print(text)
     return 0
 

@@ -7,7 +7,14 @@ and everything else still see the original class (``WanPipeline``, ``HunyuanVide
 diffusers class, module or global is modified. The patch's state lives on the instance (``pipe._surf_state``). Offload hooks
 (``enable_model_cpu_offload``) sit on the components, not on the pipeline class, so the patch
 survives them in either order. ``unpatch`` restores the original class: the unpatched call is the
-untouched diffusers code, so its outputs are bit-identical to a never-patched pipeline.
+untouched diffusers code, so its outputs are bit-identical to a never-patched pipeline. A patched
+pipeline pickles (and deep-copies) as its unpatched self plus its ``SurfConfig`` and refiner, and
+is patched again when loaded.
+
+A SURF call holds its pipeline, the pipeline's models and the refiner for the whole call
+(``runner.hold``): it installs per-stage state on them (window attention, cache resets), so another
+SURF call on any of them, from another thread or through another pipeline sharing a transformer,
+waits until the first one is done instead of running on its state.
 """
 
 from __future__ import annotations
@@ -26,11 +33,12 @@ from surf_accel.config import SurfConfig
 from surf_accel.cost_model import estimate_plan, vae_spec
 from surf_accel.planner import Request, plan_stages
 from surf_accel.refiner import Refiner
-from surf_accel.runner import run_plan
+from surf_accel.runner import STAGE_ATTR, hold, run_plan
 
 logger = logging.getLogger("surf_accel")
 
 _STATE_ATTR = "_surf_state"
+_LAST_PLAN = "_surf_last_plan"
 _SUBCLASSES: dict[type, type] = {}  # original class -> its SURF subclass (ours only)
 
 
@@ -65,9 +73,24 @@ def _surf_subclass(cls: type) -> type:
         __call__.__doc__ = (f"SURF-accelerated {cls.__name__}.__call__ (same arguments); "
                             "see surf_accel.patch. Original docs:\n" + (cls.__call__.__doc__ or ""))
         sub = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
-                                           "__qualname__": cls.__qualname__, "_surf_original_class": cls})
+                                           "__qualname__": cls.__qualname__, "_surf_original_class": cls,
+                                           "__reduce_ex__": _reduce_patched})
         _SUBCLASSES[cls] = sub
     return sub
+
+
+def _reduce_patched(pipe, protocol):
+    """Pickle a patched pipeline as its unpatched self and how it was patched (the SURF subclass is made
+    at run time: pickle cannot find it by name)."""
+    state: _SurfState = pipe.__dict__[_STATE_ATTR]
+    attrs = {k: v for k, v in pipe.__dict__.items() if k not in (_STATE_ATTR, _LAST_PLAN, STAGE_ATTR)}
+    return _unpickle_patched, (state.original_class, attrs, state.config, state.refiner)
+
+
+def _unpickle_patched(cls: type, attrs: dict, config: SurfConfig, refiner):
+    pipe = cls.__new__(cls)
+    pipe.__dict__.update(attrs)
+    return patch(pipe, config, refiner=refiner)
 
 
 def is_patched(pipe) -> bool:
@@ -90,6 +113,14 @@ def patch(pipe, config: Optional[SurfConfig] = None, *, refiner=None):
     Repeating with the same config and refiner is a no-op; a different one raises ``ValueError``
     until ``unpatch``. An unsupported pipeline or scheduler raises ``TypeError`` naming what is
     supported.
+
+    Callbacks (``callback_on_step_end``) run after every step of every stage, with the step's index
+    over the whole call; ``callback_kwargs["latents"]`` are the stage's own latents, of the stage's size
+    (the preview's are smaller than the request's), and ``pipe.surf_stage`` is the stage of the step (a
+    ``planner.Stage``: ``name``, ``height``, ``width``, ``latent_size``, ``steps``, ``step_offset``;
+    ``None`` outside a stage). The last step of a stage that ends in a reshift has the next stage's
+    start as its update, so its latents are already of the next stage's size. Latents a callback
+    returns must have the shape of the latents it was given (``ValueError`` naming the stage otherwise).
     """
     adapter = _adapter_for(pipe)
     if config is None:
@@ -111,6 +142,7 @@ def patch(pipe, config: Optional[SurfConfig] = None, *, refiner=None):
     vae_spec(pipe.vae)  # measured once per VAE architecture here, so that no call pays for it
     cls = type(pipe)
     pipe.__dict__[_STATE_ATTR] = _SurfState(config, refiner, adapter, cls)
+    pipe.__dict__[STAGE_ATTR] = None
     pipe.__class__ = _surf_subclass(cls)
     return pipe
 
@@ -120,8 +152,10 @@ def unpatch(pipe):
 
     A no-op on a pipeline that is not patched.
     """
-    state = getattr(pipe, "__dict__", {}).pop(_STATE_ATTR, None)
-    pipe.__dict__.pop("_surf_last_plan", None) if hasattr(pipe, "__dict__") else None
+    attrs = getattr(pipe, "__dict__", {})
+    state = attrs.pop(_STATE_ATTR, None)
+    attrs.pop(_LAST_PLAN, None)
+    attrs.pop(STAGE_ATTR, None)
     if state is not None:
         pipe.__class__ = state.original_class
     return pipe
@@ -180,16 +214,23 @@ def _lora_warnings(pipe, plan) -> tuple[str, ...]:
             f"{what}; load them on the refiner too, or refine with the base model (refiner=None)",)
 
 
+def _held_by_call(pipe, refiner) -> list:
+    """What a SURF call holds: the pipeline, its models and the refiner's model."""
+    models = [m for m in getattr(pipe, "components", {}).values() if isinstance(m, torch.nn.Module)]
+    return [pipe, *models, refiner.transformer if isinstance(refiner, Refiner) else refiner]
+
+
 @torch.no_grad()
 def _surf_call(pipe, *args, **kwargs):
     state: _SurfState = pipe.__dict__[_STATE_ATTR]
     adapter = state.adapter
-    call = adapter.prepare_call(pipe, state.original_class.__call__, args, kwargs)
     ref = state.refiner
-    plan = _plan(call.request, adapter, pipe, state.config, ref)
-    for m in plan.messages:
-        logger.info("surf_accel: %s", m)
-    for w in plan.warnings + _cost_warnings(adapter, pipe, plan, call, ref) + _lora_warnings(pipe, plan):
-        logger.warning("surf_accel: %s", w)
-    pipe.__dict__["_surf_last_plan"] = plan
-    return run_plan(pipe, adapter, plan, call, refiner=ref)
+    with hold(_held_by_call(pipe, ref)):
+        call = adapter.prepare_call(pipe, state.original_class.__call__, args, kwargs)
+        plan = _plan(call.request, adapter, pipe, state.config, ref)
+        for m in plan.messages:
+            logger.info("surf_accel: %s", m)
+        for w in plan.warnings + _cost_warnings(adapter, pipe, plan, call, ref) + _lora_warnings(pipe, plan):
+            logger.warning("surf_accel: %s", w)
+        pipe.__dict__[_LAST_PLAN] = plan
+        return run_plan(pipe, adapter, plan, call, refiner=ref)

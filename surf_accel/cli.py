@@ -14,11 +14,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
+from surf_accel import files
 from surf_accel.bench import demo
 
 
@@ -118,12 +121,126 @@ def cmd_plan(args) -> int:
 
 
 # ---------------------------------------------------------------------------- generate
+def _skeleton_pipeline(path: str):
+    """The pipeline of the model folder ``path`` built from its config files alone: diffusers models on the
+    meta device (no weights read), schedulers and guiders from their configs, text and image encoders left
+    out. What ``generate`` checks a request against before it loads anything."""
+    import diffusers
+    from accelerate import init_empty_weights
+
+    index_path = os.path.join(path, "model_index.json")
+    if not os.path.isdir(path):
+        raise ValueError(f"{path!r} is not a local diffusers model folder")
+    if not os.path.isfile(index_path):
+        raise ValueError(f"{path!r} is not a diffusers model folder: it has no model_index.json")
+    try:
+        with open(index_path) as f:
+            index = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{index_path} cannot be read: {e}") from None
+    cls = getattr(diffusers, str(index.get("_class_name")), None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
+        raise ValueError(f"{index_path} names {index.get('_class_name')!r}, not a diffusers pipeline")
+    parts = {}
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list):
+            continue
+        part_cls = getattr(diffusers, str(spec[1]), None) if spec[0] == "diffusers" else None
+        if part_cls is None:
+            parts[name] = None
+            continue
+        try:
+            config = part_cls.load_config(os.path.join(path, name))
+            with init_empty_weights():
+                parts[name] = part_cls.from_config(config)
+        except (OSError, ValueError, TypeError) as e:
+            raise ValueError(f"{os.path.join(path, name)}: its {spec[1]} config cannot be read: {e}") from None
+    return cls(**parts)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {device}: {e}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"--device {device}: this machine has {count} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
+def _outputs(args) -> list[str]:
+    """The files ``generate`` writes: the video, and with ``--baseline`` the baseline's beside it."""
+    root, ext = os.path.splitext(args.output)
+    return [args.output] + ([f"{root}_baseline{ext}"] if args.baseline else [])
+
+
+def _check_outputs(args) -> list[str]:
+    """The output files, each a video name in a folder that takes a new file, none there already unless
+    ``--overwrite``."""
+    paths = _outputs(args)
+    if os.path.splitext(args.output)[1].lower() not in files.VIDEO_SUFFIXES:
+        raise ValueError(f"--output {args.output}: a video file name ending in {', '.join(files.VIDEO_SUFFIXES)}")
+    for path in paths:
+        if os.path.isfile(path) and not args.overwrite:
+            raise ValueError(f"{path} exists; pass --overwrite to replace it")
+        try:
+            files.check_writable(path)
+        except files.WriteError as e:
+            raise ValueError(str(e)) from None
+    return paths
+
+
+@dataclasses.dataclass
+class _Checked:
+    """What ``generate`` checked before loading the model."""
+
+    adapter: Any
+    config: Any  # SurfConfig
+    call_params: Any  # the pipeline's __call__ parameters
+    outputs: list[str]
+
+
+def _check_generate(args) -> _Checked:
+    """Every check that needs no weights, before the model loads: device, output files, the model folder's
+    pipeline class, the SURF setting, the cache form, and the request against the folder's configs
+    (sizes, steps); ``ValueError``/``TypeError`` with the reason."""
+    import inspect
+
+    from surf_accel.api import _adapter_for, plan_for
+
+    _check_device(args.device)
+    outputs = _check_outputs(args)
+    if args.image is not None and not os.path.isfile(args.image):
+        raise ValueError(f"--image {args.image}: no such file")
+    skeleton = _skeleton_pipeline(args.model)
+    adapter = _adapter_for(skeleton)
+    call_params = inspect.signature(type(skeleton).__call__).parameters
+    if args.true_cfg_scale is not None and "true_cfg_scale" not in call_params:
+        raise ValueError(f"--true-cfg-scale is for HunyuanVideo pipelines; {type(skeleton).__name__} takes "
+                         "--guidance (classifier-free guidance)")
+    cfg = _config_from(args, adapter.default_preset)
+    if args.cache:
+        from surf_accel.registry import install_cache
+
+        install_cache(skeleton, args.cache)
+    if "height" in call_params:
+        frames = args.frames if args.frames is not None else call_params["num_frames"].default
+        plan_for(skeleton, height=args.height, width=args.width, num_frames=frames,
+                 num_inference_steps=args.steps, config=cfg)
+    return _Checked(adapter, cfg, call_params, outputs)
+
+
 def _load_pipeline(path: str, dtype: str, device: str, offload: Optional[str], compile_mode: Optional[str] = None):
     import torch
     from diffusers import DiffusionPipeline
 
-    if not os.path.isdir(path):
-        raise SystemExit(f"surf-accel generate: {path!r} is not a local diffusers model folder")
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True)
     _offload_and_compile(pipe, device, offload, compile_mode)
@@ -150,24 +267,14 @@ def _offload_and_compile(pipe, device: str, offload: Optional[str], compile_mode
         pipe.transformer.compile()
 
 
-def _save_video(frames, path: str, fps: int) -> None:
-    from diffusers.utils import export_to_video
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    export_to_video(list(frames), path, fps=fps)
-
-
 def cmd_generate(args) -> int:
-    import inspect
-
     import torch
 
     import surf_accel
-    from surf_accel.api import _adapter_for
 
+    checked = _check_generate(args)
     pipe = _load_pipeline(args.model, args.dtype, args.device, args.offload, args.compile)
-    adapter = _adapter_for(pipe)  # TypeError naming the supported pipelines
-    call_params = inspect.signature(type(pipe).__call__).parameters  # before patching: the pipeline's defaults
+    adapter, call_params = checked.adapter, checked.call_params
     frames = args.frames if args.frames is not None else call_params["num_frames"].default
     kwargs = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, num_frames=frames,
                   num_inference_steps=args.steps, output_type="np")
@@ -182,35 +289,30 @@ def cmd_generate(args) -> int:
     if args.guidance_2 is not None:  # Wan2.2 A14B's low-noise expert (the pipeline refuses it elsewhere)
         kwargs["guidance_scale_2"] = args.guidance_2
     if args.true_cfg_scale is not None:
-        if "true_cfg_scale" not in call_params:
-            raise ValueError(f"--true-cfg-scale is for HunyuanVideo pipelines; {type(pipe).__name__} takes "
-                             "--guidance (classifier-free guidance)")
         kwargs["true_cfg_scale"] = args.true_cfg_scale
     fps = args.fps if args.fps is not None else adapter.video_fps(pipe)
     if args.image:
         from diffusers.utils import load_image
 
         kwargs["image"] = load_image(args.image)
-    if args.max_sequence_length:
+    if args.max_sequence_length is not None:
         kwargs["max_sequence_length"] = args.max_sequence_length
-    if args.cache:
-        from surf_accel.registry import install_cache
-
-        # before the baseline too: --baseline then compares the cache alone with SURF + the cache
-        print(f"cache: {install_cache(pipe, args.cache)}", file=sys.stderr)
 
     def gen():
         return torch.Generator(device="cpu").manual_seed(args.seed)
 
     times = {}
-    if args.baseline:
+    if args.baseline:  # the pipeline as diffusers runs it: no SURF, no --cache
         t0 = time.perf_counter()
         video = pipe(generator=gen(), **kwargs).frames[0]
         times["baseline"] = time.perf_counter() - t0
-        root, ext = os.path.splitext(args.output)
-        _save_video(video, f"{root}_baseline{ext or '.mp4'}", fps)
-    cfg = _config_from(args, adapter.default_preset)
-    with surf_accel.patched(pipe, cfg):
+        files.write_video(checked.outputs[1], video, fps)
+        print(f"wrote {checked.outputs[1]} (baseline: the unpatched pipeline, no cache)")
+    if args.cache:
+        from surf_accel.registry import install_cache
+
+        print(f"cache: {install_cache(pipe, args.cache)}", file=sys.stderr)
+    with surf_accel.patched(pipe, checked.config):
         if sized:
             plan = surf_accel.api.plan_for(pipe, height=args.height, width=args.width, num_frames=frames,
                                            num_inference_steps=args.steps)
@@ -220,8 +322,8 @@ def cmd_generate(args) -> int:
         times["surf"] = time.perf_counter() - t0
         if not sized:
             print(pipe._surf_last_plan.describe(), file=sys.stderr)
-    _save_video(video, args.output, fps)
-    print(f"wrote {args.output}")
+    files.write_video(args.output, video, fps)
+    print(f"wrote {args.output} (SURF{' + ' + args.cache if args.cache else ''})")
     for k, v in times.items():
         print(f"{k:9s} {v:8.2f} s")
     if "baseline" in times:
@@ -248,8 +350,6 @@ def cmd_train_refiner(args) -> int:
     import logging
 
     import torch
-
-    import dataclasses
 
     from surf_accel.training import load_config
     from surf_accel.training.loop import export_checkpoint, train
@@ -304,6 +404,16 @@ def _add_train_refiner(sub) -> None:
     t.set_defaults(func=cmd_train_refiner)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surf-accel", description="SURF video-diffusion acceleration for diffusers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -315,11 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative-prompt", default=None, help="HunyuanVideo uses it only with --true-cfg-scale > 1")
     g.add_argument("--image", default=None, help="first frame (image-to-video pipelines)")
-    g.add_argument("--height", type=int, default=720, help="(HunyuanVideo-1.5 I2V: ignored, the pipeline sizes "
+    g.add_argument("--height", type=_positive_int, default=720, help="(HunyuanVideo-1.5 I2V: ignored, the pipeline sizes "
                    "the video from the image)")
-    g.add_argument("--width", type=int, default=1280)
-    g.add_argument("--frames", type=int, default=None, help="default: the pipeline's (Wan 81, HunyuanVideo 129)")
-    g.add_argument("--steps", type=int, default=50)
+    g.add_argument("--width", type=_positive_int, default=1280)
+    g.add_argument("--frames", type=_positive_int, default=None, help="default: the pipeline's (Wan 81, HunyuanVideo 129)")
+    g.add_argument("--steps", type=_positive_int, default=50)
     g.add_argument("--guidance", type=float, default=None, help="guidance_scale (default: the pipeline's; Wan: "
                    "classifier-free guidance 5.0, HunyuanVideo: embedded guidance 6.0, HunyuanVideo-1.5: its "
                    "guider's guidance_scale)")
@@ -328,11 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--true-cfg-scale", type=float, default=None,
                    help="HunyuanVideo only: true classifier-free guidance (with --negative-prompt; two passes per step)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--fps", type=int, default=None, help="mp4 frame rate (default: Wan 16, Wan2.2 TI2V-5B 24, "
+    g.add_argument("--fps", type=_positive_int, default=None, help="mp4 frame rate (default: Wan 16, Wan2.2 TI2V-5B 24, "
                    "HunyuanVideo 24)")
-    g.add_argument("--max-sequence-length", type=int, default=None)
-    g.add_argument("--output", default="surf.mp4")
-    g.add_argument("--baseline", action="store_true", help="also run the unpatched pipeline and print both times")
+    g.add_argument("--max-sequence-length", type=_positive_int, default=None)
+    g.add_argument("--output", default="surf.mp4", help="the video (.mp4, .mkv or .mov); refused if it exists, "
+                   "unless --overwrite")
+    g.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    g.add_argument("--baseline", action="store_true", help="also run the unpatched pipeline (no SURF, no --cache) "
+                   "into OUTPUT_baseline.mp4 and print both times")
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="bfloat16")
     g.add_argument("--device", default="cuda" if _cuda() else "cpu")
     g.add_argument("--offload", nargs="?", const="model", choices=("model", "sequential", "group"), default=None,
@@ -418,6 +531,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ValueError, TypeError, NotImplementedError) as e:
         print(f"surf-accel {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except files.WriteError as e:
+        print(f"surf-accel {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

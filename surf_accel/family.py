@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional
 
@@ -68,9 +69,10 @@ def noise_latents(call: "PreparedCall", shape: tuple[int, ...], stage, dtype: to
 
     shape = tuple(shape)
     if call.latents is not None:
-        if tuple(call.latents.shape) != shape:
+        # any batch, as the pipelines take the caller's latents (the transformer broadcasts one prompt's text)
+        if tuple(call.latents.shape[1:]) != shape[1:]:
             raise ValueError(f"`latents` has shape {tuple(call.latents.shape)}, but the first SURF stage "
-                             f"({stage.height}x{stage.width} px) needs {shape}")
+                             f"({stage.height}x{stage.width} px) needs {('B',) + shape[1:]}")
         return call.latents.to(device=call.device, dtype=dtype).to(torch.float32)
     gen = call.generator
     if isinstance(gen, list) and len(gen) != call.batch:
@@ -78,6 +80,16 @@ def noise_latents(call: "PreparedCall", shape: tuple[int, ...], stage, dtype: to
                          f"effective batch size of {call.batch}. Make sure the batch size matches the length "
                          "of the generators.")
     return randn_tensor(shape, generator=gen, device=call.device, dtype=dtype).to(torch.float32)
+
+
+def integral(value: Any) -> Any:
+    """``value`` as a Python int where it is a whole number of another type (``np.int64(64)``, ``64.0``: the
+    pipelines compute with those as with ints); anything else unchanged, for the pipeline's checks."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
+        return int(value)
+    return value
 
 
 @dataclass
@@ -173,6 +185,8 @@ class FamilyAdapter:
         pipeline binds them, the family's checks (``check_call``), the call state the pipeline sets
         (``start_call``), then the family's encoding (``encode_call``)."""
         a = self.bind_call(pipe, original_call, args, kwargs)
+        for key in ("height", "width", "num_frames", "num_inference_steps"):
+            a[key] = integral(a.get(key))
         if a.get("sigmas") is not None:
             raise ValueError("surf_accel plans each stage's sigmas itself (SurfConfig, the scheduler's shift); "
                              "the `sigmas` argument is not supported while the pipeline is patched")

@@ -16,20 +16,22 @@ Refiners:
 - Trained (``Refiner``): a Wan-family DiT trained on the straight path
   ``x_s = (1 - s) z_hr + s z_lr``; inference starts at ``s = 1`` from ``z_lr`` itself (no noise) and
   takes plain Euler steps, no guidance. A folder holds ``config.json`` and
-  ``diffusion_pytorch_model.safetensors``; ``from_pretrained`` refuses a checkpoint of another
-  architecture or with mismatching weights.
+  ``diffusion_pytorch_model.safetensors``, written as a whole (``surf_accel.files``); ``from_pretrained``
+  refuses, naming the file, a checkpoint of another architecture or format version, or with damaged,
+  mismatching or non-finite weights.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
-from surf_accel import ops
+from surf_accel import files, ops
 
 REFINER_FORMAT = "surf_accel.Refiner"
 REFINER_FORMAT_VERSION = 1
@@ -96,7 +98,7 @@ class Refiner:
         arch = type(transformer).__name__
         if arch not in SUPPORTED_ARCHITECTURES:
             raise TypeError(f"a Refiner wraps one of {SUPPORTED_ARCHITECTURES}, got {arch}")
-        if not (isinstance(num_steps, int) and num_steps >= 1):
+        if not (isinstance(num_steps, int) and not isinstance(num_steps, bool) and num_steps >= 1):
             raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
         self.transformer = transformer
         self.num_steps = num_steps
@@ -123,25 +125,25 @@ class Refiner:
         return cls(WanTransformer3DModel(**transformer_config).eval(), num_steps=num_steps)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
-        os.makedirs(folder, exist_ok=True)
+        """Write ``config.json`` and the weights as one folder (``files.write_folder``): a failure leaves
+        the folder's previous refiner loadable, and a folder holding other files is refused, not emptied."""
         tcfg = {k: v for k, v in dict(self.transformer.config).items() if not k.startswith("_")}
         cfg = {"format": REFINER_FORMAT, "format_version": REFINER_FORMAT_VERSION, "architecture": self.architecture,
                "transformer_config": tcfg, "num_steps": self.num_steps, "metadata": self.metadata}
-        with open(os.path.join(folder, CONFIG_NAME), "w") as f:
-            json.dump(cfg, f, indent=2, sort_keys=True, default=list)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.transformer.state_dict().items()}
-        weights = os.path.join(folder, WEIGHTS_NAME)
-        save_file(state, weights, metadata={"format": REFINER_FORMAT})
-        # safetensors writes 0600; give the weights the mode config.json got, so a shared folder is readable
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(weights, 0o666 & ~umask)
+
+        def write(tmp: Path) -> None:
+            files.write_json(tmp / CONFIG_NAME, cfg, indent=2, sort_keys=True, default=list)
+            files.write_safetensors(tmp / WEIGHTS_NAME, self.transformer.state_dict(), {"format": REFINER_FORMAT})
+
+        files.write_folder(folder, write)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, *, torch_dtype: Optional[torch.dtype] = None,
                         device: Any = None) -> "Refiner":
+        """Load a ``save_pretrained`` folder. ``ValueError`` naming the file (and the key) for a config that
+        is not valid JSON, of another format or format version, without ``transformer_config``, with a
+        ``num_steps`` that is no positive integer; for weights that cannot be read, do not fit the
+        architecture or are not finite (a NaN would make every video NaN)."""
         from safetensors.torch import load_file
 
         cfg_path = os.path.join(folder, CONFIG_NAME)
@@ -149,40 +151,37 @@ class Refiner:
         for p in (cfg_path, w_path):
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"not a surf_accel refiner folder: {p} is missing")
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-        if cfg.get("format") != REFINER_FORMAT:
-            raise ValueError(f"{cfg_path} is not a surf_accel refiner config (format {cfg.get('format')!r}, "
-                             f"expected {REFINER_FORMAT!r})")
-        arch = cfg.get("architecture")
-        if arch not in SUPPORTED_ARCHITECTURES:
-            raise ValueError(f"refiner checkpoint {folder} has architecture {arch!r}; supported: "
-                             f"{SUPPORTED_ARCHITECTURES}")
+        cfg = _read_config(cfg_path)
+        arch = cfg["architecture"]
         from diffusers import WanTransformer3DModel
 
         try:
             transformer = WanTransformer3DModel.from_config(cfg["transformer_config"])
         except Exception as e:  # noqa: BLE001  (a config the class cannot build is the wrong architecture)
-            raise ValueError(f"refiner checkpoint {folder}: its transformer_config does not build a "
-                             f"{arch}: {e}") from e
-        state = load_file(w_path)
+            raise ValueError(f"{cfg_path}: its transformer_config does not build a {arch}: {e}") from e
+        try:
+            state = load_file(w_path)
+        except Exception as e:  # noqa: BLE001  (safetensors raises its own error type for a damaged file)
+            raise ValueError(f"{w_path} cannot be read ({e}): the refiner's weights are damaged or truncated") from None
         expected = transformer.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+        not_finite = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
         if missing or unexpected or wrong:
-            def head(xs):
-                return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
-            parts = [f"{len(missing)} missing ({head(missing)})" if missing else "",
-                     f"{len(unexpected)} unexpected ({head(unexpected)})" if unexpected else "",
-                     f"{len(wrong)} with other shapes ({head(wrong)})" if wrong else ""]
-            raise ValueError(f"refiner checkpoint {folder} does not match the {arch} its config describes: "
+            parts = [f"{len(missing)} missing ({_head(missing)})" if missing else "",
+                     f"{len(unexpected)} unexpected ({_head(unexpected)})" if unexpected else "",
+                     f"{len(wrong)} with other shapes ({_head(wrong)})" if wrong else ""]
+            raise ValueError(f"{w_path} does not match the {arch} {cfg_path} describes: "
                              + "; ".join(p for p in parts if p) + ": wrong architecture or corrupt checkpoint")
+        if not_finite:
+            raise ValueError(f"{w_path}: {len(not_finite)} weight tensor(s) hold NaN or infinite values "
+                             f"({_head(not_finite)}); the refiner would make non-finite videos")
         transformer.load_state_dict(state, strict=True)
         transformer.eval()
         if torch_dtype is not None or device is not None:
             transformer.to(device=device, dtype=torch_dtype)
-        return cls(transformer, num_steps=int(cfg.get("num_steps", 10)), metadata=cfg.get("metadata") or {})
+        return cls(transformer, num_steps=cfg["num_steps"], metadata=cfg.get("metadata") or {})
 
     def setting_mismatches(self, config) -> list[str]:
         """Where ``config`` (a ``SurfConfig``) hands off or attends differently from how this refiner
@@ -217,6 +216,34 @@ class Refiner:
                             f"the base model's input ({bc.in_channels})")
         if problems:
             raise ValueError("this refiner does not fit the pipeline: " + "; ".join(problems))
+
+
+def _head(keys: list[str]) -> str:
+    return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+
+def _read_config(path: str) -> dict:
+    """A refiner's ``config.json``, checked key by key; ``ValueError`` naming the file and the key."""
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): the refiner's config is damaged") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != REFINER_FORMAT:
+        found = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
+        raise ValueError(f"{path} is not a surf_accel refiner config (format {found!r}, expected {REFINER_FORMAT!r})")
+    version = cfg.get("format_version")
+    if version != REFINER_FORMAT_VERSION or isinstance(version, bool):
+        raise ValueError(f"{path}: format_version {version!r} is not one this surf_accel reads "
+                         f"({REFINER_FORMAT_VERSION}); it was written by another version")
+    if cfg.get("architecture") not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"{path}: architecture {cfg.get('architecture')!r}; supported: {SUPPORTED_ARCHITECTURES}")
+    if not isinstance(cfg.get("transformer_config"), dict):
+        raise ValueError(f"{path} has no 'transformer_config' mapping (the {cfg['architecture']}'s config)")
+    steps = cfg.setdefault("num_steps", 10)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"{path}: num_steps must be a positive integer (the refiner's Euler steps), got {steps!r}")
+    return cfg
 
 
 def check_refiner_transformer(transformer, base_transformer) -> None:

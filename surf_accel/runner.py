@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
-from typing import Optional
+import threading
+import weakref
+from typing import Any, Iterable, Iterator, Optional
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -42,6 +43,25 @@ from surf_accel.schedulers import stage_scheduler
 from surf_accel.stages import StageProtocol
 
 logger = logging.getLogger("surf_accel")
+
+STAGE_ATTR = "surf_stage"  # the running Stage on the pipeline, for callbacks (None between stages)
+_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def hold(objects: Iterable[Any]) -> Iterator[None]:
+    """Hold each of ``objects`` (a pipeline, its models, a refiner) for the block, one re-entrant lock per
+    object, all taken in one order (by ``id``) so that calls sharing some of them wait for each other and
+    never deadlock. SURF installs per-stage state on the models (window processors, stage resets of the
+    caches, the VAE's decode cache): a second call on any of them would run on the first one's state."""
+    unique = sorted({id(o): o for o in objects if o is not None}.values(), key=id)
+    with _LOCKS_GUARD:
+        locks = [_LOCKS.setdefault(o, threading.RLock()) for o in unique]
+    with contextlib.ExitStack() as stack:
+        for lock in locks:
+            stack.enter_context(lock)
+        yield
 
 
 def _randn(shape, call):
@@ -226,6 +246,8 @@ class StageRunner:
                 stack.enter_context(stage_attention(m, stage, self.plan.config))
                 stack.enter_context(registry.compile_watch(pipe, m, stage, timesteps[0]))
             bar = stack.enter_context(_progress(pipe, stage))
+            setattr(pipe, STAGE_ATTR, stage)
+            stack.callback(setattr, pipe, STAGE_ATTR, None)
             for i in range(n):
                 if pipe.interrupt:
                     continue
@@ -248,11 +270,14 @@ class StageRunner:
                     latents = ops.guided_step(latents.to(torch.float32).contiguous(), v_c.to(torch.float32).contiguous(),
                                               None if v_u is None else v_u.to(torch.float32).contiguous(),
                                               float(g), sigma, float(sigmas[i + 1]))
-                latents = self._callback(stage.step_offset + i, t, latents)
+                latents = self._callback(stage, stage.step_offset + i, t, latents)
                 bar.update()
         return latents
 
-    def _callback(self, index, t, latents):
+    def _callback(self, stage: Stage, index, t, latents):
+        """``callback_on_step_end`` after step ``index`` (global over the stages) of ``stage``: it sees the
+        step's latents and may return new ones of the same shape (``ValueError`` naming the stage and the
+        shape otherwise: latents of another stage's size would run silently at the wrong size)."""
         call = self.call
         if call.callback is None:
             return latents
@@ -260,7 +285,14 @@ class StageRunner:
                  "negative_prompt_embeds": call.negative_prompt_embeds}
         kwargs = {k: local[k] for k in call.callback_inputs}
         out = call.callback(self.pipe, index, t, kwargs) or {}
-        latents = out.pop("latents", latents)
+        new = out.pop("latents", latents)
+        if not isinstance(new, torch.Tensor) or tuple(new.shape) != tuple(latents.shape):
+            found = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+            raise ValueError(f"callback_on_step_end returned latents {found} at step {index}, in SURF's "
+                             f"{stage.name} stage ({stage.height}x{stage.width} px), whose latents are "
+                             f"{tuple(latents.shape)}; return latents of the stage's shape (pipe.surf_stage "
+                             "names the stage a callback runs in)")
+        latents = new
         call.prompt_embeds = out.pop("prompt_embeds", call.prompt_embeds)
         call.negative_prompt_embeds = out.pop("negative_prompt_embeds", call.negative_prompt_embeds)
         return latents

@@ -1,6 +1,5 @@
 import os
 
-import pytest
 
 from surf_accel import cli
 
@@ -57,9 +56,9 @@ def test_generate_with_baseline(tmp_path, capsys):
     assert (tmp_path / "v_baseline.mp4").exists()
 
 
-def test_generate_missing_folder():
-    with pytest.raises(SystemExit, match="not a local diffusers model folder"):
-        cli.main(["generate", "/nonexistent/model", "--prompt", "x"])
+def test_generate_missing_folder(capsys):
+    assert cli.main(["generate", "/nonexistent/model", "--prompt", "x", "--device", "cpu"]) == 2
+    assert "not a local diffusers model folder" in capsys.readouterr().err
 
 
 def test_estimate_hunyuanvideo_defaults(capsys):

@@ -15,7 +15,7 @@ each cache needs beyond that, and what is refused (diffusers 0.42):
   so its retention and end steps apply to every stage); refused where it has no indicator for the
   model (it would silently run uncached).
 - FasterCache: its attention cache on guidance-distilled models (HunyuanVideo,
-  ``is_guidance_distilled=True``, one pass per step), the counter seeded per stage so each stage's
+  ``is_guidance_distilled=True``, one pass per step), the counter seeded at each later stage so its
   first call computes (reset alone restarts inside the skip window with an empty cache and crashes);
   its CFG cache needs the uncond/cond inputs batched, which these adapters never do: refused.
 - MagCache: refused unless the plan is one stage of the call's own schedule
@@ -116,10 +116,11 @@ class DiffusersCache(Accelerator):
                                  "branch)")
 
     def stage_start(self, model, stage: StageInfo) -> None:
-        if self.name == "FasterCache":
+        if self.name == "FasterCache" and stage.index > 0:
             # After a reset the counter is 0, and FasterCache computes at 0 only outside its timestep window;
-            # a stage starting inside it would read an empty cache. Its own skip range R as the start value
+            # a later stage starting inside it would read an empty cache. Its own skip range R as the start value
             # computes the first call and leaves every later decision as the call-long counter would (R = 0 mod R).
+            # The first stage starts where the pipeline's own call does: its counter counts that call's steps.
             for hook in self.hooks["faster_cache_block"]:
                 hook.state.iteration = hook.block_skip_range
 

@@ -339,6 +339,10 @@ def apply_teacache(transformer, config: SurfTeaCacheConfig) -> None:
     undoes it). Refused when another cache is installed on it (diffusers allows one)."""
     if not isinstance(config, SurfTeaCacheConfig):
         raise TypeError(f"apply_teacache takes a SurfTeaCacheConfig, got {type(config).__name__}")
+    if not isinstance(transformer, torch.nn.Module):
+        hint = " (pass pipe.transformer)" if isinstance(getattr(transformer, "transformer", None), torch.nn.Module) \
+            else ""
+        raise TypeError(f"apply_teacache installs on a transformer model, got a {type(transformer).__name__}{hint}")
     present = detect(transformer)
     if present:
         raise ValueError(f"{type(transformer).__name__} already has a cache installed ({present[0].name}); diffusers "

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from surf_accel import files
 from surf_accel.toyworld import (DEFAULT_GUIDANCE, DEFAULT_STEPS, DEMO_PROMPTS, FLOW_SHIFT, NUM_FRAMES, TARGET_SIZE,
                                  load_pipeline, load_refiner, parse_prompt, surf_config)
 from surf_accel.toyworld.world import vocabulary
@@ -83,7 +84,6 @@ def _signature_line(name: str, record: dict) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from diffusers import UniPCMultistepScheduler
-    from diffusers.utils import export_to_video
 
     import surf_accel
     from surf_accel import metrics
@@ -106,9 +106,9 @@ def main(args: argparse.Namespace) -> int:
     with surf_accel.patched(pipe, config, refiner=refiner):
         surf, t_surf = _generate(pipe, args.prompt, args.seed, args.steps)
 
-    export_to_video(list(baseline), str(out / "baseline.mp4"), fps=FPS)
-    export_to_video(list(surf), str(out / "surf.mp4"), fps=FPS)
-    compare_image({"baseline": baseline, "SURF": surf}).save(out / "compare.png")
+    files.write_video(out / "baseline.mp4", baseline, FPS)
+    files.write_video(out / "surf.mp4", surf, FPS)
+    files.write_image(out / "compare.png", compare_image({"baseline": baseline, "SURF": surf}))
 
     res = metrics.evaluate([baseline, surf], [args.prompt, args.prompt])["videos"]
     layout = metrics.compare_layout([baseline], [surf])

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from surf_accel import files
+
 
 def provenance(argv: list[str] | None, machine_note: str = "", program: str | None = None) -> list[str]:
     """Markdown bullet lines: UTC date, machine and torch build, and the command that ran (``program``:
@@ -25,7 +27,6 @@ def provenance(argv: list[str] | None, machine_note: str = "", program: str | No
 
 def write(path: Path, title: str, lines: list[str], quiet: bool = False) -> None:
     """``# title``, a blank line, then ``lines``; prints where it wrote unless ``quiet``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join([f"# {title}", "", *lines, ""]))
+    files.write_text(path, "\n".join([f"# {title}", "", *lines, ""]))
     if not quiet:
         print(f"wrote {path}")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import surf_accel
+from surf_accel import files
 from surf_accel.config import SurfConfig
 from surf_accel.toyworld import (DEFAULT_GUIDANCE, DEFAULT_STEPS, EVAL_PROMPTS, FLOW_SHIFT, NUM_FRAMES, PREVIEW_SIZE,
                                  load_pipeline)
@@ -123,7 +124,7 @@ def run_sharded(a, argv, measure: Callable, combine: Callable) -> int:
         return 0
     part = measure(a)
     if a.json:
-        a.json.write_text(json.dumps(part))
+        files.write_json(a.json, part)
     else:
         combine([part], a.out, argv)
     return 0

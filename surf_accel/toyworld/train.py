@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from surf_accel import files
+
 from . import world
 from .text import build_text_encoder, build_tokenizer, round_to_fp16_
 from .vae_fullseq import decode_full, encode_full
@@ -61,9 +63,6 @@ MAX_SEQUENCE_LENGTH = 512  # WanPipeline.__call__'s default: the DiT sees 512 pa
 
 
 def save_checkpoint(path: Path, step: int, modules: dict, optimizer=None, extra: dict | None = None):
-    from safetensors.torch import save_file
-
-    path.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, mod in modules.items():
         for k, v in mod.state_dict().items():
@@ -75,10 +74,10 @@ def save_checkpoint(path: Path, step: int, modules: dict, optimizer=None, extra:
             for k, v in st.items():
                 tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v).detach().contiguous().cpu()
         meta["param_groups"] = sd["param_groups"]
-    tmp = path / "ckpt.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path / "ckpt.safetensors")
-    (path / "ckpt.json").write_text(json.dumps(meta))
+    # the meta goes with the tensors: dropped first, so that new tensors never pair with an old meta
+    (path / "ckpt.json").unlink(missing_ok=True)
+    files.write_safetensors(path / "ckpt.safetensors", tensors)
+    files.write_json(path / "ckpt.json", meta)
 
 
 def load_checkpoint(path: Path, modules: dict, optimizer=None) -> dict | None:
@@ -119,9 +118,9 @@ def _log(out: Path, stage: str, record: dict):
 
 def train_text(out: Path, seed: int = 0) -> None:
     tok = build_tokenizer()
-    tok.save_pretrained(out / "tokenizer")
+    files.write_folder(out / "tokenizer", tok.save_pretrained)
     enc = build_text_encoder(seed)
-    enc.save_pretrained(out / "text_encoder", safe_serialization=True)
+    files.write_folder(out / "text_encoder", lambda d: enc.save_pretrained(d, safe_serialization=True))
     print(f"text: tokenizer ({len(tok)} tokens) and UMT5 encoder "
           f"({sum(p.numel() for p in enc.parameters()) / 1e3:.1f}k params) -> {out}")
 
@@ -259,10 +258,14 @@ def finalize_vae(vae, out: Path, steps_done: int, seconds: float, stats_clips: i
     round_to_fp16_(vae)
     mean, std = latent_stats(vae, n=stats_clips)
     vae.register_to_config(latents_mean=mean, latents_std=std)
-    vae.save_pretrained(out / "vae", safe_serialization=True)
     metrics = {"steps": steps_done, "seconds": round(seconds, 1), "psnr": evaluate_vae(vae, eval_sizes, n=eval_clips),
                "latents_mean": mean, "latents_std": std}
-    (out / "vae" / "metrics.json").write_text(json.dumps(metrics, indent=1))
+
+    def write(d: Path) -> None:
+        vae.save_pretrained(d, safe_serialization=True)
+        files.write_json(d / "metrics.json", metrics, indent=1)
+
+    files.write_folder(out / "vae", write)
     print("vae:", json.dumps(metrics["psnr"]))
 
 
@@ -319,7 +322,7 @@ def prepare_dit_data(out: Path, n_lo: int, n_hi: int, seed: int, lo: int = 64, h
                      parts: Path | None = None) -> dict:
     """Encoded training latents and prompt embeddings, cached in ``out``; ``parts`` holds the tokenizer,
     text encoder and VAE (default: ``out`` itself)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     path = out / "dit_data.safetensors"
     key = f"{n_lo}-{n_hi}-{seed}-{lo}-{hi}-{parts or out}"
@@ -331,8 +334,9 @@ def prepare_dit_data(out: Path, n_lo: int, n_hi: int, seed: int, lo: int = 64, h
     data["z_lo"], data["id_lo"] = encode_dataset(vae, n_lo, lo, seed + 1, desc=f"encode {lo}px")
     if n_hi:
         data["z_hi"], data["id_hi"] = encode_dataset(vae, n_hi, hi, seed + 2, desc=f"encode {hi}px")
-    save_file({k: v.contiguous() for k, v in data.items()}, str(path))
-    (out / "dit_data.json").write_text(json.dumps({"key": key, "latent_std_check": data["z_lo"].std().item()}))
+    (out / "dit_data.json").unlink(missing_ok=True)  # the key goes with the data (see save_checkpoint)
+    files.write_safetensors(path, data)
+    files.write_json(out / "dit_data.json", {"key": key, "latent_std_check": data["z_lo"].std().item()})
     return data
 
 
@@ -405,7 +409,7 @@ def train_dit(out: Path, steps: int, batch: int = 8, batch_hi: int = 4, hi_every
                     extra={"seconds_this_run": round(time.time() - t0, 1)})
     round_to_fp16_(ema)
     export = out / ("transformer" if name == "dit" else f"{name}_transformer")
-    ema.save_pretrained(export, safe_serialization=True)
+    files.write_folder(export, lambda d: ema.save_pretrained(d, safe_serialization=True))
     print(f"{name}: {final_step} steps, EMA weights -> {export}")
     return export
 
@@ -415,7 +419,7 @@ def ship_sibling(out: Path, dest: Path) -> Path:
     from diffusers import WanTransformer3DModel
 
     model = WanTransformer3DModel.from_pretrained(out / "sibling_transformer").to(torch.float16)
-    model.save_pretrained(dest, safe_serialization=True)
+    files.write_folder(dest, lambda d: model.save_pretrained(d, safe_serialization=True))
     print(f"sibling: WanTransformer3DModel ({sum(p.numel() for p in model.parameters())} parameters) -> {dest}")
     return dest
 
@@ -432,8 +436,7 @@ def assemble(out: Path, dest: Path = PACKAGE_PIPELINE_DIR) -> Path:
     pipe = WanPipeline(tokenizer=tok, text_encoder=enc, vae=vae, transformer=dit,
                        scheduler=UniPCMultistepScheduler(**SCHEDULER_CONFIG))
     pipe.to(torch.float16)
-    dest.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(dest, safe_serialization=True)
+    files.write_folder(dest, lambda d: pipe.save_pretrained(d, safe_serialization=True))
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
     print(f"assemble: WanPipeline -> {dest} ({size / 1e6:.2f} MB)")
     return dest

@@ -40,6 +40,7 @@ PRECISIONS = ("no", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
 STRATEGIES = ("ddp", "fsdp")
 EXPORT_DTYPES = ("float32", "float16", "bfloat16")
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the installed surf_accel
 
 
 class ConfigError(ValueError):
@@ -368,6 +369,21 @@ class RefinerTrainingConfig:
     @property
     def export_dir(self) -> Path:
         return Path(self.export.dir or os.path.join(self.output_dir, "refiner"))
+
+    def check_paths(self) -> None:
+        """``ConfigError`` where the run would write inside the installed package: a reinstall would lose
+        it, and an export there replaces the package's own files (the shipped toy refiner)."""
+        for key, path in (("output_dir", self.output_dir), ("data.cache_dir", self.cache_dir),
+                          ("export.dir", self.export_dir)):
+            refuse_package_path(key, path)
+
+
+def refuse_package_path(key: str, path: str | os.PathLike) -> None:
+    """``ConfigError`` naming ``key`` where ``path`` is inside the installed surf_accel package."""
+    resolved = Path(path).resolve()
+    if resolved == PACKAGE_DIR or PACKAGE_DIR in resolved.parents:
+        raise ConfigError(f"{key} {path} is inside the installed surf_accel package ({PACKAGE_DIR}); training never "
+                          "writes there: set it to a folder of your own")
 
 
 def _build(cls, d: Any, where: str):

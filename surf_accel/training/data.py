@@ -25,8 +25,10 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file
 
+from surf_accel import files
 from surf_accel.toyworld import world
 from surf_accel.training.config import DataConfig
 
@@ -210,29 +212,29 @@ def text_encoder_id(pipe) -> str:
 
 
 class TextEmbeddingCache:
-    """Caption -> embedding, computed once with the pipeline's encoder, stored as safetensors
-    (``embeddings.safetensors``: one tensor per caption index; ``embeddings.json``: the captions,
-    the sequence length and the encoder's id)."""
+    """Caption -> embedding, computed once with the pipeline's encoder, stored as one safetensors file
+    (``embeddings.safetensors``: one tensor per caption index; its metadata: the captions, the sequence
+    length and the encoder's id), so that tensors and captions are always replaced together."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
 
     def get(self, pipe, captions: Sequence[str], max_sequence_length: int) -> dict[str, torch.Tensor]:
         unique = sorted(set(captions))
-        key = {"max_sequence_length": max_sequence_length, "encoder": text_encoder_id(pipe)}
-        meta_p, w_p = self.folder / "embeddings.json", self.folder / "embeddings.safetensors"
+        key = json.dumps({"max_sequence_length": max_sequence_length, "encoder": text_encoder_id(pipe)})
+        w_p = self.folder / "embeddings.safetensors"
         have: dict[str, torch.Tensor] = {}
-        if meta_p.is_file() and w_p.is_file():
-            meta = json.loads(meta_p.read_text())
-            if {k: meta.get(k) for k in key} == key:
+        if w_p.is_file():
+            with safe_open(str(w_p), "pt") as f:
+                meta = f.metadata() or {}
+            if meta.get("key") == key:
                 tensors = load_file(str(w_p))
-                have = {c: tensors[str(i)] for i, c in enumerate(meta["captions"])}
+                have = {c: tensors[str(i)] for i, c in enumerate(json.loads(meta["captions"]))}
         todo = [c for c in unique if c not in have]
         if todo:
             emb = encode_captions(pipe, todo, max_sequence_length)
             have.update({c: e for c, e in zip(todo, emb)})
-            self.folder.mkdir(parents=True, exist_ok=True)
             order = sorted(have)
-            save_file({str(i): have[c].contiguous() for i, c in enumerate(order)}, str(w_p))
-            meta_p.write_text(json.dumps({**key, "captions": order}))
+            files.write_safetensors(w_p, {str(i): have[c] for i, c in enumerate(order)},
+                                    {"key": key, "captions": json.dumps(order)})
         return {c: have[c] for c in unique}

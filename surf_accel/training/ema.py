@@ -11,7 +11,9 @@ import os
 from typing import Iterable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from surf_accel import files
 
 
 class EMA:
@@ -39,7 +41,7 @@ class EMA:
             params[n].copy_(v.to(params[n].dtype))
 
     def save(self, path: str | os.PathLike) -> None:
-        save_file({n: v.contiguous() for n, v in self.shadow.items()}, str(path), metadata={"decay": str(self.decay)})
+        files.write_safetensors(path, self.shadow, {"decay": str(self.decay)})
 
     def load(self, path: str | os.PathLike) -> None:
         state = load_file(str(path))

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from surf_accel.refiner import Refiner
-from surf_accel.training.config import RefinerTrainingConfig
+from surf_accel.training.config import RefinerTrainingConfig, refuse_package_path
 from surf_accel.training.model import merged_copy
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -40,6 +40,7 @@ def export_refiner(model, cfg: RefinerTrainingConfig, folder: Optional[str | os.
     """Save ``model`` (weights as they are: the caller applies EMA first) as a Refiner folder in
     ``cfg.export.dtype``; returns the saved ``Refiner``."""
     folder = cfg.export_dir if folder is None else folder
+    refuse_package_path("the export folder", folder)
     merged = merged_copy(model)
     with torch.no_grad():  # cast tensor by tensor: Module.to(fp16) makes diffusers warn about its fp32 modules
         for t in list(merged.parameters()) + list(merged.buffers()):

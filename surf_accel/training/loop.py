@@ -15,19 +15,25 @@ Checkpoints (``<output_dir>/checkpoints/step-XXXXXXXX``): ``accelerator.save_sta
 ``safe_serialization=True`` (model weights as safetensors; optimizer and RNG states as
 accelerate writes them: torch.save files, which accelerate loads back with ``weights_only=True``),
 the EMA as ``ema.safetensors`` and ``trainer_state.json`` (step, config fingerprint, the config),
-written last: a folder without it is incomplete and ignored.
+written last, all into ``step-XXXXXXXX.partial``, fsynced and then renamed: a checkpoint folder is
+complete or absent. A resume takes the newest checkpoint whose files read back (a damaged one is
+named in a warning and skipped); a failed save raises naming the folder and the reason (a full disk
+called one) and leaves the earlier checkpoints as they were.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -35,10 +41,11 @@ from typing import Any, Optional
 import torch
 from accelerate import Accelerator, FullyShardedDataParallelPlugin
 from accelerate.state import AcceleratorState
+from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from surf_accel import registry
+from surf_accel import files, registry
 from surf_accel.training import objective
 from surf_accel.training.base_pairs import make_base_pairs
 from surf_accel.training.config import ConfigError, Phase, RefinerTrainingConfig
@@ -54,6 +61,7 @@ logger = logging.getLogger("surf_accel.training")
 
 STATE_NAME = "trainer_state.json"
 EMA_NAME = "ema.safetensors"
+_CHECKPOINT = re.compile(r"step-(\d+)")
 
 
 class ResumeMismatch(ValueError):
@@ -77,8 +85,55 @@ def checkpoint_dirs(output_dir: str | os.PathLike) -> list[Path]:
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    done = [p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE_NAME).is_file()]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+    done = [p for p in root.iterdir() if _CHECKPOINT.fullmatch(p.name) and (p / STATE_NAME).is_file()]
+    return sorted(done, key=lambda p: int(_CHECKPOINT.fullmatch(p.name).group(1)))
+
+
+def _read_state(d: Path) -> dict:
+    """A checkpoint's ``trainer_state.json``; ``ValueError`` naming the file when it does not read back."""
+    path = d / STATE_NAME
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} does not read back ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ValueError(f"{path} has no step")
+    return state
+
+
+def _damage(d: Path) -> Optional[str]:
+    """Which file of checkpoint ``d`` does not read back (truncated or garbled), or ``None``: each
+    safetensors file's header covers the file, each torch.save file is a whole zip archive. A cheap check
+    of every file, before any model is built."""
+    for f in sorted(d.iterdir()):
+        try:
+            if f.suffix == ".safetensors":
+                with safe_open(str(f), "pt"):
+                    pass
+            elif f.suffix in (".bin", ".pkl", ".pt"):
+                with zipfile.ZipFile(f):
+                    pass
+        except Exception as e:  # noqa: BLE001  (safetensors and zipfile raise their own error types)
+            return f"{f} does not read back ({e})"
+    return None
+
+
+def sound_checkpoints(output_dir: str | os.PathLike) -> tuple[list[tuple[Path, dict]], list[str]]:
+    """The complete checkpoints whose files read back, newest first, each with its trainer state, and
+    what is wrong with each of the others (naming the file)."""
+    sound, damaged = [], []
+    for d in reversed(checkpoint_dirs(output_dir)):
+        try:
+            state = _read_state(d)
+        except ValueError as e:
+            damaged.append(str(e))
+            continue
+        problem = _damage(d)
+        if problem is None:
+            sound.append((d, state))
+        else:
+            damaged.append(problem)
+    return sound, damaged
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:
@@ -224,11 +279,12 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
     checkpoint beyond the periodic ones, no export); calling again resumes.
     """
     t_start = time.time()
+    cfg.check_paths()
     accelerator = _make_accelerator(cfg)
     _warn_if_unsharded(cfg, accelerator)
-    ckpt, state = _resume_point(cfg, accelerator, resume)
+    checkpoints = _resume_points(cfg, accelerator, resume)
     run = _set_up(cfg, accelerator, progress)
-    step = _resume(run, ckpt, state)
+    step = _resume(run, checkpoints)
     result = TrainResult(step=step, finished=False, is_main=run.main)
     _log_start(run, step)
     bar = _progress_bar(run, step, progress)
@@ -253,22 +309,29 @@ def _warn_if_unsharded(cfg: RefinerTrainingConfig, accelerator: Accelerator) -> 
                        accelerator.distributed_type)
 
 
-def _resume_point(cfg: RefinerTrainingConfig, accelerator: Accelerator,
-                  resume: bool) -> tuple[Optional[Path], Optional[dict]]:
-    """The newest complete checkpoint and its trainer state (``None`` for both: start at step 0).
+def _resume_points(cfg: RefinerTrainingConfig, accelerator: Accelerator,
+                   resume: bool) -> list[tuple[Path, dict]]:
+    """The checkpoints to resume from, newest first, each with its trainer state (empty: start at step 0).
 
-    ``resume=False`` deletes the earlier checkpoints first. Raises ``ResumeMismatch`` for a run
-    started with another config.
+    ``resume=False`` deletes the earlier checkpoints first. A damaged checkpoint is named in a warning
+    and skipped; ``ValueError`` naming them where every checkpoint is damaged. Raises ``ResumeMismatch``
+    for a run started with another config.
     """
     out_dir = Path(cfg.output_dir)
     if not resume and accelerator.is_main_process and (out_dir / "checkpoints").is_dir():
         shutil.rmtree(out_dir / "checkpoints")
     accelerator.wait_for_everyone()
-    ckpts = checkpoint_dirs(out_dir) if resume else []
-    state = json.loads((ckpts[-1] / STATE_NAME).read_text()) if ckpts else None
-    if state is not None:
-        check_resume(cfg, state)  # before any expensive work
-    return (ckpts[-1] if ckpts else None), state
+    if not resume:
+        return []
+    sound, damaged = sound_checkpoints(out_dir)
+    if damaged and not sound:
+        raise ValueError(f"no checkpoint in {out_dir / 'checkpoints'} reads back: " + "; ".join(damaged)
+                         + ". Remove the damaged ones (or pass --no-resume to start over)")
+    if damaged and accelerator.is_main_process:
+        logger.warning("skipping damaged checkpoint(s): %s", "; ".join(damaged))
+    if sound:
+        check_resume(cfg, sound[0][1])  # before any expensive work
+    return sound
 
 
 def _set_up(cfg: RefinerTrainingConfig, accelerator: Accelerator, progress: bool) -> _Run:
@@ -296,17 +359,26 @@ def _prepare_model(cfg: RefinerTrainingConfig, accelerator: Accelerator,
     return model, opt, ema
 
 
-def _resume(run: _Run, ckpt: Optional[Path], state: Optional[dict]) -> int:
-    """Load checkpoint ``ckpt`` (accelerate state and EMA); the step to go on from (0 without a state)."""
-    if state is None:
-        return 0
-    run.accelerator.load_state(str(ckpt))
-    if run.ema is not None:
-        run.ema.load(ckpt / EMA_NAME)
-    step = int(state["step"])
-    if run.main:
-        logger.info("resumed from %s (step %d)", ckpt, step)
-    return step
+def _resume(run: _Run, checkpoints: list[tuple[Path, dict]]) -> int:
+    """Load the newest of ``checkpoints`` that loads (accelerate state and EMA; a later one loaded over a
+    failed one replaces all of it); the step to go on from (0 without checkpoints)."""
+    failed = []
+    for ckpt, state in checkpoints:
+        try:
+            run.accelerator.load_state(str(ckpt))
+            if run.ema is not None:
+                run.ema.load(ckpt / EMA_NAME)
+        except Exception as e:  # noqa: BLE001  (torch, safetensors and accelerate each raise their own)
+            failed.append(f"{ckpt}: {type(e).__name__}: {e}")
+            if run.main:
+                logger.warning("checkpoint %s does not load (%s); trying the one before", ckpt, e)
+            continue
+        if run.main:
+            logger.info("resumed from %s (step %d)", ckpt, state["step"])
+        return int(state["step"])
+    if failed:
+        raise ValueError("no checkpoint loads: " + "; ".join(failed) + ". Pass --no-resume to start over")
+    return 0
 
 
 def _log_start(run: _Run, step: int) -> None:
@@ -476,15 +548,33 @@ def _append(path: Path, record: dict) -> None:
 
 
 def save_checkpoint(accelerator, cfg: RefinerTrainingConfig, step: int, ema: Optional[EMA]) -> Path:
-    """accelerate state + EMA + trainer state (written last); keeps the newest ``checkpoint.keep``."""
+    """accelerate state + EMA + trainer state (written last) into ``step-N.partial``, fsynced, renamed to
+    ``step-N``; then keeps the newest ``checkpoint.keep``. ``files.WriteError`` naming the checkpoint and
+    the reason on failure (the partial folder removed, the earlier checkpoints untouched)."""
     d = Path(cfg.output_dir) / "checkpoints" / f"step-{step:08d}"
-    accelerator.save_state(str(d), safe_serialization=True)
+    partial = d.with_name(d.name + ".partial")  # the same name on every process: each writes its own files
     if accelerator.is_main_process:
-        if ema is not None:
-            ema.save(d / EMA_NAME)
-        state = {"step": step, "fingerprint": cfg.fingerprint(), "fingerprint_dict": cfg.fingerprint_dict(),
-                 "config": cfg.to_dict()}
-        (d / STATE_NAME).write_text(json.dumps(state, indent=1))
+        shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(partial), safe_serialization=True)
+        if accelerator.is_main_process:
+            if ema is not None:
+                ema.save(partial / EMA_NAME)
+            state = {"step": step, "fingerprint": cfg.fingerprint(), "fingerprint_dict": cfg.fingerprint_dict(),
+                     "config": cfg.to_dict()}
+            files.write_json(partial / STATE_NAME, state, indent=1)
+            files.sync_folder(partial)
+    except Exception as e:  # noqa: BLE001  (torch.save reports a full disk as a RuntimeError)
+        shutil.rmtree(partial, ignore_errors=True)
+        raise files.WriteError(getattr(e, "errno", None) or errno.EIO,
+                               f"could not write checkpoint {d}: {files.reason(e, partial.parent)}; the earlier "
+                               "checkpoints are unchanged") from e
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(d, ignore_errors=True)  # the same step saved by an earlier run that got no further
+        os.replace(partial, d)
+        files.sync_folder(d.parent)
         for old in checkpoint_dirs(cfg.output_dir)[:-cfg.checkpoint.keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -521,11 +611,21 @@ def export_checkpoint(cfg: RefinerTrainingConfig, checkpoint: Optional[str | os.
     """Export a checkpoint (default: the newest in ``output_dir``) without training: the model's
     weights from the accelerate state (safetensors), with the EMA applied when the run keeps one and
     ``export.use_ema`` is set. For a run stopped before ``max_steps``."""
-    ckpts = checkpoint_dirs(cfg.output_dir)
-    d = Path(checkpoint) if checkpoint is not None else (ckpts[-1] if ckpts else None)
-    if d is None or not (d / STATE_NAME).is_file():
-        raise FileNotFoundError(f"no complete checkpoint in {cfg.output_dir}/checkpoints to export")
-    state = json.loads((d / STATE_NAME).read_text())
+    cfg.check_paths()
+    if checkpoint is not None:
+        d = Path(checkpoint)
+        state = _read_state(d)
+        problem = _damage(d)
+        if problem is not None:
+            raise ValueError(problem)
+    else:
+        sound, damaged = sound_checkpoints(cfg.output_dir)
+        if not sound:
+            raise FileNotFoundError(f"no complete checkpoint in {cfg.output_dir}/checkpoints to export"
+                                    + (f" ({'; '.join(damaged)})" if damaged else ""))
+        if damaged:
+            logger.warning("skipping damaged checkpoint(s): %s", "; ".join(damaged))
+        d, state = sound[0]
     check_resume(cfg, state)
     pipe = load_base_pipeline(cfg.base)
     model = build_transformer(pipe, cfg.model)

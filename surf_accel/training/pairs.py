@@ -31,9 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from surf_accel import files
 from surf_accel.config import SurfConfig
 from surf_accel.planner import Stage
 from surf_accel.refiner import handoff
@@ -227,10 +228,7 @@ def cached_tensors(folder: str | os.PathLike, name: str, key: dict, recipe: dict
     if os.path.isfile(path):
         return load_file(path)
     out = make()
-    os.makedirs(folder, exist_ok=True)
-    tmp = path + ".tmp"
-    save_file({k: v.contiguous() for k, v in out.items()}, tmp, metadata={"recipe": json.dumps(recipe, default=list)})
-    os.replace(tmp, path)  # a stopped run never leaves a half-written cache
+    files.write_safetensors(path, out, {"recipe": json.dumps(recipe, default=list)})
     return out
 
 

@@ -4,7 +4,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from surf_accel.cli import main as cli_main
 from surf_accel.toyworld import NUM_FRAMES, TARGET_SIZE, pipeline_available

@@ -67,7 +67,7 @@ def test_shipped_toy_refiner_config_is_valid(monkeypatch, tmp_path):
 
     monkeypatch.setenv("SURF_TOY_TRAIN_DIR", str(tmp_path))
     c = load_config(Path(tw.__file__).parent / "refiner" / "train.yaml")
-    assert c.export_dir == Path(tw.__file__).parent / "refiner" and c.output_dir == str(tmp_path / "refiner")
+    assert c.export_dir == tmp_path / "refiner" / "refiner" and c.output_dir == str(tmp_path / "refiner")
     assert c.pairs.handoff == tw.surf_config().handoff  # trained for the toy SURF setting's handoff
 
 
