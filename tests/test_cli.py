@@ -1,6 +1,5 @@
 import os
 
-
 from surf_accel import cli
 
 
