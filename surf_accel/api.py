@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import torch
 
-from surf_accel import registry
+from surf_accel import folder_setting, registry
 from surf_accel.config import SurfConfig
 from surf_accel.cost_model import estimate_plan, vae_spec
 from surf_accel.planner import Request, plan_stages
@@ -106,8 +106,10 @@ def get_config(pipe) -> Optional[SurfConfig]:
 def patch(pipe, config: Optional[SurfConfig] = None, *, refiner=None):
     """Make ``pipe(...)`` run SURF with the pipeline's own arguments; returns ``pipe``.
 
-    ``config``: a ``SurfConfig``, a preset name, or ``None``: the family's default preset
-    (``"paper"`` for Wan2.1 and Wan2.2, ``"hunyuan-paper"`` for HunyuanVideo).
+    ``config``: a ``SurfConfig``, a preset name, or ``None``: the setting of the model folder the
+    pipeline was loaded from (its ``surf_config.json``, ``surf_accel.folder_setting``: config and
+    refiner), else the family's default preset (``"paper"`` for Wan2.1 and Wan2.2,
+    ``"hunyuan-paper"`` for HunyuanVideo).
     ``refiner``: ``None`` (training-free refine with the pipeline's transformer), a transformer of
     the same family (training-free refine with it), or a trained ``surf_accel.Refiner`` (Wan).
     Repeating with the same config and refiner is a no-op; a different one raises ``ValueError``
@@ -123,18 +125,25 @@ def patch(pipe, config: Optional[SurfConfig] = None, *, refiner=None):
     returns must have the shape of the latents it was given (``ValueError`` naming the stage otherwise).
     """
     adapter = _adapter_for(pipe)
+    state = getattr(pipe, "__dict__", {}).get(_STATE_ATTR)
+    setting = None
     if config is None:
-        config = SurfConfig.preset(adapter.default_preset)
+        folder = folder_setting.model_folder(pipe)
+        setting = folder_setting.read(folder) if folder is not None else None
+        config = setting.config if setting is not None else SurfConfig.preset(adapter.default_preset)
     elif isinstance(config, str):
         config = SurfConfig.preset(config)
     elif not isinstance(config, SurfConfig):
         raise TypeError(f"config must be a SurfConfig, a preset name or None, got {type(config).__name__}")
-    state = getattr(pipe, "__dict__", {}).get(_STATE_ATTR)
     if state is not None:
-        if state.config == config and state.refiner is refiner:
+        same_refiner = state.refiner is refiner or (setting is not None and refiner is None)
+        if state.config == config and same_refiner:
             return pipe
         raise ValueError("this pipeline is already patched with a different SurfConfig or refiner "
                          f"({state.config} vs {config}); call surf_accel.unpatch(pipe) first")
+    if setting is not None and setting.refiner is not None and refiner is None:
+        refiner = folder_setting.load_refiner(setting.refiner, dtype=pipe.transformer.dtype,
+                                              device=pipe.transformer.device)
     adapter.check_refiner(pipe, refiner)
     if isinstance(refiner, Refiner):
         for msg in refiner.setting_mismatches(config):

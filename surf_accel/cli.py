@@ -21,8 +21,9 @@ import sys
 import time
 from typing import Any, Optional
 
-from surf_accel import files
+from surf_accel import files, folder_setting
 from surf_accel.bench import demo
+from surf_accel.refiner import REFINER_FORMAT
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -43,10 +44,14 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    "tiles, the first G latent frames global (SurfConfig.preview_attention)")
 
 
-def _config_from(args, default_preset: str):
+def _config_from(args, default):
+    """``--preset`` (else ``default``: a preset name or a ``SurfConfig``) with the command line's changes."""
     from surf_accel.config import SurfConfig
 
-    cfg = SurfConfig.preset(args.preset or default_preset)
+    if args.preset or not isinstance(default, SurfConfig):
+        cfg = SurfConfig.preset(args.preset or default)
+    else:
+        cfg = default
     changes = {}
     for attr, key in (("switch_step", "switch_step"), ("preview_steps", "preview_steps"),
                       ("refine_steps", "refine_steps"), ("refine_start", "refine_start"), ("handoff", "handoff"),
@@ -205,6 +210,21 @@ class _Checked:
     config: Any  # SurfConfig
     call_params: Any  # the pipeline's __call__ parameters
     outputs: list[str]
+    setting: Any  # the model folder's FolderSetting, or None
+    request: dict  # height, width, num_frames, num_inference_steps, guidance_scale (None: the pipeline's)
+    refiner: Optional[str]  # the refiner folder, or None: the base model refines
+
+
+def _refiner_flags(folder: Optional[str]) -> dict:
+    """The planner's view of the refiner in ``folder`` (``None``: the base model), from its config.json:
+    a trained ``surf_accel.Refiner`` (one pass per step, its own steps) or a transformer of the family."""
+    if folder is None:
+        return {}
+    with open(os.path.join(folder, "config.json")) as f:
+        cfg = json.load(f)
+    if cfg.get("format") == REFINER_FORMAT:
+        return {"trained_refiner": True, "trained_refiner_steps": cfg.get("num_steps")}
+    return {"refiner_transformer": True}
 
 
 def _check_generate(args) -> _Checked:
@@ -213,7 +233,8 @@ def _check_generate(args) -> _Checked:
     (sizes, steps); ``ValueError``/``TypeError`` with the reason."""
     import inspect
 
-    from surf_accel.api import _adapter_for, plan_for
+    from surf_accel.api import _adapter_for
+    from surf_accel.planner import Request, plan_stages
 
     _check_device(args.device)
     outputs = _check_outputs(args)
@@ -225,16 +246,27 @@ def _check_generate(args) -> _Checked:
     if args.true_cfg_scale is not None and "true_cfg_scale" not in call_params:
         raise ValueError(f"--true-cfg-scale is for HunyuanVideo pipelines; {type(skeleton).__name__} takes "
                          "--guidance (classifier-free guidance)")
-    cfg = _config_from(args, adapter.default_preset)
+    setting = folder_setting.read(args.model)
+    cfg = _config_from(args, setting.config if setting is not None else adapter.default_preset)
+    defaults = {"height": 720, "width": 1280, "num_frames": call_params["num_frames"].default,
+                "num_inference_steps": 50, "guidance_scale": None, **(setting.call if setting else {})}
+    given = {"height": args.height, "width": args.width, "num_frames": args.frames,
+             "num_inference_steps": args.steps, "guidance_scale": args.guidance}
+    request = {k: defaults[k] if v is None else v for k, v in given.items()}
+    refiner = setting.refiner if setting is not None and args.refiner is None else args.refiner
+    if refiner == "none":
+        refiner = None
+    if refiner is not None and not os.path.isfile(os.path.join(refiner, "config.json")):
+        raise ValueError(f"--refiner {refiner}: not a refiner or transformer folder (no config.json)")
     if args.cache:
         from surf_accel.registry import install_cache
 
-        install_cache(skeleton, args.cache)
+        install_cache(skeleton, args.cache, teacache_fit=setting.teacache if setting else None)
     if "height" in call_params:
-        frames = args.frames if args.frames is not None else call_params["num_frames"].default
-        plan_for(skeleton, height=args.height, width=args.width, num_frames=frames,
-                 num_inference_steps=args.steps, config=cfg)
-    return _Checked(adapter, cfg, call_params, outputs)
+        plan_stages(Request(request["height"], request["width"], request["num_frames"],
+                            request["num_inference_steps"]),
+                    adapter.family_spec(skeleton), adapter.scheduler_spec(skeleton), cfg, **_refiner_flags(refiner))
+    return _Checked(adapter, cfg, call_params, outputs, setting, request, refiner)
 
 
 def _load_pipeline(path: str, dtype: str, device: str, offload: Optional[str], compile_mode: Optional[str] = None):
@@ -242,7 +274,7 @@ def _load_pipeline(path: str, dtype: str, device: str, offload: Optional[str], c
     from diffusers import DiffusionPipeline
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True)
+    pipe = DiffusionPipeline.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
     _offload_and_compile(pipe, device, offload, compile_mode)
     return pipe
 
@@ -273,19 +305,20 @@ def cmd_generate(args) -> int:
     import surf_accel
 
     checked = _check_generate(args)
-    pipe = _load_pipeline(args.model, args.dtype, args.device, args.offload, args.compile)
-    adapter, call_params = checked.adapter, checked.call_params
-    frames = args.frames if args.frames is not None else call_params["num_frames"].default
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    pipe = _load_pipeline(args.model, dtype, args.device, args.offload, args.compile)
+    adapter, call_params, request = checked.adapter, checked.call_params, checked.request
+    frames = request["num_frames"]
     kwargs = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, num_frames=frames,
-                  num_inference_steps=args.steps, output_type="np")
+                  num_inference_steps=request["num_inference_steps"], output_type="np")
     sized = "height" in call_params  # HunyuanVideo15ImageToVideoPipeline sizes the call from its image
     if sized:
-        kwargs.update(height=args.height, width=args.width)
-    if args.guidance is not None:
+        kwargs.update(height=request["height"], width=request["width"])
+    if request["guidance_scale"] is not None:
         if "guidance_scale" in call_params:
-            kwargs["guidance_scale"] = args.guidance
+            kwargs["guidance_scale"] = request["guidance_scale"]
         else:  # HunyuanVideo-1.5: classifier-free guidance is the pipeline's guider
-            pipe.register_modules(guider=pipe.guider.new(guidance_scale=args.guidance))
+            pipe.register_modules(guider=pipe.guider.new(guidance_scale=request["guidance_scale"]))
     if args.guidance_2 is not None:  # Wan2.2 A14B's low-noise expert (the pipeline refuses it elsewhere)
         kwargs["guidance_scale_2"] = args.guidance_2
     if args.true_cfg_scale is not None:
@@ -311,11 +344,17 @@ def cmd_generate(args) -> int:
     if args.cache:
         from surf_accel.registry import install_cache
 
-        print(f"cache: {install_cache(pipe, args.cache)}", file=sys.stderr)
-    with surf_accel.patched(pipe, checked.config):
+        fit = checked.setting.teacache if checked.setting else None
+        print(f"cache: {install_cache(pipe, args.cache, teacache_fit=fit)}", file=sys.stderr)
+    refiner = None
+    if checked.refiner is not None:
+        refiner = folder_setting.load_refiner(checked.refiner, dtype=pipe.transformer.dtype,
+                                              device=pipe.transformer.device)
+        print(f"refiner: {checked.refiner} ({type(refiner).__name__})", file=sys.stderr)
+    with surf_accel.patched(pipe, checked.config, refiner=refiner):
         if sized:
-            plan = surf_accel.api.plan_for(pipe, height=args.height, width=args.width, num_frames=frames,
-                                           num_inference_steps=args.steps)
+            plan = surf_accel.api.plan_for(pipe, height=request["height"], width=request["width"], num_frames=frames,
+                                           num_inference_steps=request["num_inference_steps"])
             print(plan.describe(), file=sys.stderr)
         t0 = time.perf_counter()
         video = pipe(generator=gen(), **kwargs).frames[0]
@@ -425,11 +464,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative-prompt", default=None, help="HunyuanVideo uses it only with --true-cfg-scale > 1")
     g.add_argument("--image", default=None, help="first frame (image-to-video pipelines)")
-    g.add_argument("--height", type=_positive_int, default=720, help="(HunyuanVideo-1.5 I2V: ignored, the pipeline sizes "
+    g.add_argument("--height", type=_positive_int, default=None, help="default: the folder's surf_config.json, else 720 "
+                   "(HunyuanVideo-1.5 I2V: ignored, the pipeline sizes "
                    "the video from the image)")
-    g.add_argument("--width", type=_positive_int, default=1280)
+    g.add_argument("--width", type=_positive_int, default=None, help="default: the folder's surf_config.json, else 1280")
     g.add_argument("--frames", type=_positive_int, default=None, help="default: the pipeline's (Wan 81, HunyuanVideo 129)")
-    g.add_argument("--steps", type=_positive_int, default=50)
+    g.add_argument("--steps", type=_positive_int, default=None, help="default: the folder's surf_config.json, else 50")
+    g.add_argument("--refiner", default=None, metavar="FOLDER",
+                   help="a trained refiner folder (surf-accel train-refiner) or a transformer folder of the family "
+                        "(training-free refine with it), or 'none' for the base model; default: the refiner the "
+                        "model folder's surf_config.json names, else the base model")
     g.add_argument("--guidance", type=float, default=None, help="guidance_scale (default: the pipeline's; Wan: "
                    "classifier-free guidance 5.0, HunyuanVideo: embedded guidance 6.0, HunyuanVideo-1.5: its "
                    "guider's guidance_scale)")
@@ -446,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace existing output files")
     g.add_argument("--baseline", action="store_true", help="also run the unpatched pipeline (no SURF, no --cache) "
                    "into OUTPUT_baseline.mp4 and print both times")
-    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="bfloat16")
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="default: bfloat16 on CUDA, float32 otherwise")
     g.add_argument("--device", default="cuda" if _cuda() else "cpu")
     g.add_argument("--offload", nargs="?", const="model", choices=("model", "sequential", "group"), default=None,
                    help="diffusers offloading: model (enable_model_cpu_offload, the default of a bare --offload), "

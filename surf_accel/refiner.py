@@ -179,8 +179,11 @@ class Refiner:
                              f"({_head(not_finite)}); the refiner would make non-finite videos")
         transformer.load_state_dict(state, strict=True)
         transformer.eval()
-        if torch_dtype is not None or device is not None:
-            transformer.to(device=device, dtype=torch_dtype)
+        # a cast to the dtype it already has is skipped: diffusers warns on any cast of its float32-kept modules
+        if torch_dtype is not None and torch_dtype != transformer.dtype:
+            transformer.to(dtype=torch_dtype)
+        if device is not None:
+            transformer.to(device=device)
         return cls(transformer, num_steps=cfg["num_steps"], metadata=cfg.get("metadata") or {})
 
     def setting_mismatches(self, config) -> list[str]:

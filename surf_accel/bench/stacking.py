@@ -32,10 +32,10 @@ import torch
 
 from surf_accel import metrics
 from surf_accel.bench import record
-from surf_accel.bench.toy import TOY_TEACACHE, Run, add_shard_arguments, fmt, generate, run_sharded, setup
+from surf_accel.bench.toy import Run, add_shard_arguments, fmt, generate, run_sharded, setup
 from surf_accel.config import SurfConfig
 from surf_accel.stages import current_step
-from surf_accel.toyworld import NUM_FRAMES, TARGET_SIZE, load_refiner, surf_config
+from surf_accel.toyworld import NUM_FRAMES, TARGET_SIZE, TEACACHE_FIT, load_refiner, surf_config
 
 # The accelerators (and diffusers with them) are imported where used: every `surf-accel` command
 # builds this module's arguments, and none but `bench` needs them.
@@ -107,7 +107,7 @@ def measure(a) -> dict:
     pipe, unipc, prompts = setup(a)
     refiners = {} if a.training_free else {"trained": load_refiner(torch.float32)}
     for c in a.cache:  # a bad form is refused before any row runs
-        install_cache(pipe, c, teacache_fit=TOY_TEACACHE)
+        install_cache(pipe, c, teacache_fit=TEACACHE_FIT)
         remove_caches(pipe.transformer)
     rows = stack_rows(a.steps, a.cache, _sparse(a.sparse_preview), not a.training_free)
     videos, out, installed = {}, {}, {}
@@ -115,7 +115,7 @@ def measure(a) -> dict:
     for row in rows:
         vids, cpu = [], 0.0
         if row.cache:
-            installed[row.cache] = install_cache(pipe, row.cache, teacache_fit=TOY_TEACACHE)
+            installed[row.cache] = install_cache(pipe, row.cache, teacache_fit=TEACACHE_FIT)
         counter = _CallCounter(pipe.transformer)
         try:
             for seed in a.seeds:

@@ -26,10 +26,7 @@ import surf_accel
 from surf_accel import files
 from surf_accel.config import SurfConfig
 from surf_accel.toyworld import (DEFAULT_GUIDANCE, DEFAULT_STEPS, EVAL_PROMPTS, FLOW_SHIFT, NUM_FRAMES, PREVIEW_SIZE,
-                                 load_pipeline)
-
-
-TOY_TEACACHE = ("temb", (1.0, 0.0))  # TeaCache on the toy: time-embedding indicator, identity rescale
+                                 TEACACHE_FIT, load_pipeline)
 
 
 @dataclass(frozen=True)
@@ -73,7 +70,7 @@ def generate(pipe, unipc_config, run: Run, prompts, seed: int, guidance: float, 
     c0, t0 = time.process_time(), time.perf_counter()
     patch = surf_accel.patched(pipe, run.config, refiner=(refiners or {})[run.refiner] if run.refiner else None)
     if run.cache:
-        install_cache(pipe, run.cache, teacache_fit=TOY_TEACACHE)
+        install_cache(pipe, run.cache, teacache_fit=TEACACHE_FIT)
     try:
         with patch if run.config is not None else contextlib.nullcontext():
             frames = pipe(prompt=list(prompts), height=run.size, width=run.size, num_frames=NUM_FRAMES,

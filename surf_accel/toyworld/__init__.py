@@ -32,6 +32,9 @@ DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 4.0
 REFINE_START = 0.7  # indistinguishable from 0.5 in benchmarks/results/signature.md (0.3 was worse before)
 REFINE_WINDOW = (2, 1000, 1000)  # 2 of the 5 latent frames, whole H and W: the paper's temporal windows
+# TeaCache on the toy, which TeaCache published no coefficients for: time-embedding indicator, identity rescale
+# (also in the pipeline folder's surf_config.json, which `surf-accel generate --cache teacache:T` reads)
+TEACACHE_FIT = ("temb", (1.0, 0.0))
 
 # The fixed evaluation prompt set: every (colour, shape, direction) combination once.
 EVAL_PROMPTS: tuple[str, ...] = tuple(prompt_for(c, s, d) for c, s, d in all_label_combinations())
@@ -101,12 +104,12 @@ def load_sibling(dtype: torch.dtype = torch.float32, device: str | torch.device 
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no toy sibling at {path}; train one with `python -m surf_accel.toyworld.train "
                                 "sibling` (see surf_accel/toyworld/TRAINING.md)")
-    return WanTransformer3DModel.from_pretrained(path, torch_dtype=dtype).eval().to(device)
+    return WanTransformer3DModel.from_pretrained(path, dtype=dtype).eval().to(device)
 
 
 __all__ = [
     "COLOURS", "ClipSpec", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "DEMO_PROMPTS", "DIRECTIONS", "EVAL_PROMPTS",
     "EVAL_SEEDS", "FLOW_SHIFT", "NUM_FRAMES", "OPTIMAL_SIZE", "PIPELINE_DIR", "PREVIEW_SIZE", "REFINER_DIR",
-    "REFINE_WINDOW", "SHAPES", "SIBLING_DIR", "TARGET_SIZE", "all_label_combinations", "load_pipeline",
-    "load_refiner", "load_sibling", "parse_prompt", "pipeline_available", "prompt_for", "sample_specs", "surf_config",
+    "REFINE_WINDOW", "SHAPES", "SIBLING_DIR", "TARGET_SIZE", "TEACACHE_FIT", "all_label_combinations",
+    "load_pipeline", "load_refiner", "load_sibling", "parse_prompt", "pipeline_available", "prompt_for", "sample_specs", "surf_config",
 ]

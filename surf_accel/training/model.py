@@ -36,7 +36,7 @@ def load_base_pipeline(base: str, dtype: torch.dtype = torch.float32):
             raise FileNotFoundError(f"base {base!r} is not a local diffusers pipeline folder (no model_index.json); "
                                     "use 'toy' or the path of a Wan2.1 Diffusers folder")
 
-        pipe = DiffusionPipeline.from_pretrained(base, torch_dtype=dtype, local_files_only=True)
+        pipe = DiffusionPipeline.from_pretrained(base, dtype=dtype, local_files_only=True)
     wan = registry.family_named("wan").adapter
     wan.check_pipeline(pipe)  # a Wan pipeline with a supported scheduler, or TypeError
     if wan.is_wan22(pipe):
