@@ -28,7 +28,8 @@ from surf_accel.refiner import REFINER_FORMAT
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, help="SurfConfig preset (paper, fast, quality, identity, hunyuan-paper, hunyuan15-windows; "
-                   "default: the model family's, paper for Wan2.1 and hunyuan-paper for HunyuanVideo)")
+                   "default: the model folder's surf_config.json, else the family's: paper for Wan2.1, hunyuan-paper for "
+                   "HunyuanVideo)")
     p.add_argument("--switch-step", type=int, default=None, help="override the preset's switch_step")
     p.add_argument("--preview-steps", type=int, default=None, help="override the preset's preview_steps")
     p.add_argument("--refine-steps", type=int, default=None, help="override the preset's refine_steps")
