@@ -550,7 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_demo(sub)
     b = sub.add_parser("bench", help="the stack table on the shipped toy model (CPU): SURF with caches and a sparse "
-                       "preview, speedup and signature")
+                       "preview, speedup and signature",
+                       description="The stack table on the shipped toy model. One seed of the 32 prompts takes about "
+                       "20 minutes of one CPU thread (benchmarks/results/stacking.md: 38 CPU s per prompt over its rows); run "
+                       "one process per seed with --json and "
+                       "pool them with --combine.")
     from surf_accel.bench import stacking
 
     stacking.add_arguments(b)

@@ -103,12 +103,13 @@ def fmt(mean, lo, hi, scale=100.0, digits=1) -> str:
 def add_shard_arguments(p: argparse.ArgumentParser, results: Path) -> None:
     """The arguments every sharded toy benchmark takes: generation settings, threads, and the shard /
     combine / output files."""
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="steps of every run (SURF: its preview's)")
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="classifier-free guidance scale")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="noise seeds; each row generates every prompt once per seed")
     p.add_argument("--batch", type=int, default=8, help="prompts per pipeline call")
     p.add_argument("--pipeline", type=Path, default=None, help="pipeline folder (default: the shipped one)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (speed is this process's CPU time)")
     p.add_argument("--json", type=Path, default=None, help="write this shard's raw results here (no table)")
     p.add_argument("--combine", type=Path, nargs="+", default=None, help="shards' JSON files -> the table")
     p.add_argument("--out", type=Path, default=results, help=f"the table (default: {results})")
