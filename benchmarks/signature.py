@@ -142,7 +142,8 @@ def combine(parts: list[dict], out: Path, argv) -> None:
     loads = ", ".join(f"seed(s) {p['seeds']}: {p['load'][0][0]:.2f} -> {p['load'][1][0]:.2f}" for p in parts)
     _record.write(out, "Signature table on the toy world (docs/design.md 6)", [
         *_record.provenance(argv, " (CPU)"),
-        f"- shards (one process per seed, 1 torch thread each): {'; '.join(p['provenance'][2].removeprefix('- command: ') for p in parts)}",
+        "- shards (one process per seed, 1 torch thread each): "
+        + "; ".join(p["provenance"][2].removeprefix("- command: ") for p in parts),
         f"- 1-minute load average at the start -> end of each shard: {loads}",
         f"- model: the shipped toy WanPipeline; {p0['prompts']} prompts (every colour x shape x direction) x seeds "
         f"{seeds} = {p0['prompts'] * len(seeds)} videos per row, {NUM_FRAMES} frames, {p0['steps']} steps (UniPC "

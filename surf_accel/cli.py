@@ -27,9 +27,10 @@ from surf_accel.refiner import REFINER_FORMAT
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default=None, help="SurfConfig preset (paper, fast, quality, identity, hunyuan-paper, hunyuan15-windows; "
-                   "default: the model folder's surf_config.json, else the family's: paper for Wan2.1, hunyuan-paper for "
-                   "HunyuanVideo)")
+    p.add_argument("--preset", default=None,
+                   help="SurfConfig preset (paper, fast, quality, identity, hunyuan-paper, hunyuan15-windows; default: "
+                        "the model folder's surf_config.json, else the family's: paper for Wan2.1, hunyuan-paper for "
+                        "HunyuanVideo)")
     p.add_argument("--switch-step", type=int, default=None, help="override the preset's switch_step")
     p.add_argument("--preview-steps", type=int, default=None, help="override the preset's preview_steps")
     p.add_argument("--refine-steps", type=int, default=None, help="override the preset's refine_steps")
@@ -465,10 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative-prompt", default=None, help="HunyuanVideo uses it only with --true-cfg-scale > 1")
     g.add_argument("--image", default=None, help="first frame (image-to-video pipelines)")
-    g.add_argument("--height", type=_positive_int, default=None, help="default: the folder's surf_config.json, else 720 "
-                   "(HunyuanVideo-1.5 I2V: ignored, the pipeline sizes "
-                   "the video from the image)")
-    g.add_argument("--width", type=_positive_int, default=None, help="default: the folder's surf_config.json, else 1280")
+    g.add_argument("--height", type=_positive_int, default=None,
+                   help="default: the folder's surf_config.json, else 720 (HunyuanVideo-1.5 I2V: ignored, the "
+                        "pipeline sizes the video from the image)")
+    g.add_argument("--width", type=_positive_int, default=None,
+                   help="default: the folder's surf_config.json, else 1280")
     g.add_argument("--frames", type=_positive_int, default=None, help="default: the pipeline's (Wan 81, HunyuanVideo 129)")
     g.add_argument("--steps", type=_positive_int, default=None, help="default: the folder's surf_config.json, else 50")
     g.add_argument("--refiner", default=None, metavar="FOLDER",
@@ -551,10 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     b = sub.add_parser("bench", help="the stack table on the shipped toy model (CPU): SURF with caches and a sparse "
                        "preview, speedup and signature",
-                       description="The stack table on the shipped toy model. One seed of the 32 prompts takes about "
-                       "20 minutes of one CPU thread (benchmarks/results/stacking.md: 38 CPU s per prompt over its rows); run "
-                       "one process per seed with --json and "
-                       "pool them with --combine.")
+                       description="The stack table on the shipped toy model. One seed of the 32 prompts takes "
+                       "about 20 minutes of one CPU thread (benchmarks/results/stacking.md: 38 CPU s per prompt over "
+                       "its rows); run one process per seed with --json and pool them with --combine.")
     from surf_accel.bench import stacking
 
     stacking.add_arguments(b)

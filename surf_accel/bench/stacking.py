@@ -201,7 +201,8 @@ def combine(parts: list[dict], out: Path, argv) -> None:
     sparse = p0["sparse"]
     record.write(out, "Stack table on the toy world: SURF with caches and a sparse preview", [
         *record.provenance(argv, " (CPU)", "surf-accel"),
-        f"- shards (one process per seed, 1 torch thread each): {'; '.join(p['provenance'][2].removeprefix('- command: ') for p in parts)}",
+        "- shards (one process per seed, 1 torch thread each): "
+        + "; ".join(p["provenance"][2].removeprefix("- command: ") for p in parts),
         f"- 1-minute load average at the start -> end of each shard: {loads}",
         f"- model: the shipped toy WanPipeline; {p0['prompts']} prompts x seeds {seeds} = "
         f"{p0['prompts'] * len(seeds)} videos per row, {NUM_FRAMES} frames, {p0['steps']} UniPC steps, guidance "

@@ -111,5 +111,6 @@ __all__ = [
     "COLOURS", "ClipSpec", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "DEMO_PROMPTS", "DIRECTIONS", "EVAL_PROMPTS",
     "EVAL_SEEDS", "FLOW_SHIFT", "NUM_FRAMES", "OPTIMAL_SIZE", "PIPELINE_DIR", "PREVIEW_SIZE", "REFINER_DIR",
     "REFINE_WINDOW", "SHAPES", "SIBLING_DIR", "TARGET_SIZE", "TEACACHE_FIT", "all_label_combinations",
-    "load_pipeline", "load_refiner", "load_sibling", "parse_prompt", "pipeline_available", "prompt_for", "sample_specs", "surf_config",
+    "load_pipeline", "load_refiner", "load_sibling", "parse_prompt", "pipeline_available", "prompt_for",
+    "sample_specs", "surf_config",
 ]
