@@ -1,0 +1,45 @@
+"""Training's objective tied to inference: a refiner that predicts exactly the objective's target velocity
+(``objective.straight_path``), run by SURF's own runner as a trained refiner, lands on ``z_hr``. A sign or
+endpoint error in the objective (a target of ``z_hr - z_lr``, or the path's ends swapped) would train
+every refiner to walk away from the video it should reach, and fails here."""
+
+import pytest
+import torch
+
+import surf_accel
+from surf_accel.api import plan_for
+from surf_accel import SurfConfig
+from surf_accel.refiner import Refiner
+from surf_accel.training import objective
+from tests.tiny_pipelines import T2V_KW, gen, tiny_transformer, tiny_wan_t2v
+
+KW = {**T2V_KW, "height": 64, "width": 64, "num_frames": 9, "output_type": "latent"}
+CFG = SurfConfig(optimal_size=(32, 32), preview_steps=4, switch_step=2, handoff="latent")
+
+
+@pytest.mark.parametrize("num_steps", [1, 3, 7])
+def test_a_refiner_predicting_the_objectives_target_reaches_z_hr(num_steps):
+    pipe = tiny_wan_t2v()
+    plan = plan_for(pipe, height=64, width=64, num_frames=9, num_inference_steps=4, config=CFG,
+                               refiner=Refiner(tiny_transformer(), num_steps=num_steps))
+    refine = plan.stages[-1]
+    assert refine.model == "trained_refiner" and refine.steps == num_steps
+    z_hr = torch.randn((1, 16) + tuple(refine.latent_size), generator=gen(5))
+    seen: dict = {}
+
+    def oracle(hidden_states, timestep, encoder_hidden_states, **kw):
+        """The objective's target for the pair (z_hr, z_lr), z_lr being what the refine starts from (s = 1)."""
+        s = timestep.float() / pipe.scheduler.config.num_train_timesteps
+        if "z_lr" not in seen:
+            assert torch.allclose(s, torch.ones_like(s))
+            seen["z_lr"] = hidden_states.float().clone()
+        x, target = objective.straight_path(z_hr, seen["z_lr"], s)
+        torch.testing.assert_close(hidden_states.float(), x, rtol=1e-5, atol=1e-5)  # inference is on the path
+        return (target,)
+
+    model = tiny_transformer()
+    model.forward = oracle
+    with surf_accel.patched(pipe, CFG, refiner=Refiner(model, num_steps=num_steps)):
+        out = pipe(generator=gen(0), **KW).frames
+    assert "z_lr" in seen and (seen["z_lr"] - z_hr).abs().max() > 0.5  # the refine had somewhere to go
+    torch.testing.assert_close(out.float(), z_hr, rtol=1e-5, atol=1e-5)
