@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import torch
 
-from surf_accel import registry
+from surf_accel import context_parallel, registry
 from surf_accel.config import SurfConfig
 from surf_accel.cost_model import estimate_plan, vae_spec
 from surf_accel.planner import Request, plan_stages
@@ -153,7 +153,8 @@ def _plan(request, adapter, pipe, config: SurfConfig, refiner):
     trained = isinstance(refiner, Refiner)
     return plan_stages(request, adapter.family_spec(pipe), adapter.scheduler_spec(pipe), config,
                        trained_refiner=trained, refiner_transformer=refiner is not None and not trained,
-                       trained_refiner_steps=refiner.num_steps if trained else None)
+                       trained_refiner_steps=refiner.num_steps if trained else None,
+                       cp_degree=context_parallel.stage_degrees(pipe, refiner))
 
 
 def _cost_warnings(adapter, pipe, plan, call, refiner) -> tuple[str, ...]:
