@@ -185,8 +185,13 @@ def _lora_warnings(pipe, plan) -> tuple[str, ...]:
 def _surf_call(pipe, *args, **kwargs):
     state: _SurfState = pipe.__dict__[_STATE_ATTR]
     adapter = state.adapter
-    call = adapter.prepare_call(pipe, state.original_class.__call__, args, kwargs)
     ref = state.refiner
+    if any(d > 1 for d in context_parallel.stage_degrees(pipe, ref).values()):
+        # a stage that cannot split is refused here, before the text encoder runs
+        early = adapter.call_request(pipe, adapter.bind_call(pipe, state.original_class.__call__, args, kwargs))
+        if early is not None:
+            _plan(early, adapter, pipe, state.config, ref)
+    call = adapter.prepare_call(pipe, state.original_class.__call__, args, kwargs)
     plan = _plan(call.request, adapter, pipe, state.config, ref)
     for m in plan.messages:
         logger.info("surf_accel: %s", m)
