@@ -13,6 +13,9 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+import torch
+import torch.distributed as dist
+
 from surf_accel.refiner import Refiner
 
 
@@ -73,4 +76,18 @@ def stage_degrees(pipe, refiner=None) -> dict[str, int]:
     return degrees
 
 
-__all__ = ["check_model", "cp_config", "split_degree", "stage_degrees"]
+def relative_l1(current: torch.Tensor, previous: torch.Tensor, model) -> float:
+    """``mean|current - previous| / mean|previous|``, the caches' change indicator, over the whole
+    token sequence. Under context parallelism a hidden-state indicator is each rank's own shard, and
+    ranks judging their shards could skip different blocks, then wait for ever on each other's
+    all-to-all: the sums are all-reduced over the context-parallel ranks, so every rank takes the
+    decision one process would (up to summation order)."""
+    cfg = cp_config(model)
+    if cfg is None:
+        return ((current - previous).abs().mean() / previous.abs().mean()).item()
+    sums = torch.stack([(current - previous).abs().float().sum(), previous.abs().float().sum()])
+    dist.all_reduce(sums, group=cfg._flattened_mesh.get_group())
+    return (sums[0] / sums[1]).item()
+
+
+__all__ = ["check_model", "cp_config", "relative_l1", "split_degree", "stage_degrees"]

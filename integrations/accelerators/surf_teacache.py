@@ -40,6 +40,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
+from surf_accel.context_parallel import relative_l1
 from surf_accel.family import families
 from surf_accel.stages import Accelerator, AcceleratorKind, StageInfo, cache_threshold, current_step, detect
 
@@ -230,7 +231,7 @@ class _TeaCacheShared:
         if forced:
             compute = True
         else:
-            x = ((ind - state.previous).abs().mean() / state.previous.abs().mean()).item()
+            x = relative_l1(ind, state.previous, self.transformer)
             state.accumulated += float(np.polyval(self.poly, x))
             compute = not state.accumulated < self.config.threshold
         if compute:

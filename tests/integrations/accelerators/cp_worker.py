@@ -3,6 +3,7 @@
 (the oracle), then enables Ulysses degree 2 on the same pipeline and runs each case again; it saves
 all outputs to ``OUT_DIR/rank{r}.pt`` for the test to compare."""
 
+import datetime
 import sys
 
 import torch
@@ -28,6 +29,9 @@ CASES = {
 SNAP_KW = {**KW, "height": 96, "width": 96, "num_frames": 9}
 SNAP_CFG = CFG.replace(optimal_size=None)
 SNAP_ORACLE = CFG.replace(optimal_size=(64, 96))
+# FirstBlockCache on 8 steps (its threshold 0.1 computes the tail block at 12 of 24 calls in one process)
+CACHE_KW = {**KW, "num_inference_steps": 8}
+CACHE_CFG = CFG.replace(preview_steps=8, switch_step=3, refine_steps=4)
 # 80x80 at 9 frames: the refine stage has 3 x 5 x 5 = 75 tokens, which 2 ranks cannot split
 REFUSED_KW = {**KW, "height": 80, "width": 80, "num_frames": 9}
 
@@ -39,15 +43,24 @@ def run(pipe, cfg, kw):
         return pipe(generator=gen(0), **kw).frames
 
 
+def fbc_run(pipe) -> tuple[torch.Tensor, int]:
+    """A FirstBlockCache run that really skips (installed beforehand): output, tail block calls."""
+    calls = []
+    hook = pipe.transformer.blocks[-1].ffn.register_forward_pre_hook(lambda *a: calls.append(1))
+    out = run(pipe, CACHE_CFG, CACHE_KW)
+    hook.remove()
+    return out, len(calls)
+
+
 def main(out_dir: str, device: str) -> None:
-    from diffusers import ContextParallelConfig
+    from diffusers import ContextParallelConfig, FirstBlockCacheConfig
 
     if device == "cpu":
         # diffusers 0.42.1 puts rank r on device r % torch.accelerator.device_count(), 0 on a CPU-only torch
         torch.accelerator.device_count = lambda: 1
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     else:
-        dist.init_process_group("nccl")
+        dist.init_process_group("nccl", timeout=datetime.timedelta(seconds=120))
         torch.cuda.set_device(dist.get_rank())
     rank = dist.get_rank()
     pipe = tiny_wan_t2v("euler").to(device)
@@ -55,8 +68,14 @@ def main(out_dir: str, device: str) -> None:
     for name, (cfg, kw) in CASES.items():
         out[f"{name}_ref"] = run(pipe, cfg, kw)
     out["snap_ref"] = run(pipe, SNAP_ORACLE, SNAP_KW)
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.1))
+    out["fbc_ref"], out["fbc_ref_tail_calls"] = fbc_run(pipe)
+
+    # a cache goes on before parallelism: its head-block hook must see the block's sharded input
 
     pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2))
+    out["fbc_cp"], out["fbc_cp_tail_calls"] = fbc_run(pipe)
+    pipe.transformer.disable_cache()
     procs = dict(pipe.transformer.attn_processors)
     out["unpatched_before"] = run(pipe, None, KW)
     for name, (cfg, kw) in CASES.items():

@@ -67,6 +67,15 @@ def test_the_planner_snaps_the_preview_and_the_snapped_plan_runs(ranks):
         assert torch.equal(r["snap_cp"], r["snap_ref"])
 
 
+def test_first_block_cache_skips_the_same_calls_on_every_rank(ranks):
+    """Its rule reads the whole sequence's residual (each rank's own shard made the ranks skip different
+    calls and wait on each other's all-to-all until gloo timed out)."""
+    for r in ranks:
+        assert r["fbc_ref_tail_calls"] == 12 < 24  # the threshold really skips
+        assert r["fbc_cp_tail_calls"] == r["fbc_ref_tail_calls"]
+        torch.testing.assert_close(r["fbc_cp"], r["fbc_ref"], rtol=1e-5, atol=1e-5)
+
+
 def test_a_request_that_cannot_split_is_refused_before_any_model_runs(ranks):
     for r in ranks:
         assert "refine stage at 80x80 px has 75 tokens" in r["refused"] and "degree 2" in r["refused"]
@@ -122,6 +131,21 @@ def test_a_stage_that_cannot_split_is_refused_before_the_text_encoder_runs():
         with pytest.raises(ValueError, match=r"refine stage at 80x80 px has 75 tokens"):
             pipe(generator=gen(0), **REFUSED_KW)
     assert calls == []
+
+
+def test_a_cache_enabled_after_parallelism_is_refused_before_the_transformer_runs():
+    from diffusers import FirstBlockCacheConfig
+    from diffusers.hooks.context_parallel import apply_context_parallel
+
+    pipe = _recorded(tiny_wan_t2v("euler"), ulysses_degree=2)
+    tr = pipe.transformer
+    apply_context_parallel(tr, tr._parallel_config.context_parallel_config, tr._cp_plan)  # the hooks, no mesh
+    tr.enable_cache(FirstBlockCacheConfig(threshold=0.1))
+    calls = _count_calls(pipe)
+    with surf_accel.patched(pipe, CFG):
+        with pytest.raises(ValueError, match=r"FirstBlockCache was enabled .* after enable_parallelism"):
+            pipe(generator=gen(0), **KW)
+    assert "transformer" not in calls  # accelerators are checked after the prompts are encoded
 
 
 def test_hunyuan_video_without_a_diffusers_cp_plan_is_refused():
