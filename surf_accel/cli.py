@@ -98,6 +98,9 @@ def cmd_estimate(args) -> int:
     print(est.plan.describe())
     print()
     print(est.table())
+    if args.cp > 1:
+        print()
+        print(est.per_gpu_table(args.cp))
     return 0
 
 
@@ -370,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(wan2.1-1.3b refining wan2.1-14b), with the call's guidance passes")
     e.add_argument("--cp", type=int, default=1, metavar="N",
                    help="plan for context parallelism over N ranks (Ulysses or ring degree): every stage's tokens "
-                   "split evenly, the preview moved to the nearest size that splits, a size that cannot refused")
+                   "split evenly, the preview moved to the nearest size that splits, a size that cannot refused; "
+                   "adds each GPU's FLOPs and Ulysses all-to-all traffic")
     _add_config_args(e)
     e.set_defaults(func=cmd_estimate)
 

@@ -90,6 +90,21 @@ def test_estimate_and_cli_plan_for_context_parallel(capsys):
     est = estimate("wan2.1-14b", 720, 1280, 81, cp_degree=8)
     assert [(s.height, s.width) for s in est.plan.stages] == [(512, 832), (256, 416), (720, 1280)]
     assert cli.main(["estimate", "--model", "wan2.1-14b", "--height", "720", "--width", "1280", "--cp", "8"]) == 0
-    assert "256x416 px" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "256x416 px" in out and "per GPU under Ulysses context parallelism over 8 GPUs" in out
     assert cli.main(["estimate", "--model", "wan2.1-14b", "--height", "720", "--width", "1264", "--cp", "8"]) == 2
     assert "720x1280" in capsys.readouterr().err
+
+
+def test_the_per_gpu_view_splits_compute_and_counts_ulysses_traffic():
+    est = estimate("wan2.1-14b", 720, 1280, 81, cp_degree=8)
+    rows = {line.split()[0]: line.split() for line in est.per_gpu_table(8).splitlines()[2:]}
+    refine = next(s for s in est.surf if s.name == "refine")
+    tokens, steps = wan_tokens(720, 1280), refine.steps * refine.passes_per_step
+    # Wan2.1-14B: 40 blocks of width 5120; q, k, v and the output, bf16, 7/8 of each shard leaves the GPU
+    per_layer = 4 * tokens / 8 * 5120 * 2 * 7 / 8
+    assert rows["refine"][1] == str(tokens // 8)
+    assert float(rows["refine"][2]) == pytest.approx(refine.total / 8 / 1e12, abs=0.01)
+    assert float(rows["refine"][3]) == pytest.approx(per_layer / 1e6, abs=0.1)
+    assert float(rows["refine"][5]) == pytest.approx(per_layer * 40 * steps / 1e9, abs=0.1)
+    assert float(rows["refine"][6]) == pytest.approx(per_layer * 40 * steps / 450e9, abs=0.01)
