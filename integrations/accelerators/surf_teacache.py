@@ -40,7 +40,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
-from surf_accel.context_parallel import relative_l1
+from surf_accel.context_parallel import cp_config, relative_l1
 from surf_accel.family import families
 from surf_accel.stages import Accelerator, AcceleratorKind, StageInfo, cache_threshold, current_step, detect
 
@@ -340,6 +340,10 @@ def apply_teacache(transformer, config: SurfTeaCacheConfig) -> None:
     undoes it). Refused when another cache is installed on it (diffusers allows one)."""
     if not isinstance(config, SurfTeaCacheConfig):
         raise TypeError(f"apply_teacache takes a SurfTeaCacheConfig, got {type(config).__name__}")
+    if cp_config(transformer) is not None:
+        # its first-block hook would wrap diffusers' split of that block's input: the whole input in, a shard out
+        raise ValueError(f"{type(transformer).__name__} is already context-parallel; apply TeaCache before "
+                         "enable_parallelism, so that its hooks sit inside the split")
     present = detect(transformer)
     if present:
         raise ValueError(f"{type(transformer).__name__} already has a cache installed ({present[0].name}); diffusers "

@@ -148,6 +148,14 @@ def test_a_cache_enabled_after_parallelism_is_refused_before_the_transformer_run
     assert "transformer" not in calls  # accelerators are checked after the prompts are encoded
 
 
+def test_teacache_applied_after_parallelism_is_refused():
+    from surf_accel.integrations.accelerators.surf_teacache import SurfTeaCacheConfig, apply_teacache
+
+    pipe = _recorded(tiny_wan_t2v("euler"), ulysses_degree=2)
+    with pytest.raises(ValueError, match=r"apply TeaCache before enable_parallelism"):
+        apply_teacache(pipe.transformer, SurfTeaCacheConfig(threshold=0.08, model="wan2.1-t2v-1.3b"))
+
+
 def test_hunyuan_video_without_a_diffusers_cp_plan_is_refused():
     pipe = _recorded(tiny_hunyuan_t2v(), ulysses_degree=2)
     with surf_accel.patched(pipe, SurfConfig.identity()):
