@@ -162,13 +162,21 @@ class WanAdapter(FamilyAdapter):
             guidance_2 = a["guidance_scale"]  # as the pipeline does
         pipe._guidance_scale_2 = guidance_2
 
-    def encode_call(self, pipe, a: dict, n_prompts: int, nvp: int, device: torch.device) -> CallEncoding:
-        num_frames = a["num_frames"]
+    @staticmethod
+    def _num_frames(pipe, num_frames: int) -> int:
+        """The frame count the pipeline runs (rounded to ``k * vae_scale_factor_temporal + 1``)."""
         vt = pipe.vae_scale_factor_temporal
-        if num_frames % vt != 1:
-            logger.warning("`num_frames - 1` has to be divisible by %d. Rounding to the nearest number.", vt)
-            num_frames = num_frames // vt * vt + 1
-        num_frames = max(num_frames, 1)
+        return max(num_frames if num_frames % vt == 1 else num_frames // vt * vt + 1, 1)
+
+    def call_request(self, pipe, a: dict) -> Request:
+        return Request(a["height"], a["width"], self._num_frames(pipe, a["num_frames"]), a["num_inference_steps"],
+                       a["guidance_scale"])
+
+    def encode_call(self, pipe, a: dict, n_prompts: int, nvp: int, device: torch.device) -> CallEncoding:
+        if a["num_frames"] % pipe.vae_scale_factor_temporal != 1:
+            logger.warning("`num_frames - 1` has to be divisible by %d. Rounding to the nearest number.",
+                           pipe.vae_scale_factor_temporal)
+        num_frames = self._num_frames(pipe, a["num_frames"])
         guidance = a["guidance_scale"]
         do_cfg = guidance > 1.0
         pe, ne = pipe.encode_prompt(prompt=a["prompt"], negative_prompt=a["negative_prompt"],

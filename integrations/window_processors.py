@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.models.attention_dispatch import _templated_context_parallel_attention
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
@@ -60,6 +61,21 @@ class WindowState:
         return self.grid
 
 
+def _ulysses(parallel_config, attend, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``attend(q, k, v)`` over the whole token sequence. Under Ulysses context parallelism each rank
+    holds a shard of the tokens with every head: diffusers' own all-to-all (the path its dense
+    attention takes) hands ``attend`` the whole sequence, in token order, for the rank's share of the
+    heads, and shards the output back. ``install_processors`` refuses ring attention."""
+    if parallel_config is None or parallel_config.context_parallel_config is None:
+        return attend(query, key, value)
+
+    def forward_op(ctx, q, k, v, *args, **kwargs):
+        return attend(q, k, v)
+
+    return _templated_context_parallel_attention(query, key, value, forward_op=forward_op, backward_op=None,
+                                                 _parallel_config=parallel_config)
+
+
 def _rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Wan's RoPE: channel pairs (2i, 2i+1) rotated by the pair's angle; ``cos``/``sin`` hold the
     angle's cosine/sine repeated per pair, broadcast over (B, S, heads, D)."""
@@ -72,8 +88,9 @@ def _rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -
 class WanWindowAttnProcessor:
     """Self-attention (``attn1``) of Wan blocks with shifted windows. One instance per model."""
 
-    _attention_backend = None  # diffusers' set_attention_backend writes these; windows ignore them
-    _parallel_config = None
+    _attention_backend = None  # diffusers' set_attention_backend writes it; windows ignore it
+    _parallel_config = None  # diffusers' ParallelConfig: the attention runs through Ulysses' all-to-all
+    supports_ulysses = True
 
     def __init__(self, state: WindowState):
         self.state = state
@@ -89,8 +106,9 @@ class WanWindowAttnProcessor:
             query = _rotate_interleaved(query, *rotary_emb)
             key = _rotate_interleaved(key, *rotary_emb)
         state = self.state
-        out = self.attend(query, key, value, state.current_grid(), state.window,
-                          state.shift(getattr(attn, SHIFT_ATTR, False)))
+        grid, window, shift = state.current_grid(), state.window, state.shift(getattr(attn, SHIFT_ATTR, False))
+        out = _ulysses(self._parallel_config, lambda q, k, v: self.attend(q, k, v, grid, window, shift),
+                       query, key, value)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 
@@ -111,6 +129,9 @@ class HunyuanVideoWindowAttnProcessor:
 
     _attention_backend = None
     _parallel_config = None
+    # under Ulysses each rank would append the whole text to its video shard, and the all-to-all would
+    # interleave the copies; diffusers has no context-parallel plan for these models either
+    supports_ulysses = False
 
     def __init__(self, state: WindowState):
         self.state = state
@@ -229,15 +250,11 @@ def install_processors(transformer, spec: AttentionSpec, state: WindowState, pro
                        shifted_blocks: bool) -> None:
     """One shared ``proc_cls(state)`` on every target attention module of ``transformer`` (the
     originals kept in ``state``), the grid hook (named ``state_attr`` in its ``HookRegistry``), and ``state`` at ``transformer.<state_attr>``;
-    ``shifted_blocks`` marks odd blocks shifted. Refused under diffusers' context parallelism: its hooks
-    hand each rank a shard of the token sequence, while these processors attend over the whole grid."""
-    parallel = getattr(transformer, "_parallel_config", None)
-    if getattr(parallel, "context_parallel_config", None) is not None:
-        raise NotImplementedError(
-            "shifted-window and sparse attention do not run under diffusers' context parallelism "
-            "(enable_parallelism(ContextParallelConfig(...))): each rank holds a shard of the token sequence; "
-            "use SurfConfig(window=None, preview_attention=None) with context parallelism")
+    ``shifted_blocks`` marks odd blocks shifted. Under diffusers' Ulysses context parallelism the
+    processor attends through its all-to-all (``_ulysses``); ring attention is refused."""
+    parallel = _check_context_parallel(transformer, spec, proc_cls)
     state.processor = proc_cls(state)
+    state.processor._parallel_config = parallel
     for i, attn in enumerate(spec.targets(transformer)):
         state.originals[attn] = attn.processor
         if shifted_blocks:
@@ -246,6 +263,33 @@ def install_processors(transformer, spec: AttentionSpec, state: WindowState, pro
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(
         GridHook(state, spec, spec.patch_sizes(transformer)), state_attr)
     setattr(transformer, state_attr, state)
+
+
+def _check_context_parallel(transformer, spec: AttentionSpec, proc_cls):
+    """The transformer's ``ParallelConfig`` if it is context-parallel (else ``None``), after refusing what
+    the window processors cannot run there: ring attention (each rank sees a shard of the keys, and a
+    window's keys are spread over the ranks), joint video+text attention, and a Ulysses degree the
+    heads do not divide."""
+    parallel = getattr(getattr(transformer, "_orig_mod", transformer), "_parallel_config", None)
+    cp = getattr(parallel, "context_parallel_config", None)
+    if cp is None:
+        return None
+    what = "shifted-window and sparse attention"
+    if cp.ring_degree > 1:
+        raise NotImplementedError(
+            f"{what} run under Ulysses context parallelism only, where each rank attends over the whole token "
+            f"grid for its share of the heads; ring attention (ring_degree={cp.ring_degree}) gives each rank a "
+            "shard of the keys. Use ContextParallelConfig(ulysses_degree=N), or SurfConfig(window=None, "
+            "preview_attention=None) with ring attention")
+    if not proc_cls.supports_ulysses:
+        raise NotImplementedError(
+            f"{what} on {type(transformer).__name__} (joint video and text attention) do not run under context "
+            "parallelism; use SurfConfig(window=None, preview_attention=None)")
+    heads = {attn.heads for attn in spec.targets(transformer)}
+    if not cp.ulysses_anything and any(h % cp.ulysses_degree for h in heads):
+        raise ValueError(f"{what} under Ulysses degree {cp.ulysses_degree} need it to divide the attention heads "
+                         f"({sorted(heads)}): each rank attends with an equal share of them")
+    return parallel
 
 
 def restore_processors(transformer, state_attr: str) -> None:
@@ -299,6 +343,9 @@ def training_windows(transformer, window: Optional[tuple[int, int, int]]) -> Ite
     if window is None:
         yield
         return
+    if getattr(getattr(transformer, "_parallel_config", None), "context_parallel_config", None) is not None:
+        # the training processor's autograd runs outside diffusers' all-to-all, which has no backward here
+        raise NotImplementedError("training with window attention does not run under context parallelism")
     with windowed_attention(transformer, tuple(window)):
         state = getattr(transformer, STATE_ATTR)
         proc = TrainableWanWindowAttnProcessor(state)

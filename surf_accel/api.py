@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import torch
 
-from surf_accel import folder_setting, registry
+from surf_accel import context_parallel, folder_setting, registry
 from surf_accel.config import SurfConfig
 from surf_accel.cost_model import estimate_plan, vae_spec
 from surf_accel.planner import Request, plan_stages
@@ -196,7 +196,8 @@ def _plan(request, adapter, pipe, config: SurfConfig, refiner):
     trained = isinstance(refiner, Refiner)
     return plan_stages(request, adapter.family_spec(pipe), adapter.scheduler_spec(pipe), config,
                        trained_refiner=trained, refiner_transformer=refiner is not None and not trained,
-                       trained_refiner_steps=refiner.num_steps if trained else None)
+                       trained_refiner_steps=refiner.num_steps if trained else None,
+                       cp_degree=context_parallel.stage_degrees(pipe, refiner))
 
 
 def _cost_warnings(adapter, pipe, plan, call, refiner) -> tuple[str, ...]:
@@ -235,6 +236,11 @@ def _surf_call(pipe, *args, **kwargs):
     adapter = state.adapter
     ref = state.refiner
     with hold(_held_by_call(pipe, ref)):
+        if any(d > 1 for d in context_parallel.stage_degrees(pipe, ref).values()):
+            # a stage that cannot split is refused here, before the text encoder runs
+            early = adapter.call_request(pipe, adapter.bind_call(pipe, state.original_class.__call__, args, kwargs))
+            if early is not None:
+                _plan(early, adapter, pipe, state.config, ref)
         call = adapter.prepare_call(pipe, state.original_class.__call__, args, kwargs)
         plan = _plan(call.request, adapter, pipe, state.config, ref)
         for m in plan.messages:

@@ -26,7 +26,7 @@ def estimate(model: str | TransformerSpec | HunyuanVideoSpec, height: int, width
              refiner: Optional[str | TransformerSpec | HunyuanVideoSpec] = None,
              refiner_transformer: Optional[str | TransformerSpec | HunyuanVideoSpec] = None,
              vae: Optional[VaeSpec] = None, family: Optional[FamilySpec] = None,
-             scheduler: Optional[SchedulerSpec] = None, decode_output: bool = True) -> Estimate:
+             scheduler: Optional[SchedulerSpec] = None, decode_output: bool = True, cp_degree: int = 1) -> Estimate:
     """Baseline (``steps`` at the request's size) vs SURF (``config``) FLOPs.
 
     ``None`` for ``config``, ``guidance``, ``vae``, ``family``, ``scheduler``: the model family's
@@ -37,6 +37,8 @@ def estimate(model: str | TransformerSpec | HunyuanVideoSpec, height: int, width
     ``refiner_transformer``: a training-free refine by another transformer of the family (a model
     name or spec; its guidance passes counted as the base's), e.g. Wan2.1-1.3B refining Wan2.1-14B.
     ``decode_output=False``: leave out the final VAE decode on both sides (``output_type="latent"``).
+    ``cp_degree``: the plan for context parallelism over that many ranks (every stage's tokens split
+    evenly: the preview snapped, a request that cannot split refused, as ``planner.plan_stages``).
     """
     catalogue = models()
     spec = _spec(catalogue, model, "model")
@@ -49,7 +51,8 @@ def estimate(model: str | TransformerSpec | HunyuanVideoSpec, height: int, width
     config = config or SurfConfig.preset(defaults.preset)
     passes = 2 if (defaults.cfg if guidance is None else guidance) else 1
     plan = plan_stages(Request(height, width, frames, steps), family, scheduler, config,
-                       trained_refiner=refiner is not None, refiner_transformer=refiner_transformer is not None)
+                       trained_refiner=refiner is not None, refiner_transformer=refiner_transformer is not None,
+                       cp_degree=cp_degree)
     return estimate_plan(plan, spec, passes=passes, vae=vae or defaults.vae, refiner=ref_spec,
                          decode_output=decode_output)
 

@@ -104,10 +104,13 @@ def cmd_estimate(args) -> int:
               f"ffn {info.spec.ffn_dim}, {info.spec.params / 1e6:.3g}M block parameters, "
               f"{cfg.refine_steps if cfg.refine_steps is not None else 'default'} steps, window {cfg.window}")
     est = estimate(args.model, args.height, args.width, frames, cfg, steps=args.steps, guidance=guidance,
-                   refiner=refiner, refiner_transformer=args.refiner_transformer)
+                   refiner=refiner, refiner_transformer=args.refiner_transformer, cp_degree=args.cp)
     print(est.plan.describe())
     print()
     print(est.table())
+    if args.cp > 1:
+        print()
+        print(est.per_gpu_table(args.cp))
     return 0
 
 
@@ -529,6 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--refiner-transformer", default=None, metavar="MODEL",
                         help="a training-free refine by another transformer of the family, a model name "
                         "(wan2.1-1.3b refining wan2.1-14b), with the call's guidance passes")
+    e.add_argument("--cp", type=int, default=1, metavar="N",
+                   help="plan for context parallelism over N ranks (Ulysses or ring degree): every stage's tokens "
+                   "split evenly, the preview moved to the nearest size that splits, a size that cannot refused; "
+                   "adds each GPU's FLOPs and Ulysses all-to-all traffic")
     _add_config_args(e)
     e.set_defaults(func=cmd_estimate)
 

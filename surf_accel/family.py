@@ -208,6 +208,11 @@ class FamilyAdapter:
         for. ``a``: the bound arguments."""
         raise NotImplementedError
 
+    def call_request(self, pipe, a: dict) -> Optional[Request]:
+        """The request of the bound arguments ``a`` before anything is encoded, for the checks that must
+        run before any model (a context-parallel split); ``None`` where the family cannot tell it yet."""
+        return None
+
     def encode_call(self, pipe, a: dict, n_prompts: int, nvp: int, device: torch.device) -> "CallEncoding":
         """The request, guidance and text (one row per video: ``n_prompts * nvp``, each prompt's videos
         together) and the family's other conditioning, encoded once for the whole call."""

@@ -14,8 +14,9 @@ time ``t_k`` and changes the noise level to the low-resolution schedule's ``s_lo
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
@@ -155,9 +156,7 @@ class Plan:
         return sum(s.steps for s in self.stages)
 
     def tokens(self, stage: Stage) -> int:
-        pt, ph, pw = self.family.patch_size
-        t, h, w = stage.latent_size
-        return math.ceil(t / pt) * (h // ph) * (w // pw)
+        return _patch_tokens(stage.latent_size, self.family)
 
     def describe(self) -> str:
         lines = []
@@ -170,6 +169,13 @@ class Plan:
 
 def latent_frames(num_frames: int, family: FamilySpec) -> int:
     return (num_frames - 1) // family.vae_scale_temporal + 1
+
+
+def _patch_tokens(latent_size: tuple[int, int, int], family: FamilySpec) -> int:
+    """The video token count of a latent: the sequence diffusers' context parallelism splits."""
+    pt, ph, pw = family.patch_size
+    t, h, w = latent_size
+    return math.ceil(t / pt) * (h // ph) * (w // pw)
 
 
 def _round_to(x: float, g: int) -> int:
@@ -199,8 +205,9 @@ def _check_request(request: Request, g: int) -> None:
 
 
 def _preview_size(request: Request, family: FamilySpec, config: SurfConfig, switch: bool, d: int,
-                  messages: list[str], warnings: list[str]) -> tuple[int, int, bool, int]:
-    """The preview's (optimal) pixel size: ``(height, width, switch, d)``.
+                  messages: list[str], warnings: list[str]) -> tuple[int, int, bool, int, bool]:
+    """The preview's (optimal) pixel size: ``(height, width, switch, d, chosen)``, ``chosen`` when the
+    planner picked the size (``optimal_size=None``) and so may move it.
 
     A request too small for the switch's grid drops the low-resolution part (``switch`` False, ``d`` 1).
     """
@@ -234,7 +241,7 @@ def _preview_size(request: Request, family: FamilySpec, config: SurfConfig, swit
         if oh > request.height or ow > request.width:
             warnings.append(f"optimal_size {oh}x{ow} is larger than the request {request.height}x{request.width}: "
                             "the preview runs above the request's size and the refine stage goes down in resolution")
-    return oh, ow, switch, d
+    return oh, ow, switch, d, config.optimal_size is None
 
 
 def _stage_shift(scheduler: SchedulerSpec, config: SurfConfig, latent_hw: tuple[int, int], req_tokens: int,
@@ -308,24 +315,130 @@ def _check_rope(stages: list[Stage], family: FamilySpec) -> None:
                              f"rope_max_seq_len is {family.rope_max_seq_len}: every axis must be below it")
 
 
+# ---------------------------------------------------------------------------- context parallelism
+# diffusers' context parallelism (Ulysses or ring) cuts each transformer call's video token sequence
+# into equal shards, one per rank, and asserts that they are equal deep inside the first block. The
+# planner knows every stage's token count before any model runs, so it moves the sizes it picked
+# itself and refuses the ones the caller gave, naming sizes that split.
+
+CpDegree = Union[int, Mapping[str, int]]  # one degree for every stage, or per Stage.model ("base", ...)
+
+
+def _cp_degree(cp_degree: CpDegree, model: str) -> int:
+    return int(cp_degree.get(model, 1)) if isinstance(cp_degree, Mapping) else int(cp_degree)
+
+
+def _check_cp_degree(cp_degree: CpDegree) -> None:
+    values = cp_degree.values() if isinstance(cp_degree, Mapping) else (cp_degree,)
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"cp_degree must be a positive int or a mapping of stage models to them, got {cp_degree!r}")
+
+
+def _pixel_tokens(height: int, width: int, lt: int, family: FamilySpec) -> int:
+    vs = family.vae_scale_spatial
+    return _patch_tokens((lt, height // vs, width // vs), family)
+
+
+def _nearest_splitting(size: tuple[int, int], grid: int, factors: tuple[int, ...], lt: int, family: FamilySpec,
+                       degree: int, count: int, limit: Optional[tuple[int, int]] = None) -> list[tuple[int, int]]:
+    """Up to ``count`` sizes on the ``grid``-pixel grid nearest ``size`` (grid steps along both axes,
+    ties to the nearest area) at which ``size / f`` splits over ``degree`` for every ``f`` in
+    ``factors``; none above ``limit``. Along one axis ``degree`` consecutive patch counts hold a
+    multiple of ``degree``, so the search stops at that distance."""
+    h, w = size
+    found: list[tuple[int, int]] = []
+    for r in range(1, 2 * degree + 1):
+        ring = set()
+        for i in range(-r, r + 1):
+            for j in {r - abs(i), abs(i) - r}:
+                hh, ww = h + i * grid, w + j * grid
+                if hh < grid or ww < grid or (limit is not None and (hh > limit[0] or ww > limit[1])):
+                    continue
+                if all(_pixel_tokens(hh // f, ww // f, lt, family) % degree == 0 for f in factors):
+                    ring.add((abs(hh * ww - h * w), hh, ww))
+        found += [(hh, ww) for _, hh, ww in sorted(ring)]
+        if len(found) >= count:
+            break
+    return found[:count]
+
+
+def _snap_preview(request: Request, family: FamilySpec, size: tuple[int, int], switch: bool, d: int, lt: int,
+                  degree: int, messages: list[str]) -> tuple[int, int]:
+    """The planner's preview size moved (one low-resolution latent patch per grid step, never above the
+    request) to the nearest one at which the preview and its low-resolution part split over ``degree``."""
+    factors = (1, d) if switch else (1,)
+    oh, ow = size
+    bad = [f for f in factors if _pixel_tokens(oh // f, ow // f, lt, family) % degree]
+    if not bad:
+        return size
+    near = _nearest_splitting(size, family.pixel_grid * d, factors, lt, family, degree, 1,
+                              limit=(request.height, request.width))
+    if not near:
+        return size  # _check_split refuses it, naming the stage
+    nh, nw = near[0]
+    f = bad[-1]
+    name = "preview_low" if f > 1 else "preview"
+    low = f" (preview_low {nh // d}x{nw // d} px, {_pixel_tokens(nh // d, nw // d, lt, family)} tokens)" if switch else ""
+    messages.append(f"context parallelism over {degree} ranks: the {name} stage at {oh // f}x{ow // f} px has "
+                    f"{_pixel_tokens(oh // f, ow // f, lt, family)} tokens, which do not split into {degree} equal "
+                    f"shards; the preview moves to the nearest size that splits, {nh}x{nw} px with "
+                    f"{_pixel_tokens(nh, nw, lt, family)} tokens{low}")
+    return nh, nw
+
+
+def _check_split(stages: list[Stage], family: FamilySpec, request: Request, config: SurfConfig,
+                 cp_degree: CpDegree) -> None:
+    """Raise ``ValueError`` for a stage whose token count its model's context-parallel degree does not
+    divide, naming the stage, its tokens, the degree and the nearest sizes (to set) that split."""
+    pt, ph, pw = family.patch_size
+    for s in stages:
+        degree = _cp_degree(cp_degree, s.model)
+        tokens = _patch_tokens(s.latent_size, family)
+        if degree <= 1 or tokens % degree == 0:
+            continue
+        lt = s.latent_size[0]
+        preview = stages[0]
+        d = preview.height // stages[1].height if len(stages) > 1 and stages[1].name == "preview_low" else 1
+        if (s.height, s.width) == (request.height, request.width) and s.name != "preview_low":
+            at_request = config.optimal_size == "request" and d > 1
+            what, size = "height x width", (request.height, request.width)
+            grid, factors = (family.pixel_grid * d, (1, d)) if at_request else (family.pixel_grid, (1,))
+        else:
+            what, size = "optimal_size", (preview.height, preview.width)
+            grid, factors = family.pixel_grid * d, ((1, d) if d > 1 else (1,))
+        near = _nearest_splitting(size, grid, factors, lt, family, degree, 3)
+        sizes = ", ".join(f"{h}x{w}" for h, w in near) or "none near"
+        axes = (math.ceil(lt / pt), s.latent_size[1] // ph, s.latent_size[2] // pw)
+        raise ValueError(
+            f"the {s.name} stage at {s.height}x{s.width} px has {tokens} tokens ({axes[0]} x {axes[1]} x {axes[2]} "
+            f"patches), which context parallelism of degree {degree} cannot split into equal shards (diffusers "
+            f"asserts it in the transformer's first block); nearest {what} that split: {sizes} (or "
+            "ContextParallelConfig(ulysses_anything=True), which shards unevenly)")
+
+
 def plan_stages(request: Request, family: FamilySpec, scheduler: SchedulerSpec, config: SurfConfig,
                 *, trained_refiner: bool = False, refiner_transformer: bool = False,
-                trained_refiner_steps: Optional[int] = None) -> Plan:
+                trained_refiner_steps: Optional[int] = None, cp_degree: CpDegree = 1) -> Plan:
     """Plan one call. Raises ``ValueError`` naming the problem for anything that cannot be run.
 
     ``trained_refiner_steps``: the trained ``Refiner``'s ``num_steps`` (used when the config's
-    ``refine_steps`` is ``None``).
+    ``refine_steps`` is ``None``). ``cp_degree``: the context-parallel degree (ranks the token
+    sequence is split over) of the models that run the stages, one for all or per ``Stage.model``;
+    every stage's token count must divide by its model's (docs/context_parallel.md).
     """
     messages: list[str] = []
     warnings: list[str] = []
     _check_request(request, family.pixel_grid)
+    _check_cp_degree(cp_degree)
     n, k, m = config.step_counts(request.num_inference_steps, trained_refiner_steps if trained_refiner else None)
     switch = k < n and config.downsample > 1
     if k < n and config.downsample == 1:
         messages.append(f"downsample=1: no low-resolution part, all {n} preview steps at the optimal size")
-    oh, ow, switch, d = _preview_size(request, family, config, switch, config.downsample if switch else 1,
-                                      messages, warnings)
+    oh, ow, switch, d, chosen = _preview_size(request, family, config, switch, config.downsample if switch else 1,
+                                              messages, warnings)
     lt = latent_frames(request.num_frames, family)
+    if chosen and _cp_degree(cp_degree, "base") > 1:
+        oh, ow = _snap_preview(request, family, (oh, ow), switch, d, lt, _cp_degree(cp_degree, "base"), messages)
     vs = family.vae_scale_spatial
     req_latent = (lt, request.height // vs, request.width // vs)
     stages = _preview_stages(scheduler, config, n, k, switch, d, (oh, ow), (lt, oh // vs, ow // vs),
@@ -337,4 +450,5 @@ def plan_stages(request: Request, family: FamilySpec, scheduler: SchedulerSpec, 
         warnings.append(f"refine_steps=0: the output is the preview at {stages[-1].height}x{stages[-1].width}, "
                         f"not the requested {request.height}x{request.width}")
     _check_rope(stages, family)
+    _check_split(stages, family, request, config, cp_degree)
     return Plan(tuple(stages), request, family, scheduler, config, tuple(messages), tuple(warnings))

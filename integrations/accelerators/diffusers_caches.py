@@ -6,7 +6,8 @@ registers. The protocol (``stages``) resets every stateful hook at each stage's 
 each cache needs beyond that, and what is refused (diffusers 0.42):
 
 - FirstBlockCache: right per stage (per-branch state from ``cache_context``; a stage's first step
-  always computes).
+  always computes). Under context parallelism its rule reads the whole sequence's residual
+  (``context_parallel.relative_l1``), so that every rank skips the same calls.
 - PyramidAttentionBroadcast: right per stage (its window is on the model timestep, which SURF sets as
   ``pipe.current_timestep``; its counter restarts at each stage, so the stage's first call computes).
 - TaylorSeer: right per stage (warm-up ``disable_cache_before_step`` per stage); refused with
@@ -27,8 +28,12 @@ each cache needs beyond that, and what is refused (diffusers 0.42):
 
 from __future__ import annotations
 
+import functools
+
+import torch
 from diffusers import FirstBlockCacheConfig, SeaCacheConfig
 
+from surf_accel.context_parallel import cp_config, relative_l1
 from surf_accel.stages import Accelerator, AcceleratorKind, StageInfo, cache_threshold
 
 # diffusers' hook names (hooks/*.py) -> the cache they belong to; the first name found identifies it
@@ -63,6 +68,15 @@ def _is_single_schedule(plan) -> bool:
     return len(plan.stages) == 1 and plan.stages[0].steps == plan.request.num_inference_steps
 
 
+@torch.compiler.disable
+def _fbc_whole_sequence_rule(hook, model, residual: torch.Tensor) -> bool:
+    """diffusers' ``FBCHeadBlockHook._should_compute_remaining_blocks`` on the whole sequence."""
+    previous = hook.state_manager.get_state().head_block_residual
+    if previous is None:
+        return True
+    return relative_l1(residual, previous, model) > hook.threshold
+
+
 class DiffusersCache(Accelerator):
     is_cache = True
 
@@ -79,6 +93,16 @@ class DiffusersCache(Accelerator):
                              "decided on the wrong ratios. Use FirstBlockCacheConfig, SeaCacheConfig or surf_accel's "
                              "TeaCache (surf_accel.integrations.accelerators.apply_teacache) with SURF, or "
                              "SurfConfig.identity()")
+        if kind == "FirstBlockCache" and cp_config(model) is not None:
+            # a hook registered later wraps the earlier ones: the cache's head-block hook must sit inside
+            # the context-parallel split of the block's input, or it subtracts the whole input from a shard
+            for m in model.modules():
+                order = getattr(getattr(m, "_diffusers_hook", None), "_hook_order", [])
+                split = [i for i, n in enumerate(order) if n.startswith("cp_input---")]
+                if "fbc_leader_block_hook" in order and split and order.index("fbc_leader_block_hook") > split[0]:
+                    raise ValueError(f"FirstBlockCache was enabled on this {cls} after enable_parallelism, so its hook "
+                                     "reads the first block's whole input and the block's sharded output; enable the "
+                                     "cache first, then the parallelism")
         if kind == "TaylorSeer" and not _is_single_schedule(plan):
             after = {h.disable_cache_after_step for h in self.hooks["taylorseer_cache"]}
             if after != {None}:
@@ -116,6 +140,9 @@ class DiffusersCache(Accelerator):
                                  "branch)")
 
     def stage_start(self, model, stage: StageInfo) -> None:
+        if self.name == "FirstBlockCache" and cp_config(model) is not None:
+            for hook in self.hooks["fbc_leader_block_hook"]:
+                hook._should_compute_remaining_blocks = functools.partial(_fbc_whole_sequence_rule, hook, model)
         if self.name == "FasterCache" and stage.index > 0:
             # After a reset the counter is 0, and FasterCache computes at 0 only outside its timestep window;
             # a later stage starting inside it would read an empty cache. Its own skip range R as the start value
@@ -123,6 +150,11 @@ class DiffusersCache(Accelerator):
             # The first stage starts where the pipeline's own call does: its counter counts that call's steps.
             for hook in self.hooks["faster_cache_block"]:
                 hook.state.iteration = hook.block_skip_range
+
+
+    def stage_end(self, model, stage: StageInfo) -> None:
+        for hook in self.hooks.get("fbc_leader_block_hook", ()):
+            hook.__dict__.pop("_should_compute_remaining_blocks", None)
 
 
 def detect_diffusers_caches(model) -> list[Accelerator]:

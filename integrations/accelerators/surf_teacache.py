@@ -40,6 +40,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
+from surf_accel.context_parallel import cp_config, relative_l1
 from surf_accel.family import families
 from surf_accel.stages import Accelerator, AcceleratorKind, StageInfo, cache_threshold, current_step, detect
 
@@ -230,7 +231,7 @@ class _TeaCacheShared:
         if forced:
             compute = True
         else:
-            x = ((ind - state.previous).abs().mean() / state.previous.abs().mean()).item()
+            x = relative_l1(ind, state.previous, self.transformer)
             state.accumulated += float(np.polyval(self.poly, x))
             compute = not state.accumulated < self.config.threshold
         if compute:
@@ -343,6 +344,10 @@ def apply_teacache(transformer, config: SurfTeaCacheConfig) -> None:
         hint = " (pass pipe.transformer)" if isinstance(getattr(transformer, "transformer", None), torch.nn.Module) \
             else ""
         raise TypeError(f"apply_teacache installs on a transformer model, got a {type(transformer).__name__}{hint}")
+    if cp_config(transformer) is not None:
+        # its first-block hook would wrap diffusers' split of that block's input: the whole input in, a shard out
+        raise ValueError(f"{type(transformer).__name__} is already context-parallel; apply TeaCache before "
+                         "enable_parallelism, so that its hooks sit inside the split")
     present = detect(transformer)
     if present:
         raise ValueError(f"{type(transformer).__name__} already has a cache installed ({present[0].name}); diffusers "

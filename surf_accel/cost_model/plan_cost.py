@@ -10,6 +10,9 @@ from surf_accel.config import SurfConfig
 from surf_accel.cost_model.specs import HunyuanVideoSpec, TransformerSpec, VaeSpec, forward_flops
 from surf_accel.planner import Plan, Stage, plan_stages
 
+# NVLink 4 on an H100 SXM: 900 GB/s per GPU both directions together, 450 GB/s each way
+NVLINK_H100_BYTES_PER_S = 450e9
+
 
 @dataclass
 class StageCost:
@@ -38,6 +41,7 @@ class Estimate:
     baseline_vae: dict = field(default_factory=dict)
     surf_vae: dict = field(default_factory=dict)
     plan: Optional[Plan] = None
+    specs: dict = field(default_factory=dict)  # spec name -> the transformer spec its rows were costed with
 
     @property
     def cost_warning(self) -> Optional[str]:
@@ -102,6 +106,29 @@ class Estimate:
         return "\n".join(lines)
 
 
+    def per_gpu_table(self, degree: int, *, bandwidth: float = NVLINK_H100_BYTES_PER_S,
+                      dtype_bytes: int = 2) -> str:
+        """SURF's stages under Ulysses context parallelism over ``degree`` GPUs: each GPU's FLOPs (the
+        total over ``degree``: shards of the tokens for the linear layers, of the heads for attention)
+        and the all-to-all each GPU sends per attention layer (q, k, v out and the output back: four
+        ``tokens / degree x dim`` tensors of ``dtype_bytes``, ``(degree - 1) / degree`` of them to other
+        GPUs), then per stage and its time at ``bandwidth`` bytes/s if nothing overlaps it."""
+        lines = [f"per GPU under Ulysses context parallelism over {degree} GPUs (all-to-all in "
+                 f"{8 * dtype_bytes}-bit activations at {bandwidth / 1e9:.0f} GB/s per direction, NVLink 4 on "
+                 "H100 SXM; compute split evenly, communication not overlapped)",
+                 f"{'stage':12s} {'tokens/GPU':>10s} {'TFLOP/GPU':>10s} {'MB/layer':>9s} {'layers':>6s} "
+                 f"{'GB/stage':>9s} {'comm s':>7s}"]
+        for s in self.surf:
+            spec = self.specs[s.model]
+            layers = spec.num_layers + getattr(spec, "num_single_layers", 0)
+            per_layer = 4 * s.tokens / degree * spec.dim * dtype_bytes * (degree - 1) / degree
+            stage_bytes = per_layer * layers * s.steps * s.passes_per_step
+            lines.append(f"{s.name:12s} {s.tokens // degree:>10d} {s.total / degree / 1e12:>10.2f} "
+                         f"{per_layer / 1e6:>9.1f} {layers:>6d} {stage_bytes / 1e9:>9.1f} "
+                         f"{stage_bytes / bandwidth:>7.2f}")
+        return "\n".join(lines)
+
+
 def _stage_cost(spec: TransformerSpec, stage: Stage, cfg_passes: int, name_model: str, sparse=None) -> StageCost:
     fl = forward_flops(spec, stage.latent_size, stage.window, sparse if stage.name.startswith("preview") else None)
     k = stage.steps * cfg_passes
@@ -118,7 +145,8 @@ def estimate_plan(plan: Plan, spec: TransformerSpec | HunyuanVideoSpec, *, passe
     (``refiner_passes`` per step for the latter; a trained refiner always takes one)."""
     req, config = plan.request, plan.config
     base_plan = plan_stages(req, plan.family, plan.scheduler, SurfConfig.identity())
-    est = Estimate(spec.name, req.height, req.width, req.num_frames, plan=plan)
+    est = Estimate(spec.name, req.height, req.width, req.num_frames, plan=plan,
+                   specs={m.name: m for m in (spec, refiner) if m is not None})
     est.baseline = [_stage_cost(spec, s, passes, spec.name) for s in base_plan.stages]
     for s in plan.stages:
         if s.model == "trained_refiner":
