@@ -24,7 +24,8 @@ def test_demo_writes_videos_image_and_speedup(tmp_path, capsys, flag, refiner):
     assert "1 CPU thread(s)" in out  # the default: one thread
     base = re.search(r"^baseline: +([0-9.]+) s \(([0-9.]+) s CPU\)$", out, re.M)
     surf = re.search(r"^SURF: +([0-9.]+) s \(([0-9.]+) s CPU\)$", out, re.M)
-    wall, cpu = map(float, re.search(r"^speedup: ([0-9.]+)x wall, ([0-9.]+)x CPU$", out, re.M).groups())
+    cpu, wall = map(float, re.search(r"^speedup: ([0-9.]+)x in process CPU time \(([0-9.]+)x in wall time\)$",
+                                     out, re.M).groups())
     # the printed times are rounded to 10 ms
     assert wall == pytest.approx(float(base.group(1)) / float(surf.group(1)), rel=0.02)
     assert cpu == pytest.approx(float(base.group(2)) / float(surf.group(2)), rel=0.02)
