@@ -220,6 +220,13 @@ class _Checked:
     refiner: Optional[str]  # the refiner folder, or None: the base model refines
 
 
+def _cache_options(setting, spec: str) -> dict:
+    """The folder setting's TeaCache rescale for a ``--cache teacache:T`` (other caches take none)."""
+    if setting is not None and setting.teacache is not None and spec.split(":")[0].strip().lower() == "teacache":
+        return {"teacache_fit": setting.teacache}
+    return {}
+
+
 def _refiner_flags(folder: Optional[str]) -> dict:
     """The planner's view of the refiner in ``folder`` (``None``: the base model), from its config.json:
     a trained ``surf_accel.Refiner`` (one pass per step, its own steps) or a transformer of the family."""
@@ -266,7 +273,7 @@ def _check_generate(args) -> _Checked:
     if args.cache:
         from surf_accel.registry import install_cache
 
-        install_cache(skeleton, args.cache, teacache_fit=setting.teacache if setting else None)
+        install_cache(skeleton, args.cache, **_cache_options(setting, args.cache))
     if "height" in call_params:
         plan_stages(Request(request["height"], request["width"], request["num_frames"],
                             request["num_inference_steps"]),
@@ -349,8 +356,8 @@ def cmd_generate(args) -> int:
     if args.cache:
         from surf_accel.registry import install_cache
 
-        fit = checked.setting.teacache if checked.setting else None
-        print(f"cache: {install_cache(pipe, args.cache, teacache_fit=fit)}", file=sys.stderr)
+        print(f"cache: {install_cache(pipe, args.cache, **_cache_options(checked.setting, args.cache))}",
+              file=sys.stderr)
     refiner = None
     if checked.refiner is not None:
         refiner = folder_setting.load_refiner(checked.refiner, dtype=pipe.transformer.dtype,
