@@ -69,11 +69,14 @@ def runs(steps: int) -> list[Run]:
                ("SURF, trained refiner, dense attention", toy.replace(window=None))]
     # the toy sibling (a ~1/5-size transformer of the same family) refining training-free, as Wan2.1-1.3B
     # would refine Wan2.1-14B: the toy setting, dense, with TeaCache on the preview, and earlier refine starts
-    sibling = [("SURF, sibling refine", toy, None),
-               ("SURF, sibling refine, dense attention", toy.replace(window=None), None),
-               ("SURF, sibling refine + TeaCache 0.15", toy, "teacache:0.15"),
-               ("SURF, sibling refine, refine_start 0.5", toy.replace(refine_start=0.5), None),
-               ("SURF, sibling refine, refine_start 0.3", toy.replace(refine_start=0.3), None)]
+    # (refine_start 0.7 as the base's refine, then the earlier starts that transformer_refine_start's default
+    # follows)
+    at = toy.replace(transformer_refine_start=0.7)
+    sibling = [("SURF, sibling refine", at, None),
+               ("SURF, sibling refine, dense attention", at.replace(window=None), None),
+               ("SURF, sibling refine + TeaCache 0.15", at, "teacache:0.15"),
+               ("SURF, sibling refine, refine_start 0.5", toy.replace(transformer_refine_start=0.5), None),
+               ("SURF, sibling refine, refine_start 0.3", toy.replace(transformer_refine_start=0.3), None)]
     return [
         Run(base, TARGET_SIZE, steps),
         Run(opt, OPTIMAL_SIZE, steps),

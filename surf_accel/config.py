@@ -18,6 +18,10 @@ a 40-step preview switching after step 10, then 10 refine steps, so for a 50-ste
   ``"paper"``).
 - ``refine_start=0.7``: the training-free refiner is beyond the paper; on the toy world 0.7 and 0.5
   are indistinguishable (benchmarks/results/signature.md; 0.3 lost colour in an earlier run).
+- ``transformer_refine_start=0.3``: a smaller transformer of the family refining training-free keeps
+  more of the base model's preview: on the toy world its sibling (a fifth of the base's layers x width)
+  lost colour from 0.7 (92.7% against the base refine's 99.0%) and kept it from 0.3 (97.9%, layout
+  distance 0.070 against 0.097; benchmarks/results/signature_sibling.md). Unmeasured on real weights.
 - ``refine_expert="low"``: two-expert pipelines (Wan2.2 A14B) refine with the low-noise expert, the
   one trained for the range below the boundary where a refine from 0.7 runs (docs/design.md 4; its
   quality against the high-noise expert is not measured: no Wan2.2 weights here).
@@ -86,6 +90,8 @@ class SurfConfig:
     latent_resize: interpolation of the ``"latent"`` handoff.
     refine_start: noise level ``s*`` the training-free refiner starts from (``(1-s*) z_lr + s* eps``).
         A trained refiner ignores it (it starts at ``s = 1`` from ``z_lr`` itself).
+    transformer_refine_start: ``refine_start`` when another transformer of the family refines
+        (``patch(pipe, refiner=<transformer>)``); ``None``: ``refine_start``.
     refine_guidance: classifier-free guidance of the training-free refiner; ``None`` = the call's.
     window: shifted-window size ``(wt, wh, ww)`` in tokens for the refine stage, or ``None``.
     preview_attention: a ``surf_accel.integrations.accelerators.sparse_attention.SparsePattern`` for
@@ -125,6 +131,7 @@ class SurfConfig:
     refine_steps: Optional[int] = None
     refine_fraction: float = 0.2
     refine_start: float = 0.7
+    transformer_refine_start: Optional[float] = 0.3
     refine_guidance: Optional[float] = None
     window: Optional[tuple[int, int, int]] = None
     preview_attention: Optional["SparsePattern"] = None
@@ -172,6 +179,11 @@ class SurfConfig:
         if not (_is_real(self.refine_start) and 0.0 < self.refine_start <= 1.0):
             raise ValueError(f"refine_start must be a noise level in (0, 1], got {self.refine_start!r}")
         object.__setattr__(self, "refine_start", float(self.refine_start))
+        t = self.transformer_refine_start
+        if t is not None:
+            if not (_is_real(t) and 0.0 < t <= 1.0):
+                raise ValueError(f"transformer_refine_start must be None or a noise level in (0, 1], got {t!r}")
+            object.__setattr__(self, "transformer_refine_start", float(t))
         if self.refine_guidance is not None and not _is_real(self.refine_guidance):
             raise ValueError(f"refine_guidance must be None or a finite number, got {self.refine_guidance!r}")
         if self.window is not None:

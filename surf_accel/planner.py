@@ -295,7 +295,10 @@ def _refine_stage(request: Request, scheduler: SchedulerSpec, config: SurfConfig
         sig = np.linspace(1.0, 0.0, m + 1)  # the straight z_lr -> z_hr path (docs/design.md 1.3)
         model, use_sched, shift_ref = "trained_refiner", False, 1.0
     else:
-        t_star = unshift_sigma(config.refine_start, shift_ref)
+        start = config.refine_start
+        if refiner_transformer and config.transformer_refine_start is not None:
+            start = config.transformer_refine_start
+        t_star = unshift_sigma(start, shift_ref)
         sig = np.concatenate([shift_sigmas(np.linspace(t_star, 0.0, m + 1)[:-1], shift_ref), [0.0]])
         model, use_sched = ("refiner_transformer" if refiner_transformer else "base"), True
     return Stage("refine", request.height, request.width, req_latent, tuple(float(x) for x in sig),

@@ -124,13 +124,16 @@ def test_wan_trained_refiner_matches_the_replay(wan, handoff):
     _close(out, want)
 
 
-def test_wan_refiner_transformer_matches_the_replay(wan):
+@pytest.mark.parametrize("changes, start", [({}, 0.3), (dict(transformer_refine_start=None), 0.7),
+                                            (dict(transformer_refine_start=0.5, refine_start=0.9), 0.5)])
+def test_wan_refiner_transformer_matches_the_replay(wan, changes, start):
+    """Another transformer refines from transformer_refine_start (0.3 by default; None: refine_start, 0.7)."""
     other = tiny_transformer(seed=5)
     cond = _wan_cond(wan)
-    out = _patched_latents(wan, _config({}), refiner=other, **cond, num_frames=5, num_inference_steps=6,
+    out = _patched_latents(wan, _config(changes), refiner=other, **cond, num_frames=5, num_inference_steps=6,
                            guidance_scale=4.0, **HW)
-    want = sr.replay(wan, sr.WAN, sr.Recipe(**RECIPE, refine_model=other), num_frames=5, num_steps=6,
-                     guidance=4.0, cond=cond, generator=gen(0), **HW)
+    want = sr.replay(wan, sr.WAN, sr.Recipe(**RECIPE, refine_model=other, refine_start=start), num_frames=5,
+                     num_steps=6, guidance=4.0, cond=cond, generator=gen(0), **HW)
     _close(out, want)
 
 
