@@ -75,15 +75,8 @@ def _make_folder(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's entries to disk (a folder: so that a rename in it survives a crash)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -120,11 +113,11 @@ def write_file(path: str | os.PathLike, write: Callable[[Path], Any], *,
             raise OSError(errno.EIO, "the writer produced no file")
         if tmp.stat().st_size == 0:
             raise OSError(errno.EIO, "the writer produced an empty file")
-        _fsync_file(tmp)
+        _fsync(tmp)
         if check is not None:
             check(tmp)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        _fsync(path.parent)
     except BaseException as e:
         _remove(tmp)
         if not isinstance(e, Exception):  # an interruption stays one
@@ -224,7 +217,7 @@ def write_folder(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
             if old.exists():
                 os.replace(old, path)
             raise
-        _fsync_dir(path.parent)
+        _fsync(path.parent)
     except BaseException as e:
         _remove(tmp)
         if not isinstance(e, Exception):  # an interruption stays one
@@ -239,8 +232,8 @@ def sync_folder(folder: str | os.PathLike) -> None:
     folder = Path(folder)
     for f in folder.rglob("*"):
         if f.is_file():
-            _fsync_file(f)
-    _fsync_dir(folder)
+            _fsync(f)
+    _fsync(folder)
 
 
 def check_writable(path: str | os.PathLike) -> None:
