@@ -109,9 +109,10 @@ class PairsConfig:
     h264_crf: tuple[float, float] = (20.0, 35.0)
     latent_noise: tuple[float, float] = (0.0, 0.1)
     degrade_prob: float = 0.8  # clips degraded at all (the rest keep the clean downsample)
+    shard_size: int = 16  # pairs per shard of the pair store (training.pair_store)
 
     def __post_init__(self):
-        for k in ("preview_height", "preview_width"):
+        for k in ("preview_height", "preview_width", "shard_size"):
             if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1):
                 raise ConfigError(f"pairs.{k} must be an int >= 1")
         if self.handoff not in HANDOFFS:
@@ -233,7 +234,8 @@ class TrainConfig:
     """Optimisation. ``batch_size`` is per process and micro-batch: the effective batch is
     ``batch_size x processes x grad_accum``. Without ``curriculum`` one phase of ``max_steps`` on
     whole clips; with it, ``max_steps`` is the sum of the phases (the paper: 21 frames for 1k steps,
-    then 81 for 4k; AdamW lr 5e-5, batch 24)."""
+    then 81 for 4k; AdamW lr 5e-5, batch 24). ``loader_workers``: processes reading the pair store
+    for each training process (0: the training process reads it)."""
 
     max_steps: int = 1000
     batch_size: int = 4
@@ -249,6 +251,7 @@ class TrainConfig:
     ema_decay: Optional[float] = 0.999
     strategy: str = "ddp"
     curriculum: tuple[Phase, ...] = ()
+    loader_workers: int = 2
 
     def __post_init__(self):
         if self.curriculum:
@@ -271,6 +274,8 @@ class TrainConfig:
             raise ConfigError(f"train.mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"train.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if not (isinstance(self.loader_workers, int) and self.loader_workers >= 0):
+            raise ConfigError(f"train.loader_workers must be an int >= 0, got {self.loader_workers!r}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be null or in (0, 1), got {self.ema_decay!r}")
 
@@ -345,7 +350,8 @@ class RefinerTrainingConfig:
         return json.loads(json.dumps(dataclasses.asdict(self), default=list))
 
     # keys that may differ between a checkpoint and the run resuming it
-    RESUMABLE_CHANGES = ("output_dir", "log_every", "checkpoint", "validation", "export", "data.cache_dir")
+    RESUMABLE_CHANGES = ("output_dir", "log_every", "checkpoint", "validation", "export", "data.cache_dir",
+                         "pairs.shard_size", "train.loader_workers")
 
     def fingerprint_dict(self) -> dict:
         d = self.to_dict()

@@ -9,8 +9,8 @@ a batch axis) with a caption. Sources:
   short side matches the target (bilinear, antialiased), centre-cropped, the first ``num_frames``
   frames; captions from a sidecar ``NAME.txt`` or ``captions.json`` ({file name: caption}).
 
-Text embeddings are computed once with the base pipeline's own ``encode_prompt`` (the padded
-``max_sequence_length`` tokens WanPipeline hands its transformer) and cached in safetensors.
+Text embeddings come from the base pipeline's own ``encode_prompt`` (the padded ``max_sequence_length``
+tokens WanPipeline hands its transformer); the pair store keeps them beside the pairs.
 """
 
 from __future__ import annotations
@@ -25,10 +25,6 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file
-
-from surf_accel import files
 from surf_accel.toyworld import world
 from surf_accel.training.config import DataConfig
 
@@ -190,51 +186,23 @@ def load_sources(cfg: DataConfig, seed: int) -> tuple[ClipSource, ClipSource]:
 
 # ---------------------------------------------------------------------------- text embeddings
 @torch.no_grad()
-def encode_captions(pipe, captions: Sequence[str], max_sequence_length: int, batch: int = 16) -> torch.Tensor:
-    """``(N, max_sequence_length, text_dim)`` float32 embeddings exactly as the pipeline's
-    ``encode_prompt`` makes them for its transformer (no classifier-free guidance branch)."""
+def encode_captions(pipe, captions: Sequence[str], max_sequence_length: int) -> torch.Tensor:
+    """``(N, max_sequence_length, text_dim)`` embeddings exactly as the pipeline's ``encode_prompt`` makes
+    them for its transformer (its dtype; no classifier-free guidance branch). Each caption is encoded
+    alone, as a one-prompt call encodes it: batching captions changes the encoder's rounding."""
     device = pipe._execution_device
     out = []
-    for i in range(0, len(captions), batch):
-        emb, _ = pipe.encode_prompt(list(captions[i:i + batch]), do_classifier_free_guidance=False,
+    for caption in captions:
+        emb, _ = pipe.encode_prompt([caption], do_classifier_free_guidance=False,
                                     max_sequence_length=max_sequence_length, device=device)
-        out.append(emb.float().cpu())
+        out.append(emb.cpu())
     return torch.cat(out)
 
 
 def text_encoder_id(pipe) -> str:
-    """Identifies the text encoder's weights (the embedding cache is invalid for another one)."""
+    """Identifies the text encoder's weights (stored embeddings are invalid for another one)."""
     h = hashlib.sha256()
     for k, v in sorted(pipe.text_encoder.state_dict().items())[:8]:
         h.update(k.encode())
         h.update(v.detach().float().cpu().flatten()[:256].numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-class TextEmbeddingCache:
-    """Caption -> embedding, computed once with the pipeline's encoder, stored as one safetensors file
-    (``embeddings.safetensors``: one tensor per caption index; its metadata: the captions, the sequence
-    length and the encoder's id), so that tensors and captions are always replaced together."""
-
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
-
-    def get(self, pipe, captions: Sequence[str], max_sequence_length: int) -> dict[str, torch.Tensor]:
-        unique = sorted(set(captions))
-        key = json.dumps({"max_sequence_length": max_sequence_length, "encoder": text_encoder_id(pipe)})
-        w_p = self.folder / "embeddings.safetensors"
-        have: dict[str, torch.Tensor] = {}
-        if w_p.is_file():
-            with safe_open(str(w_p), "pt") as f:
-                meta = f.metadata() or {}
-            if meta.get("key") == key:
-                tensors = load_file(str(w_p))
-                have = {c: tensors[str(i)] for i, c in enumerate(json.loads(meta["captions"]))}
-        todo = [c for c in unique if c not in have]
-        if todo:
-            emb = encode_captions(pipe, todo, max_sequence_length)
-            have.update({c: e for c, e in zip(todo, emb)})
-            order = sorted(have)
-            files.write_safetensors(w_p, {str(i): have[c] for i, c in enumerate(order)},
-                                    {"key": key, "captions": json.dumps(order)})
-        return {c: have[c] for c in unique}

@@ -36,7 +36,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from accelerate import Accelerator, FullyShardedDataParallelPlugin
@@ -49,12 +49,13 @@ from surf_accel import files, registry
 from surf_accel.training import objective
 from surf_accel.training.base_pairs import make_base_pairs
 from surf_accel.training.config import ConfigError, Phase, RefinerTrainingConfig
-from surf_accel.training.data import TextEmbeddingCache, load_sources
+from surf_accel.training.data import encode_captions, load_sources, text_encoder_id
 from surf_accel.training.ema import EMA
 from surf_accel.training.export import export_refiner
 from surf_accel.training.model import (build_transformer, count_parameters, load_base_pipeline, trainable_parameters,
                                        unwrap)
-from surf_accel.training.pairs import cached_pairs, cached_tensors, check_sizes, module_id, vae_id
+from surf_accel.training.pair_store import MicroBatches, PairDataset, PairStore, loader
+from surf_accel.training.pairs import check_sizes, make_pairs, module_id, vae_id
 from surf_accel.training.validate import run_validation, surf_config_for
 
 logger = logging.getLogger("surf_accel.training")
@@ -192,53 +193,75 @@ def _seed(*parts: int) -> int:
 
 
 # ---------------------------------------------------------------------------- data
-def prepare_data(cfg: RefinerTrainingConfig, pipe, adapter, progress: bool = False) -> dict:
-    """Cached pairs and text embeddings: ``{"z_hr", "z_lr" (N, C, T, h, w), "text_index" (N,),
-    "text" (K, L, D), "val": {"z_lr", "hr", "text"}}``."""
+def prepare_data(cfg: RefinerTrainingConfig, pipe, adapter, *, rank: int = 0, processes: int = 1,
+                 barrier: Callable[[], None] = lambda: None, progress: bool = False) -> dict:
+    """The pair stores (``pair_store``), each process making its share of the missing shards, and the
+    held-out pairs: ``{"train": PairDataset (clip pairs, then base pairs), "val": {"z_lr", "hr", "text"} or
+    None, "stores": [PairStore]}``. ``barrier`` waits for every process (after the shards, after the
+    main process's ``store.json``)."""
     check_sizes(pipe, cfg.data.height, cfg.data.width, cfg.data.num_frames, cfg.pairs, pipe.transformer.config.patch_size)
     train_src, val_src = load_sources(cfg.data, cfg.seed)
-    emb = TextEmbeddingCache(cfg.cache_dir).get(pipe, train_src.captions + val_src.captions,
-                                                cfg.data.max_sequence_length)
-    captions = sorted(emb)
-    table = torch.stack([emb[c] for c in captions])
-    pos = {c: i for i, c in enumerate(captions)}
+    length = cfg.data.max_sequence_length
     recipe = {"data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("cache_dir",)},
-              "pairs": {k: v for k, v in dataclasses.asdict(cfg.pairs).items() if k != "latent_noise"}}
-    pairs = cached_pairs(pipe, adapter, train_src, cfg.pairs, cfg.seed, cfg.cache_dir, "pairs", recipe, progress=progress)
-    captions = list(train_src.captions)
+              "pairs": {k: v for k, v in dataclasses.asdict(cfg.pairs).items() if k not in ("latent_noise", "shard_size")}}
+    text = {"encoder": text_encoder_id(pipe), "max_sequence_length": length}
+    plans = [_clip_store(cfg, pipe, adapter, train_src, "pairs", cfg.seed, recipe, text, keep_hr=False)]
     if cfg.base_pairs.num:
-        base = _base_pairs(cfg, pipe, adapter, train_src.captions, progress)
-        pairs = {k: torch.cat([pairs[k], base[k]]) for k in ("z_hr", "z_lr")}
-        captions += base["captions"]
-    out = {"z_hr": pairs["z_hr"], "z_lr": pairs["z_lr"], "text": table,
-           "text_index": torch.tensor([pos[c] for c in captions]), "val": None}
+        plans.append(_base_pair_store(cfg, pipe, adapter, train_src.captions, text))
     if len(val_src):
-        vp = cached_pairs(pipe, adapter, val_src, cfg.pairs, cfg.seed + 1, cfg.cache_dir, "val", recipe, keep_hr=True)
-        out["val"] = {"z_lr": vp["z_lr"], "hr": vp["hr"], "text": table[[pos[c] for c in val_src.captions]]}
-    return out
+        plans.append(_clip_store(cfg, pipe, adapter, val_src, "val", cfg.seed + 1, recipe, text, keep_hr=True))
+    for store, make, store_recipe in plans:
+        store.make(make, lambda captions: encode_captions(pipe, captions, length), store_recipe, rank=rank,
+                   processes=processes, progress=progress)
+    barrier()
+    if rank == 0:
+        for store, _, store_recipe in plans:
+            store.finish(store_recipe)
+    barrier()
+    stores = [p[0] for p in plans]
+    val = None
+    if len(val_src):
+        v = stores[-1].read_all(length)
+        val = {"z_lr": v["z_lr"], "hr": v["hr"], "text": v["text"]}
+        stores = stores[:-1]
+    return {"train": PairDataset(stores, length), "val": val, "stores": stores}
 
 
-def _base_pairs(cfg: RefinerTrainingConfig, pipe, adapter, train_captions, progress: bool) -> dict:
-    """``cfg.base_pairs.num`` pairs from the base model (``base_pairs.make_base_pairs``), cached like
-    the clip pairs; ``"captions"`` are their prompts (taken from the training captions)."""
+def _clip_store(cfg: RefinerTrainingConfig, pipe, adapter, clips, name: str, seed: int, recipe: dict, text: dict, *,
+                keep_hr: bool):
+    """``(store, make_shard, recipe)`` of the pairs of ``clips`` (``pairs.make_pairs``), keyed by the VAE,
+    the text encoder, the recipe and the seed; ``keep_hr`` also stores the HR clips (validation)."""
+    key = {"vae": vae_id(pipe), "text": text, "recipe": recipe, "seed": seed, "n": len(clips), "hr": keep_hr}
+
+    def make(start: int, stop: int):
+        out = make_pairs(pipe, adapter, clips, cfg.pairs, seed, start=start, stop=stop)
+        if keep_hr:
+            out["hr"] = clips.batch(start, stop)
+        return out, clips.captions[start:stop]
+
+    return PairStore.under(cfg.cache_dir, name, key, len(clips), cfg.pairs.shard_size), make, recipe
+
+
+def _base_pair_store(cfg: RefinerTrainingConfig, pipe, adapter, train_captions, text: dict):
+    """``(store, make_shard, recipe)`` of the ``base_pairs.num`` pairs made by the base model
+    (``base_pairs.make_base_pairs``): pair ``i`` from training caption ``i mod len`` and seed
+    ``base_pairs.seed + i``; keyed by the base transformer too (it makes them)."""
     bp = cfg.base_pairs
     prompts = [train_captions[i % len(train_captions)] for i in range(bp.num)]
-    seeds = [bp.seed + i for i in range(bp.num)]
     surf = surf_config_for(cfg, bp.surf)
     d = cfg.data
     recipe = {"base_pairs": dataclasses.asdict(bp), "surf": dataclasses.asdict(surf), "prompts": prompts,
               "size": [d.height, d.width, d.num_frames], "handoff": [cfg.pairs.handoff, cfg.pairs.latent_resize]}
-    # the base transformer makes these pairs, so the cache is only valid for it (and for the VAE)
-    key = {"vae": vae_id(pipe), "transformer": module_id(pipe.transformer), "recipe": recipe}
+    key = {"vae": vae_id(pipe), "transformer": module_id(pipe.transformer), "text": text, "recipe": recipe}
 
-    def make():
-        return make_base_pairs(pipe, adapter, surf, prompts, seeds, height=d.height, width=d.width,
-                               num_frames=d.num_frames, num_inference_steps=bp.num_inference_steps,
-                               guidance_scale=bp.guidance_scale, pairs_cfg=cfg.pairs, progress=progress)
+    def make(start: int, stop: int):
+        out = make_base_pairs(pipe, adapter, surf, prompts[start:stop], [bp.seed + i for i in range(start, stop)],
+                              height=d.height, width=d.width, num_frames=d.num_frames,
+                              num_inference_steps=bp.num_inference_steps, guidance_scale=bp.guidance_scale,
+                              pairs_cfg=cfg.pairs)
+        return out, prompts[start:stop]
 
-    out = dict(cached_tensors(cfg.cache_dir, "base-pairs", key, recipe, make))
-    out["captions"] = prompts
-    return out
+    return PairStore.under(cfg.cache_dir, "base-pairs", key, bp.num, cfg.pairs.shard_size), make, recipe
 
 
 def latent_frames_for(frames: int, pipe) -> int:
@@ -260,6 +283,7 @@ class _Run:
     opt: torch.optim.Optimizer
     ema: Optional[EMA]
     data: dict  # prepare_data's output
+    batches: Optional[Iterator] = None  # this process's micro-batches (z_hr, z_lr, text), from the resumed step
 
     @property
     def main(self) -> bool:
@@ -285,6 +309,7 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
     checkpoints = _resume_points(cfg, accelerator, resume)
     run = _set_up(cfg, accelerator, progress)
     step = _resume(run, checkpoints)
+    run.batches = _batches(run, step)
     result = TrainResult(step=step, finished=False, is_main=run.main)
     _log_start(run, step)
     bar = _progress_bar(run, step, progress)
@@ -292,6 +317,7 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
         step = _train_steps(run, step, result, bar, t_start, stop_after_steps, max_minutes)
     if bar is not None:
         bar.close()
+    run.batches = None  # ends the loader's workers
     result.step = step
     if step >= cfg.train.max_steps:
         result.finished = True
@@ -341,8 +367,8 @@ def _set_up(cfg: RefinerTrainingConfig, accelerator: Accelerator, progress: bool
     T = int(pipe.scheduler.config.num_train_timesteps)
     model = build_transformer(pipe, cfg.model)
     _check_rope(model, pipe, cfg)
-    with accelerator.main_process_first():  # the main process makes the caches, the others read them
-        data = prepare_data(cfg, pipe, adapter, progress=progress and accelerator.is_main_process)
+    data = prepare_data(cfg, pipe, adapter, rank=accelerator.process_index, processes=accelerator.num_processes,
+                        barrier=accelerator.wait_for_everyone, progress=progress and accelerator.is_main_process)
     model, opt, ema = _prepare_model(cfg, accelerator, model)
     return _Run(cfg, accelerator, pipe, adapter, T, model, unwrap(model), opt, ema, data)
 
@@ -387,7 +413,7 @@ def _log_start(run: _Run, step: int) -> None:
         a = run.accelerator
         _append(run.log_path, {"event": "start", "step": step, "processes": a.num_processes,
                                "distributed_type": str(a.distributed_type), "mixed_precision": a.mixed_precision,
-                               "pairs": run.data["z_hr"].shape[0], "parameters": count_parameters(run.inner),
+                               "pairs": len(run.data["train"]), "parameters": count_parameters(run.inner),
                                "trainable": count_parameters(run.inner, True)})
 
 
@@ -397,7 +423,7 @@ def _progress_bar(run: _Run, step: int, progress: bool) -> Optional[tqdm]:
         return None
     bar = tqdm(total=run.cfg.train.max_steps, initial=step, desc="train-refiner", dynamic_ncols=True)
     logger.info("refiner %s params (%s trainable), %d pairs, %d process(es)", f"{count_parameters(run.inner):,}",
-                f"{count_parameters(run.inner, True):,}", run.data["z_hr"].shape[0], run.accelerator.num_processes)
+                f"{count_parameters(run.inner, True):,}", len(run.data["train"]), run.accelerator.num_processes)
     return bar
 
 
@@ -459,19 +485,29 @@ def _optimizer_step(run: _Run, step: int, phase: Phase, lr: float) -> float:
 
 def _micro_batch(run: _Run, step: int, micro: int, batch_size: int,
                  lt: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(z_hr, z_lr, text, s)`` of micro-batch ``micro`` of step ``step`` on this process: ``batch_size``
-    pairs cut to ``lt`` latent frames, ``z_lr`` degraded, drawn from a generator seeded by
-    ``(seed, step, micro, process)``."""
-    cfg, data = run.cfg, run.data
+    """``(z_hr, z_lr, text, s)`` of micro-batch ``micro`` of step ``step`` on this process: the next of
+    ``run.batches`` (``batch_size`` pairs cut to ``lt`` latent frames), ``z_lr`` degraded and ``s`` drawn from
+    a generator seeded by ``(seed, step, micro, process)``."""
+    cfg = run.cfg
+    z_hr, z_lr, text = next(run.batches)
+    if z_hr.shape[0] != batch_size or z_hr.shape[2] != lt:
+        raise RuntimeError(f"step {step}: the loader gave {tuple(z_hr.shape)}, not {batch_size} pairs of {lt} frames")
     g = torch.Generator().manual_seed(_seed(cfg.seed, step, micro, run.accelerator.process_index))
-    idx = torch.randint(0, data["z_hr"].shape[0], (batch_size,), generator=g)
-    z_hr = data["z_hr"][idx, :, :lt]
     lo, hi = cfg.pairs.latent_noise
     std = lo + (hi - lo) * torch.rand(batch_size, generator=g)
-    z_lr = objective.degrade_latent(data["z_lr"][idx, :, :lt], std, g)
-    text = data["text"][data["text_index"][idx]]
+    z_lr = objective.degrade_latent(z_lr, std, g)
     s = objective.sample_s(batch_size, cfg.objective, cfg.model.num_steps, g)
     return z_hr, z_lr, text, s
+
+
+def _batches(run: _Run, step: int) -> Iterator:
+    """This process's micro-batches from optimiser step ``step`` on (``pair_store.MicroBatches``)."""
+    cfg, a = run.cfg, run.accelerator
+    phases = [(p.steps, p.batch_size, latent_frames_for(p.frames, run.pipe))
+              for p in cfg.train.phases(cfg.data.num_frames)]
+    order = MicroBatches(len(run.data["train"]), cfg.seed, phases, cfg.train.grad_accum, a.num_processes,
+                         a.process_index, step)
+    return iter(loader(run.data["train"], order, cfg.train.loader_workers))
 
 
 def _report_step(run: _Run, bar: Optional[tqdm], step: int, mean_loss: float, smooth: float, phase: Phase,

@@ -25,16 +25,14 @@ import random
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import Callable
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from surf_accel import files
 from surf_accel.config import SurfConfig
 from surf_accel.planner import Stage
 from surf_accel.refiner import handoff
@@ -175,32 +173,28 @@ def z_lr_from_preview(pipe, adapter, preview: torch.Tensor, stage: Stage, cfg: P
 
 
 @torch.no_grad()
-def make_pairs(pipe, adapter, clips, cfg: PairsConfig, seed: int, *, batch: int = 4,
+def make_pairs(pipe, adapter, clips, cfg: PairsConfig, seed: int, *, start: int = 0, stop: Optional[int] = None,
                progress: bool = False) -> dict[str, torch.Tensor]:
-    """Pairs for ``clips`` (a ``(N, 3, F, H, W)`` tensor in [-1, 1] or a ``data.ClipSource``):
-    ``{"z_hr", "z_lr", "degradation"}`` with latents ``(N, C, T, h, w)`` float32 and ``degradation``
-    ``(N, 4)`` (blur sigma, pixel noise, compression code 0/1/2 = none/jpeg/h264, quality or CRF).
-    Clip ``i``'s degradation comes from its own seeded generators (independent of the batching)."""
-    n = len(clips)
+    """Pairs for clips ``start:stop`` of ``clips`` (a ``(N, 3, F, H, W)`` tensor in [-1, 1] or a
+    ``data.ClipSource``): ``{"z_hr", "z_lr", "degradation"}`` with latents ``(n, C, T, h, w)`` float32 and
+    ``degradation`` ``(n, 4)`` (blur sigma, pixel noise, compression code 0/1/2 = none/jpeg/h264, quality
+    or CRF). Each clip is encoded alone (as inference encodes one video; batching changes the VAE's
+    rounding) and degraded by generators seeded by ``(seed, its index)``, so a pair is the same
+    whichever range it is made in."""
+    stop = len(clips) if stop is None else min(stop, len(clips))
     take = (lambda a, b: clips[a:b]) if isinstance(clips, torch.Tensor) else clips.batch
     z_hr, z_lr, rec = [], [], []
     stage = None
-    it = range(0, n, batch)
-    if progress:
-        it = tqdm(it, desc="pairs", total=math.ceil(n / batch))
-    for i in it:
-        x = take(i, i + batch).float()
+    for i in tqdm(range(start, stop), desc="pairs", disable=not progress):
+        x = take(i, i + 1).float()
         if stage is None:
             stage = target_stage(pipe, x.shape[-2], x.shape[-1], x.shape[2])
         z_hr.append(encode(pipe, adapter, x).cpu())
-        low = downsample(x, cfg.preview_height, cfg.preview_width)
-        for j in range(low.shape[0]):
-            rng = random.Random(seed * 1_000_003 + i + j)
-            d = sample_degradation(cfg, rng)
-            low[j] = degrade(low[j], d, torch.Generator().manual_seed(seed * 7919 + i + j))
-            rec.append(d.as_list())
-        preview = encode(pipe, adapter, low)
-        z_lr.append(z_lr_from_preview(pipe, adapter, preview, stage, cfg).cpu())
+        d = sample_degradation(cfg, random.Random(seed * 1_000_003 + i))
+        low = degrade(downsample(x, cfg.preview_height, cfg.preview_width)[0], d,
+                      torch.Generator().manual_seed(seed * 7919 + i))
+        rec.append(d.as_list())
+        z_lr.append(z_lr_from_preview(pipe, adapter, encode(pipe, adapter, low[None]), stage, cfg).cpu())
     return {"z_hr": torch.cat(z_hr), "z_lr": torch.cat(z_lr), "degradation": torch.tensor(rec, dtype=torch.float32)}
 
 
@@ -217,34 +211,6 @@ def module_id(module) -> str:
 
 def vae_id(pipe) -> str:
     return module_id(pipe.vae)
-
-
-def cached_tensors(folder: str | os.PathLike, name: str, key: dict, recipe: dict,
-                   make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """``make()`` once per ``key``: stored as ``<folder>/<name>-<hash of key>.safetensors`` with
-    ``recipe`` in its metadata; later calls load it."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()[:16]
-    path = os.path.join(folder, f"{name}-{digest}.safetensors")
-    if os.path.isfile(path):
-        return load_file(path)
-    out = make()
-    files.write_safetensors(path, out, {"recipe": json.dumps(recipe, default=list)})
-    return out
-
-
-def cached_pairs(pipe, adapter, clips, cfg: PairsConfig, seed: int, folder: str | os.PathLike, name: str,
-                 recipe: dict, *, keep_hr: bool = False, progress: bool = False) -> dict[str, torch.Tensor]:
-    """``make_pairs`` once per recipe (``cached_tensors``, keyed by the VAE, ``recipe`` (data and pair
-    settings) and the seed). ``keep_hr`` also stores the HR clips (validation: PSNR/SSIM to them)."""
-
-    def make():
-        out = make_pairs(pipe, adapter, clips, cfg, seed, progress=progress)
-        if keep_hr:
-            out["hr"] = clips.batch(0, len(clips)) if not isinstance(clips, torch.Tensor) else clips.float()
-        return out
-
-    key = {"vae": vae_id(pipe), "recipe": recipe, "seed": seed, "n": len(clips), "hr": keep_hr}
-    return cached_tensors(folder, name, key, recipe, make)
 
 
 def check_sizes(pipe, height: int, width: int, num_frames: int, cfg: PairsConfig, patch_size) -> None:

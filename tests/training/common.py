@@ -16,7 +16,7 @@ def tiny_config(output_dir, **sections) -> dict:
                  "max_sequence_length": 16},
         "pairs": {"preview_height": 32, "preview_width": 32, "handoff": "latent", "compression": "jpeg"},
         "model": {"init": "scratch", "config": dict(TINY_MODEL), "num_steps": 4, "window": [1, 4, 4]},
-        "train": {"max_steps": 6, "batch_size": 4, "lr": 1e-3, "ema_decay": 0.9},
+        "train": {"max_steps": 6, "batch_size": 4, "lr": 1e-3, "ema_decay": 0.9, "loader_workers": 0},
         "checkpoint": {"every": 2, "keep": 5},
         "validation": {"every": 0},
         "log_every": 1,

@@ -44,7 +44,7 @@ def test_base_pairs_are_the_preview_and_the_training_free_output():
 def test_training_data_appends_the_base_pairs_with_their_captions(tmp_path):
     """``prepare_data`` with ``base_pairs.num = 3``: the clip pairs, then 3 base pairs made from the
     training captions 0, 1, 2 with seeds 500, 501, 502 (the same tensors ``make_base_pairs`` gives),
-    each pointing at its own caption's embedding; a second call loads them from the cache."""
+    each read with its own caption's embedding; a second call makes no shard again."""
     from surf_accel.toyworld import load_pipeline
     from surf_accel.training import config_from_dict
     from surf_accel.training.data import load_sources
@@ -52,18 +52,24 @@ def test_training_data_appends_the_base_pairs_with_their_captions(tmp_path):
     from surf_accel.training.validate import surf_config_for
     from tests.training.common import tiny_config
 
-    cfg = config_from_dict(tiny_config(tmp_path, base_pairs={"num": 3, "seed": 500, "num_inference_steps": 4}))
+    cfg = config_from_dict(tiny_config(tmp_path, base_pairs={"num": 3, "seed": 500, "num_inference_steps": 4},
+                                       pairs={"shard_size": 2}))
     pipe = load_pipeline()
     pipe.set_progress_bar_config(disable=True)
     data = prepare_data(cfg, pipe, WanAdapter())
     n = cfg.data.num_clips
-    assert data["z_hr"].shape[0] == data["z_lr"].shape[0] == data["text_index"].shape[0] == n + 3
+    ds = data["train"]
+    assert len(ds) == n + 3 and [s.count for s in data["stores"]] == [n, 3]
     captions = load_sources(cfg.data, cfg.seed)[0].captions
     want = make_base_pairs(pipe, WanAdapter(), surf_config_for(cfg, "toy"), captions[:3], [500, 501, 502],
                            height=64, width=64, num_frames=5, num_inference_steps=4, guidance_scale=4.0,
                            pairs_cfg=cfg.pairs)
-    for k in ("z_hr", "z_lr"):
-        assert torch.equal(data[k][n:], want[k])
-    for i in range(3):  # the embedding row of base pair i is its prompt's (training caption i's)
-        assert torch.equal(data["text"][data["text_index"][n + i]], data["text"][data["text_index"][i]])
-    assert torch.equal(prepare_data(cfg, pipe, WanAdapter())["z_hr"], data["z_hr"])
+    for i in range(3):
+        z_hr, z_lr, text = ds[(n + i, 2)]
+        assert torch.equal(z_hr, want["z_hr"][i]) and torch.equal(z_lr, want["z_lr"][i])
+        assert torch.equal(text, ds[(i, 2)][2])  # base pair i's prompt is training caption i
+    assert data["val"]["hr"].shape == (2, 3, 5, 64, 64) and data["val"]["text"].shape[:2] == (2, 16)
+    shards = sorted(cfg.cache_dir.rglob("shard-*.safetensors"))
+    stamps = [p.stat().st_mtime_ns for p in shards]
+    again = prepare_data(cfg, pipe, WanAdapter())
+    assert [p.stat().st_mtime_ns for p in shards] == stamps and len(again["train"]) == n + 3
