@@ -1,14 +1,15 @@
-"""Refiner training (docs/design.md 1.3, issue 11): ``surf-accel train-refiner CONFIG``.
+"""Refiner training (docs/design.md 1.3): ``surf-accel train-refiner CONFIG``.
 
 Modules, one concept each:
 
 - ``config``: the run's YAML/JSON config (every knob, validated; the resume fingerprint);
-- ``data``: HR clips (toy world or a folder of mp4 videos), captions, the text-embedding cache;
+- ``data``: HR clips (toy world or a folder of mp4 videos), captions, text embeddings;
 - ``pairs``: ``z_hr`` / ``z_lr`` made as inference makes them (pixel degradations, the runner's
-  handoff), the pair cache;
+  handoff);
+- ``base_pairs``: pairs made by the base model itself (its preview and its training-free refine);
+- ``pair_store``: pairs on disk as shards, made by every process for its share, read lazily;
 - ``objective``: flow matching on the straight path ``x_s = (1 - s) z_hr + s z_lr``;
 - ``model``: the base pipeline, the refiner transformer (scratch / base copy / LoRA), pairing checks;
-- ``window``: shifted-window attention that trains (the inference attention set);
 - ``ema``: the parameter average;
 - ``loop``: the accelerate loop (DDP/FSDP, mixed precision, accumulation, checkpoints, resume);
 - ``validate``: PSNR/SSIM to held-out HR clips and SURF-path signature metrics;

@@ -1,14 +1,15 @@
 """The training loop on Hugging Face accelerate: ``train(config)``.
 
-One call runs (or resumes) a whole run: load the base pipeline, make or load the cached pairs and
-text embeddings, build the refiner transformer, then optimiser steps until ``train.max_steps``,
+One call runs (or resumes) a whole run: load the base pipeline, make the missing shards of the pair
+store (every process its share, ``pair_store``), build the refiner transformer, then optimiser steps until ``train.max_steps``,
 with accelerate state checkpoints every ``checkpoint.every`` steps, validation every
 ``validation.every`` steps and the export at the end. Launch several processes with
 ``accelerate launch`` or ``torchrun`` (DDP; FSDP with ``train.strategy: fsdp``); on CPU the
 processes talk over gloo.
 
-Reproducibility: every random draw of step ``k`` (which clips, ``s``, latent noise) comes from a
-generator seeded by ``(seed, k, micro-batch, process)``, never from a global RNG, so a run resumed
+Reproducibility: the pairs of step ``k`` are a function of ``k`` (``pair_store.MicroBatches``: seeded
+epochs), and ``s`` and the latent noise of step ``k`` come from a generator seeded by ``(seed, k,
+micro-batch, process)``, never from a global RNG, so a run resumed
 from its step-``j`` checkpoint repeats steps ``j+1..`` exactly as the uninterrupted run took them.
 
 Checkpoints (``<output_dir>/checkpoints/step-XXXXXXXX``): ``accelerator.save_state`` with
@@ -361,16 +362,32 @@ def _resume_points(cfg: RefinerTrainingConfig, accelerator: Accelerator,
 
 
 def _set_up(cfg: RefinerTrainingConfig, accelerator: Accelerator, progress: bool) -> _Run:
-    """The base pipeline, the refiner transformer, the cached data, the optimiser and the EMA."""
+    """The base pipeline, the refiner transformer, the pair store, the optimiser and the EMA."""
     pipe = load_base_pipeline(cfg.base)
     adapter = registry.family_named("wan").adapter
     T = int(pipe.scheduler.config.num_train_timesteps)
     model = build_transformer(pipe, cfg.model)
     _check_rope(model, pipe, cfg)
-    data = prepare_data(cfg, pipe, adapter, rank=accelerator.process_index, processes=accelerator.num_processes,
-                        barrier=accelerator.wait_for_everyone, progress=progress and accelerator.is_main_process)
+    with _pipeline_on(pipe, accelerator.device):
+        data = prepare_data(cfg, pipe, adapter, rank=accelerator.process_index, processes=accelerator.num_processes,
+                            barrier=accelerator.wait_for_everyone, progress=progress and accelerator.is_main_process)
     model, opt, ema = _prepare_model(cfg, accelerator, model)
     return _Run(cfg, accelerator, pipe, adapter, T, model, unwrap(model), opt, ema, data)
+
+
+@contextlib.contextmanager
+def _pipeline_on(pipe, device: torch.device) -> Iterator[None]:
+    """The base pipeline on this process's ``device`` while it makes pairs, back on the CPU afterwards:
+    the accelerator's memory is the refiner's during training."""
+    if device.type == "cpu":
+        yield
+        return
+    pipe.to(device)
+    try:
+        yield
+    finally:
+        pipe.to("cpu")
+        torch.cuda.empty_cache()
 
 
 def _prepare_model(cfg: RefinerTrainingConfig, accelerator: Accelerator,

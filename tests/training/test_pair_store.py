@@ -150,3 +150,27 @@ def test_workers_read_the_same_batches(toy_pipe, tmp_path):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
     first = [ds[item] for item in next(iter(order))]
     assert torch.equal(alone[0][1], torch.stack([f[1] for f in first]))
+
+
+@pytest.mark.gpu
+def test_pairs_made_on_the_gpu_match_the_cpus(tmp_path):
+    """``train`` makes the pair store with the base pipeline on the process's GPU (``loop._pipeline_on``):
+    the same pairs as on the CPU up to the VAE's float32 rounding on another device, and the pipeline is
+    back on the CPU afterwards."""
+    from surf_accel.toyworld import load_pipeline
+    from surf_accel.training import config_from_dict
+    from surf_accel.training.loop import _pipeline_on, prepare_data
+    from tests.training.common import tiny_config
+
+    pipe = load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    cfg = config_from_dict(tiny_config(tmp_path / "cpu", data={"num_clips": 4, "val_clips": 1}))
+    cpu = prepare_data(cfg, pipe, WanAdapter())["train"]
+    gcfg = config_from_dict(tiny_config(tmp_path / "gpu", data={"num_clips": 4, "val_clips": 1}))
+    with _pipeline_on(pipe, torch.device("cuda")):
+        assert pipe.vae.device.type == "cuda"
+        gpu = prepare_data(gcfg, pipe, WanAdapter())["train"]
+    assert pipe.vae.device.type == "cpu"
+    for i in range(4):
+        for a, b in zip(cpu[(i, 2)], gpu[(i, 2)]):
+            torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
