@@ -62,10 +62,16 @@ def _range(name: str, v, lo: float = 0.0) -> tuple[float, float]:
 @dataclass(frozen=True)
 class DataConfig:
     """HR clips. ``source="toy"``: rendered by the toy world (``num_clips`` clips balanced over its
-    labels, seeded); ``"videos"``: every ``.mp4`` under ``video_dir`` (sorted), resized (short side to
-    the target, bilinear) and centre-cropped to ``height x width``, the first ``num_frames`` frames
-    (clips with fewer are skipped with a warning). Captions for videos: a sidecar ``NAME.txt`` next
-    to ``NAME.mp4`` or a ``captions.json`` ({file name: caption}) in ``video_dir``."""
+    labels, seeded); ``"videos"``: every ``.mp4`` under ``video_dir`` (sorted; files that cannot be
+    read or are too short are skipped, with their reason in the data card). A video clip is
+    ``num_frames`` frames ``frame_stride`` apart: from the video's first frame (``temporal_crop``
+    ``"start"``) or from a window drawn anywhere in it (``"random"``); each frame resized to cover
+    ``height x width`` times a factor drawn from ``scale`` (``[min, max]``, min >= 1; bilinear) and
+    cut at the centre (``spatial_crop`` ``"center"``) or at a drawn place (``"random"``). Clip ``i``'s
+    draws are seeded by the run's ``seed`` and ``i`` alone. The defaults: the first frames, scaled to
+    just cover the target, centre crop. Captions for videos: a sidecar ``NAME.txt`` next to
+    ``NAME.mp4`` or a ``captions.json`` ({file name: caption}) in ``video_dir``; a video without
+    one is an error."""
 
     source: str = "toy"
     video_dir: Optional[str] = None
@@ -76,6 +82,10 @@ class DataConfig:
     val_clips: int = 4  # held out (after the training clips) for PSNR/SSIM to the HR clip
     max_sequence_length: int = 512  # WanPipeline's default: the refiner sees the same padded text
     cache_dir: Optional[str] = None  # default: <output_dir>/cache
+    temporal_crop: str = "start"
+    frame_stride: int = 1
+    spatial_crop: str = "center"
+    scale: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self):
         if self.source not in ("toy", "videos"):
@@ -87,6 +97,17 @@ class DataConfig:
                 raise ConfigError(f"data.{k} must be an int >= 1, got {getattr(self, k)!r}")
         if not (isinstance(self.val_clips, int) and self.val_clips >= 0):
             raise ConfigError(f"data.val_clips must be an int >= 0, got {self.val_clips!r}")
+        if self.temporal_crop not in ("start", "random"):
+            raise ConfigError(f"data.temporal_crop must be 'start' or 'random', got {self.temporal_crop!r}")
+        if self.spatial_crop not in ("center", "random"):
+            raise ConfigError(f"data.spatial_crop must be 'center' or 'random', got {self.spatial_crop!r}")
+        if not (isinstance(self.frame_stride, int) and self.frame_stride >= 1):
+            raise ConfigError(f"data.frame_stride must be an int >= 1, got {self.frame_stride!r}")
+        object.__setattr__(self, "scale", _range("data.scale", self.scale, lo=1.0))
+        cut = (self.temporal_crop, self.frame_stride, self.spatial_crop, self.scale)
+        if self.source == "toy" and cut != ("start", 1, "center", (1.0, 1.0)):
+            raise ConfigError("data.temporal_crop, frame_stride, spatial_crop and scale apply to source 'videos' "
+                              "(the toy world renders each clip at the target size)")
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,6 @@ import json
 import math
 import os
 import random
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
@@ -76,25 +74,28 @@ def jpeg_roundtrip(clip: torch.Tensor, quality: int) -> torch.Tensor:
 
 def h264_roundtrip(clip: torch.Tensor, crf: int) -> torch.Tensor:
     """``(3, F, H, W)`` through an H.264 encode (libx264, yuv420p, constant rate factor ``crf``) and
-    decode with imageio-ffmpeg's ffmpeg binary. Frame size must be even (yuv420p)."""
-    import imageio_ffmpeg  # optional (the video/train extras): only H.264 degradations need it
+    decode, in memory with PyAV. Frame size must be even (yuv420p)."""
+    import av  # optional (the train extra): only H.264 degradations need it
 
     frames = _to_uint8(clip)
     n, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise ValueError(f"H.264 (yuv420p) needs even frame sizes, got {h}x{w}")
-    exe = imageio_ffmpeg.get_ffmpeg_exe()
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "clip.mp4")
-        enc = [exe, "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", "16",
-               "-i", "-", "-c:v", "libx264", "-preset", "veryfast", "-crf", str(int(crf)), "-pix_fmt", "yuv420p", path]
-        subprocess.run(enc, input=frames.tobytes(), check=True, capture_output=True)
-        dec = [exe, "-loglevel", "error", "-i", path, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-        raw = subprocess.run(dec, check=True, capture_output=True).stdout
-    out = np.frombuffer(raw, dtype=np.uint8).reshape(-1, h, w, 3)[:n].copy()
-    if out.shape[0] != n:
-        raise RuntimeError(f"H.264 round trip returned {out.shape[0]} of {n} frames")
-    return _from_uint8(out)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        s = out.add_stream("libx264", rate=16)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.options = {"crf": str(int(crf)), "preset": "veryfast"}
+        for fr in frames:  # to yuv420p with a bicubic filter, as the ffmpeg command line converts
+            yuv = av.VideoFrame.from_ndarray(fr, format="rgb24").reformat(format="yuv420p", interpolation="BICUBIC")
+            out.mux(s.encode(yuv))
+        out.mux(s.encode())  # flush the encoder
+    buf.seek(0)
+    with av.open(buf) as inp:
+        dec = [f.to_ndarray(format="rgb24") for f in inp.decode(video=0)]
+    if len(dec) != n:
+        raise RuntimeError(f"H.264 round trip returned {len(dec)} of {n} frames")
+    return _from_uint8(np.stack(dec))
 
 
 @dataclass(frozen=True)
