@@ -1,4 +1,4 @@
-"""Mutation check of SURF's core modules and the stacking layer: seed one plausible fault at a time
+"""Mutation check of SURF's core modules, the stacking layer and refiner training: seed one plausible fault at a time
 into a copy of the tree and run the tests that should catch it; a mutant the suite lets through is a
 hole in the tests.
 
@@ -33,6 +33,8 @@ TESTS = ["tests/test_surf_replay.py", "tests/test_runner.py", "tests/test_planne
          "tests/integrations/test_wan22.py"]
 
 STACKING_TESTS = ["tests/integrations/accelerators", "tests/bench"]
+TRAINING_TESTS = ["tests/training/test_objective_meets_inference.py", "tests/training/test_pair_store.py",
+                  "tests/training/test_pairs.py", "tests/training/test_base_pairs.py", "tests/training"]
 
 # (name, file, original snippet, mutated snippet[, tests to run instead of --tests])
 MUTANTS = [
@@ -153,7 +155,49 @@ MUTANTS = [
      ["tests/integrations/test_window_processors.py", "tests/test_surf_replay.py"]),
     ("training objective's target velocity reversed", "surf_accel/training/objective.py",
      "return (1 - sv) * z_hr + sv * z_lr, z_lr - z_hr", "return (1 - sv) * z_hr + sv * z_lr, z_hr - z_lr",
-     ["tests/training"]),
+     TRAINING_TESTS),
+    ("training path's ends swapped", "surf_accel/training/objective.py",
+     "return (1 - sv) * z_hr + sv * z_lr, z_lr - z_hr", "return sv * z_hr + (1 - sv) * z_lr, z_lr - z_hr",
+     TRAINING_TESTS),
+    ("training timestep not scaled to the scheduler's", "surf_accel/training/objective.py",
+     "timestep=(s * num_train_timesteps).to(x.device)", "timestep=s.to(x.device)", TRAINING_TESTS),
+    ("validation's Euler refine steps backwards", "surf_accel/training/objective.py",
+     "x = x + (sig[i + 1] - sig[i]) * v", "x = x + (sig[i] - sig[i + 1]) * v", TRAINING_TESTS),
+    ("pair degradations seeded by the position in the shard", "surf_accel/training/pairs.py",
+     "d = sample_degradation(cfg, random.Random(seed * 1_000_003 + i))",
+     "d = sample_degradation(cfg, random.Random(seed * 1_000_003 + i - start))", TRAINING_TESTS),
+    ("clip pair's preview made from the full-size clip", "surf_accel/training/pairs.py",
+     "low = degrade(downsample(x, cfg.preview_height, cfg.preview_width)[0], d,", "low = degrade(x[0], d,",
+     TRAINING_TESTS),
+    ("base pair's preview caught a step early", "surf_accel/training/base_pairs.py",
+     "if index == preview_steps - 1:", "if index == preview_steps - 2:", TRAINING_TESTS),
+    ("shard store redoes finished shards", "surf_accel/training/pair_store.py",
+     'return meta.get("key") == self.key and meta.get("span") == json.dumps(list(self.span(j)))',
+     'return False', TRAINING_TESTS),
+    ("shard store accepts a shard of another recipe", "surf_accel/training/pair_store.py",
+     'return meta.get("key") == self.key and meta.get("span") == json.dumps(list(self.span(j)))',
+     'return meta.get("span") == json.dumps(list(self.span(j)))', TRAINING_TESTS),
+    ("pair reader looks in the wrong shard", "surf_accel/training/pair_store.py",
+     "j = bisect.bisect_right(self._starts, i) - 1", "j = max(0, bisect.bisect_left(self._starts, i) - 1)",
+     TRAINING_TESTS),
+    ("caption trimmed one token short", "surf_accel/training/pair_store.py",
+     "n = int(used.max()) + 1 if used.numel() else 1", "n = int(used.max()) if used.numel() else 1",
+     TRAINING_TESTS),
+    ("every pair of a shard reads the first caption", "surf_accel/training/pair_store.py",
+     'out["text_index"] = torch.tensor([where[c] for c in captions], dtype=torch.int64)',
+     'out["text_index"] = torch.zeros(len(captions), dtype=torch.int64)', TRAINING_TESTS),
+    ("every process draws the same pairs", "surf_accel/training/pair_store.py",
+     "first = drawn + self.rank * batch", "first = drawn", TRAINING_TESTS),
+    ("every epoch in the same order", "surf_accel/training/pair_store.py",
+     "orders[epoch] = _epoch_order(self.n, self.seed, epoch)", "orders[epoch] = _epoch_order(self.n, self.seed, 0)",
+     TRAINING_TESTS),
+    ("a resumed run starts its epoch again", "surf_accel/training/loop.py",
+     "a.process_index, step)", "a.process_index, 0)", TRAINING_TESTS),
+    ("latent noise on z_lr never added", "surf_accel/training/loop.py",
+     "    z_lr = objective.degrade_latent(z_lr, std, g)\n", "", TRAINING_TESTS),
+    ("EMA moves towards the weights by the decay", "surf_accel/training/ema.py",
+     "self.shadow[n].lerp_(p.detach().float(), 1.0 - d)", "self.shadow[n].lerp_(p.detach().float(), d)",
+     TRAINING_TESTS),
     ("refiner transformer costed as a trained refiner", "surf_accel/catalogue.py",
      "trained_refiner=refiner is not None, refiner_transformer=refiner_transformer is not None)",
      "trained_refiner=ref_spec is not None, refiner_transformer=False)"),

@@ -37,6 +37,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from surf_accel import files
 from surf_accel.toyworld import world
 from surf_accel.training.config import DataConfig
 

@@ -50,7 +50,7 @@ from surf_accel import files, registry
 from surf_accel.training import objective
 from surf_accel.training.base_pairs import make_base_pairs
 from surf_accel.training.config import ConfigError, Phase, RefinerTrainingConfig
-from surf_accel.training.data import encode_captions, load_sources, text_encoder_id
+from surf_accel.training.data import data_card, encode_captions, load_sources, text_encoder_id, write_data_card
 from surf_accel.training.ema import EMA
 from surf_accel.training.export import export_refiner
 from surf_accel.training.model import (build_transformer, count_parameters, load_base_pipeline, trainable_parameters,
@@ -196,8 +196,8 @@ def _seed(*parts: int) -> int:
 # ---------------------------------------------------------------------------- data
 def prepare_data(cfg: RefinerTrainingConfig, pipe, adapter, *, rank: int = 0, processes: int = 1,
                  barrier: Callable[[], None] = lambda: None, progress: bool = False) -> dict:
-    """The pair stores (``pair_store``), each process making its share of the missing shards, and the
-    held-out pairs: ``{"train": PairDataset (clip pairs, then base pairs), "val": {"z_lr", "hr", "text"} or
+    """The pair stores (``pair_store``), each process making its share of the missing shards, the data
+    card beside the clip pairs (``data.write_data_card``), and the held-out pairs: ``{"train": PairDataset (clip pairs, then base pairs), "val": {"z_lr", "hr", "text"} or
     None, "stores": [PairStore]}``. ``barrier`` waits for every process (after the shards, after the
     main process's ``store.json``)."""
     check_sizes(pipe, cfg.data.height, cfg.data.width, cfg.data.num_frames, cfg.pairs, pipe.transformer.config.patch_size)
@@ -217,7 +217,9 @@ def prepare_data(cfg: RefinerTrainingConfig, pipe, adapter, *, rank: int = 0, pr
     barrier()
     if rank == 0:
         for store, _, store_recipe in plans:
-            store.finish(store_recipe)
+            logger.info("pair store %s", store.finish(store_recipe).parent)
+        for path in write_data_card(plans[0][0].folder, data_card(train_src, val_src, cfg.data)):
+            logger.info("wrote %s", path)
     barrier()
     stores = [p[0] for p in plans]
     val = None

@@ -4,6 +4,8 @@ handoff, ``z_hr`` the training-free SURF output of the same prompt and seed. A p
 wrong step, with the wrong seed or prompt, or handed off by the SURF config instead of the pair
 config, misses the replay by far more than float32 rounding."""
 
+import json
+
 import torch
 import torch.nn.functional as F
 
@@ -73,3 +75,6 @@ def test_training_data_appends_the_base_pairs_with_their_captions(tmp_path):
     stamps = [p.stat().st_mtime_ns for p in shards]
     again = prepare_data(cfg, pipe, WanAdapter())
     assert [p.stat().st_mtime_ns for p in shards] == stamps and len(again["train"]) == n + 3
+    card = json.loads((data["stores"][0].folder / "data_card.json").read_text())
+    assert card["clips"]["train"] == n and card["clips"]["val"] == 2
+    assert (data["stores"][0].folder / "DATA_CARD.md").is_file()
