@@ -222,8 +222,8 @@ class TrainingPlan:
                  f"{self.gpu.bf16_tflops:g} dense bf16 TFLOP/s); strategy {t.strategy}, mixed_precision "
                  f"{t.mixed_precision}, gradient_checkpointing {str(gc).lower()}",
                  "", "memory per GPU (model state):"]
-        lines += [f"  {k:38s} {gb(v)}" for k, v in self.model_state.items()]
-        lines.append(f"  {'total':38s} {gb(self.model_state_bytes)}")
+        lines += [f"  {k:45s} {gb(v)}" for k, v in self.model_state.items()]
+        lines.append(f"  {'total':45s} {gb(self.model_state_bytes)}")
         lines += ["", "per phase (one micro-batch per process; activations with and without gradient checkpointing):",
                   f"  {'steps':>6s} {'frames':>6s} {'latent TxHxW':>13s} {'tokens':>7s} {'batch':>5s} "
                   f"{'ckpt GiB':>9s} {'none GiB':>9s} {'TFLOP/step':>11s} {'s/step':>8s} {'hours':>7s}"]

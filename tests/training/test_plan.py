@@ -206,3 +206,12 @@ def test_the_shipped_real_scale_recipe_plans(tmp_path, monkeypatch):
     assert [(ph.frames, ph.latent_size, ph.tokens, ph.steps) for ph in p.phases] == [
         (21, (6, 90, 160), 6 * 45 * 80, 1000), (81, (21, 90, 160), 21 * 45 * 80, 4000)]
     assert p.peak_bytes < GPUS["H100"].memory_gib * GIB and p.warnings == ()
+    # a hand count of the matmuls of one forward (2 FLOPs a multiply-add): every video token through the
+    # block weights (self q k v o, cross q o, FFN), the 512 text tokens through cross k v, self-attention
+    # over the 4 x 45 x 80 tokens of a window, cross-attention over the text; the embeddings are the rest
+    N, d, f, Lt = 30, 1536, 8960, 512
+    for ph in p.phases:
+        L, K = ph.tokens, 4 * 45 * 80
+        hand = 2 * N * (L * (6 * d * d + 2 * d * f) + Lt * 2 * d * d) + 4 * N * d * L * (K + Lt)
+        assert ph.forward_flops == pytest.approx(hand, rel=0.01)
+        assert ph.step_flops == pytest.approx(ph.forward_flops * 4 * 24)  # checkpointing; 8 x 1 x 3 clips
