@@ -403,12 +403,7 @@ def cmd_train_refiner(args) -> int:
     import torch
 
     from surf_accel.training import load_config
-    from surf_accel.training.loop import export_checkpoint, train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
     try:
         cfg = load_config(args.config)
     except FileNotFoundError as e:
@@ -416,6 +411,14 @@ def cmd_train_refiner(args) -> int:
         return 2
     if args.output_dir:
         cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(args.output_dir))
+    if args.plan:
+        return _plan_training(cfg, args)
+    from surf_accel.training.loop import export_checkpoint, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
     if args.export_checkpoint:
         try:
             print(f"refiner -> {export_checkpoint(cfg)}")
@@ -439,6 +442,19 @@ def cmd_train_refiner(args) -> int:
     return 0
 
 
+def _plan_training(cfg, args) -> int:
+    """``train-refiner --plan``: the run's sizes, memory, FLOPs, time and disk from config files alone."""
+    from surf_accel.training.plan import plan
+
+    try:
+        p = plan(cfg, gpu=args.gpu, processes=args.processes, caption_tokens=args.caption_tokens, mfu=args.mfu)
+    except FileNotFoundError as e:
+        print(f"surf-accel train-refiner: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(p.to_dict(), indent=2) if args.json else p.table())
+    return 0
+
+
 def _add_train_refiner(sub) -> None:
     t = sub.add_parser("train-refiner", help="train a SURF refiner (YAML/JSON config; accelerate: launch with "
                        "`accelerate launch -m surf_accel.training CONFIG` for several processes)")
@@ -452,6 +468,20 @@ def _add_train_refiner(sub) -> None:
     t.add_argument("--max-minutes", type=float, default=None, help="stop after this long (resumable; no export)")
     t.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    from surf_accel.training.plan import DEFAULT_CAPTION_TOKENS, DEFAULT_MFU, GPUS
+
+    t.add_argument("--plan", action="store_true", help="print what the run needs (parameters, memory per GPU, "
+                   "activations per phase, FLOPs and time per step and run, pair-store disk) from the config files "
+                   "alone, and exit: no weights loaded, no GPU needed")
+    t.add_argument("--gpu", choices=tuple(GPUS), default="H100", help="with --plan: the GPU its memory and time are "
+                   "for (default H100)")
+    t.add_argument("--processes", type=_positive_int, default=1, metavar="N",
+                   help="with --plan: processes (GPUs) the run will be launched with (default 1)")
+    t.add_argument("--caption-tokens", type=_positive_int, default=DEFAULT_CAPTION_TOKENS, metavar="N",
+                   help=f"with --plan: average caption length in text-encoder tokens (default {DEFAULT_CAPTION_TOKENS})")
+    t.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="with --plan: assumed model-FLOPs utilisation, "
+                   f"a share of the GPU's dense peak (default {DEFAULT_MFU})")
+    t.add_argument("--json", action="store_true", help="with --plan: the plan as JSON")
     t.set_defaults(func=cmd_train_refiner)
 
 

@@ -1,3 +1,4 @@
+import json
 import os
 
 from surf_accel import cli
@@ -110,3 +111,41 @@ def test_train_refiner_registered_and_missing_config_is_clear(tmp_path, capsys):
     assert callable(args.func) and args.stop_after_steps == 3
     assert cli.main(["train-refiner", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_refiner_plan_loads_nothing_and_reports_the_run(tmp_path, capsys, monkeypatch):
+    """``--plan`` prints the plan from config files alone: no pipeline or weights loaded (the loaders are
+    made to fail), no output folder made; ``--json`` gives the same numbers as the table."""
+    import diffusers
+
+    from surf_accel.training import model as training_model
+
+    def refuse(*a, **k):
+        raise AssertionError("--plan loaded weights")
+
+    monkeypatch.setattr(training_model, "load_base_pipeline", refuse)
+    monkeypatch.setattr(diffusers.ModelMixin, "from_pretrained", refuse)
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", refuse)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("output_dir: run\nbase: toy\ndata: {height: 64, width: 64, num_frames: 9, num_clips: 12}\n"
+                   "model: {config: {num_layers: 2}}\ntrain: {batch_size: 2, mixed_precision: bf16}\n")
+    assert cli.main(["train-refiner", str(cfg), "--plan", "--gpu", "A100-80GB", "--processes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 process(es) x A100-80GB" in out and "DDP gradient buckets" in out and "pair store: 12 pairs" in out
+    assert cli.main(["train-refiner", str(cfg), "--plan", "--json", "--caption-tokens", "5"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["processes"] == 1 and d["disk"]["caption_tokens"] == 5 and d["phases"][0]["tokens"] == 3 * 8 * 8
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_refiner_plan_reports_config_errors_as_the_cli_does(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("output_dir: run\nmodel: {config: {nlayers: 2}}\n")
+    assert cli.main(["train-refiner", str(cfg), "--plan"]) == 2
+    assert "surf-accel train-refiner: error: model.config has key(s)" in capsys.readouterr().err
+    cfg.write_text("output_dir: run\ntrain: {batchsize: 2}\n")
+    assert cli.main(["train-refiner", str(cfg), "--plan"]) == 2
+    assert "unknown key(s) in train: batchsize" in capsys.readouterr().err
+    cfg.write_text("output_dir: run\nbase: ./nowhere\n")
+    assert cli.main(["train-refiner", str(cfg), "--plan"]) == 2
+    assert "not a local diffusers pipeline folder" in capsys.readouterr().err

@@ -14,6 +14,7 @@ Modules, one concept each:
 - ``loop``: the accelerate loop (DDP/FSDP, mixed precision, accumulation, checkpoints, resume);
 - ``validate``: PSNR/SSIM to held-out HR clips and SURF-path signature metrics;
 - ``export``: the ``surf_accel.Refiner`` folder.
+- ``plan``: what a run needs before it runs (``--plan``: parameters, memory, FLOPs, time, disk).
 """
 
 from surf_accel.training.config import (ConfigError, RefinerTrainingConfig, config_from_dict,  # noqa: F401

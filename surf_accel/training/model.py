@@ -13,15 +13,18 @@ Initialisation (``ModelConfig.init``):
 from __future__ import annotations
 
 import copy
+import json
 import os
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline, WanTransformer3DModel
+from diffusers.configuration_utils import FrozenDict
 
 from surf_accel import registry
 from surf_accel.refiner import Refiner
-from surf_accel.toyworld import load_pipeline
+from surf_accel.toyworld import PIPELINE_DIR, load_pipeline
 from surf_accel.training.config import ModelConfig
 
 TOY_BASE = "toy"
@@ -46,6 +49,34 @@ def load_base_pipeline(base: str, dtype: torch.dtype = torch.float32):
         raise TypeError(f"refiner training takes a text-to-video WanPipeline as its base, got {type(pipe).__name__}")
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def config_pipeline(base: str) -> SimpleNamespace:
+    """The base pipeline without weights: ``transformer``, ``vae`` and ``text_encoder`` as objects with the
+    ``config`` of their ``config.json``, and the VAE scale factors ``WanPipeline`` derives from it: what
+    ``refiner_config`` and ``pairs.check_sizes`` read. ``"toy"``: the shipped toy pipeline's folder."""
+    folder = str(PIPELINE_DIR) if base == TOY_BASE else base
+    index_path = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index_path):
+        raise FileNotFoundError(f"base {base!r} is not a local diffusers pipeline folder (no model_index.json); "
+                                "use 'toy' or the path of a Wan2.1 Diffusers folder")
+    with open(index_path) as f:
+        index = json.load(f)
+    if index.get("_class_name") != "WanPipeline":
+        raise TypeError(f"refiner training takes a text-to-video WanPipeline as its base, got {index.get('_class_name')}")
+    if (index.get("transformer_2") or [None])[0] is not None or index.get("expand_timesteps"):
+        raise TypeError("refiner training takes a Wan2.1 WanPipeline as its base; Wan2.2 pipelines (two experts or "
+                        "expand_timesteps) are not supported for training yet")
+    parts = {}
+    for name in ("transformer", "vae", "text_encoder"):
+        path = os.path.join(folder, name, "config.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"the base pipeline has no {path}")
+        with open(path) as f:
+            parts[name] = SimpleNamespace(config=FrozenDict(json.load(f)))
+    vae = parts["vae"].config
+    return SimpleNamespace(**parts, vae_scale_factor_spatial=int(vae.get("scale_factor_spatial", 8)),
+                           vae_scale_factor_temporal=int(vae.get("scale_factor_temporal", 4)))
 
 
 def text_width(pipe) -> int:
@@ -76,34 +107,35 @@ def check_pairing(transformer_config: Any, pipe, where: str = "the refiner trans
         raise ValueError(f"{where} does not fit the base pipeline's VAE/text encoder: " + "; ".join(problems))
 
 
-def base_transformer_config(pipe, cfg: ModelConfig) -> dict:
-    src = _source_transformer(pipe, cfg)
-    return {k: v for k, v in dict(src.config).items() if not k.startswith("_")}
-
-
-def _source_transformer(pipe, cfg: ModelConfig):
+def refiner_config(pipe, cfg: ModelConfig) -> dict:
+    """The config of the transformer ``cfg`` trains: the base transformer's (or ``model.transformer``'s
+    ``config.json``) with ``model.config`` overrides for ``"scratch"``. Reads no weights; ``ValueError``
+    for an override the model does not take or a config that does not fit the base's VAE/text encoder."""
     if cfg.transformer is None:
-        return pipe.transformer
-
-    if not os.path.isfile(os.path.join(cfg.transformer, "config.json")):
-        raise FileNotFoundError(f"model.transformer {cfg.transformer!r} is not a WanTransformer3DModel folder")
-    return WanTransformer3DModel.from_pretrained(cfg.transformer, local_files_only=True)
-
-
-def build_transformer(pipe, cfg: ModelConfig):
-    """The trainable transformer (float32, train mode) for ``cfg``; LoRA adapters added for ``"lora"``."""
+        src = dict(pipe.transformer.config)
+    else:
+        if not os.path.isfile(os.path.join(cfg.transformer, "config.json")):
+            raise FileNotFoundError(f"model.transformer {cfg.transformer!r} is not a WanTransformer3DModel folder")
+        src = WanTransformer3DModel.load_config(cfg.transformer, local_files_only=True)
+    tcfg = {k: v for k, v in src.items() if not k.startswith("_")}
     if cfg.init == "scratch":
-        tcfg = base_transformer_config(pipe, cfg)
         unknown = sorted(set(cfg.config) - set(tcfg))
         if unknown:
             raise ValueError(f"model.config has key(s) WanTransformer3DModel does not take: {', '.join(unknown)}")
         tcfg.update(cfg.config)
-        check_pairing(tcfg, pipe)
+    check_pairing(tcfg, pipe)
+    return tcfg
+
+
+def build_transformer(pipe, cfg: ModelConfig):
+    """The trainable transformer (float32, train mode) for ``cfg``; LoRA adapters added for ``"lora"``."""
+    tcfg = refiner_config(pipe, cfg)
+    if cfg.init == "scratch":
         torch.manual_seed(cfg.seed)
         model = WanTransformer3DModel(**tcfg)
     else:
-        src = _source_transformer(pipe, cfg)
-        check_pairing(src.config, pipe)
+        src = pipe.transformer if cfg.transformer is None else WanTransformer3DModel.from_pretrained(
+            cfg.transformer, local_files_only=True)
         model = copy.deepcopy(src)
         if cfg.init == "lora":
             add_lora(model, cfg)
