@@ -198,8 +198,8 @@ def prepare_data(cfg: RefinerTrainingConfig, pipe, adapter, *, rank: int = 0, pr
                  barrier: Callable[[], None] = lambda: None, progress: bool = False) -> dict:
     """The pair stores (``pair_store``), each process making its share of the missing shards, the data
     card beside the clip pairs (``data.write_data_card``), and the held-out pairs: ``{"train": PairDataset (clip pairs, then base pairs), "val": {"z_lr", "hr", "text"} or
-    None, "stores": [PairStore]}``. ``barrier`` waits for every process (after the shards, after the
-    main process's ``store.json``)."""
+    None, "stores": [PairStore]}``. ``barrier`` waits for every process (once every shard is on disk,
+    and after the main process's ``store.json``)."""
     check_sizes(pipe, cfg.data.height, cfg.data.width, cfg.data.num_frames, cfg.pairs, pipe.transformer.config.patch_size)
     train_src, val_src = load_sources(cfg.data, cfg.seed)
     length = cfg.data.max_sequence_length
@@ -214,6 +214,8 @@ def prepare_data(cfg: RefinerTrainingConfig, pipe, adapter, *, rank: int = 0, pr
     for store, make, store_recipe in plans:
         store.make(make, lambda captions: encode_captions(pipe, captions, length), store_recipe, rank=rank,
                    processes=processes, progress=progress)
+    for store, _, _ in plans:
+        store.wait()
     barrier()
     if rank == 0:
         for store, _, store_recipe in plans:

@@ -12,8 +12,9 @@ A store is a folder ``<cache_dir>/<name>-<key digest>`` of shards ``shard-00000.
 
 and in its metadata the store's key digest, the recipe, the pair range and the process that made it.
 Shard ``j`` is made by process ``j mod processes`` and written atomically (``surf_accel.files``): a
-shard that reads back with the store's key is finished and never redone after a restart. When every
-shard is there the main process writes ``store.json`` (the shard list and counts).
+shard that reads back with the store's key is finished and never redone after a restart. Each process
+then waits for the others' shards on the file system (``wait``); when every shard is there the main
+process writes ``store.json`` (the shard list and counts).
 
 Reading: ``PairDataset`` opens the shard of the pair it is asked for (``safe_open``) and reads that
 pair's slices only, cut to the phase's latent frames, so a training process holds a few micro-batches
@@ -29,6 +30,7 @@ import bisect
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -120,6 +122,12 @@ class PairStore:
             files.write_safetensors(self.shard_path(j), {k: v.contiguous() for k, v in out.items()}, meta)
             made.append(j)
         return made
+
+    def wait(self, poll_seconds: float = 5.0) -> None:
+        """Return once every shard is made (by whichever process): a file-system wait, not a collective,
+        so that making the shares may take longer than the process group's timeout."""
+        while not all(self.shard_done(j) for j in range(self.num_shards)):
+            time.sleep(poll_seconds)
 
     def finish(self, recipe: dict) -> Path:
         """Write ``store.json`` (main process, after every shard is made); ``RuntimeError`` naming a missing shard."""

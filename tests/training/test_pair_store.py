@@ -174,3 +174,25 @@ def test_pairs_made_on_the_gpu_match_the_cpus(tmp_path):
     for i in range(4):
         for a, b in zip(cpu[(i, 2)], gpu[(i, 2)]):
             torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
+
+
+def test_a_process_waits_on_disk_for_the_others_shards(toy_pipe, tmp_path):
+    """``wait`` returns only once every shard is made, whoever makes it (here a thread standing in for
+    process 1, which starts late)."""
+    import threading
+    import time
+
+    clips = toy_source(3, seed=4, size=(64, 64), num_frames=5)
+    store, make, encode = _store(toy_pipe, clips, tmp_path / "s", 2)
+    store.make(make, encode, {}, rank=0, processes=2)
+
+    def late():
+        time.sleep(0.5)
+        store.make(make, encode, {}, rank=1, processes=2)
+
+    other = threading.Thread(target=late)
+    other.start()
+    assert not store.shard_done(1)
+    store.wait(poll_seconds=0.05)
+    assert store.shard_done(1)
+    other.join()
