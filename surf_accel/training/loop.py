@@ -15,8 +15,8 @@ Checkpoints (``<output_dir>/checkpoints/step-XXXXXXXX``): ``accelerator.save_sta
 ``safe_serialization=True`` (model weights as safetensors; optimizer and RNG states as
 accelerate writes them: torch.save files, which accelerate loads back with ``weights_only=True``),
 the EMA as ``ema.safetensors`` (under ``train.strategy: fsdp`` instead every process's safetensors
-shard files of the three, see ``sharding``) and ``trainer_state.json`` (step, config fingerprint, the config),
-written last, all into ``step-XXXXXXXX.partial``, fsynced and then renamed: a checkpoint folder is
+shard files of the three, see ``sharding``) and ``trainer_state.json`` (step, config fingerprint,
+the config), written last, all into ``step-XXXXXXXX.partial``, fsynced and then renamed: a checkpoint folder is
 complete or absent. A resume takes the newest checkpoint whose files read back (a damaged one is
 named in a warning and skipped); a failed save raises naming the folder and the reason (a full disk
 called one) and leaves the earlier checkpoints as they were.
@@ -410,11 +410,13 @@ def _resume(run: _Run, checkpoints: list[tuple[Path, dict]]) -> int:
 def _check_world_size(ckpt: Path, state: dict, world_size: int) -> None:
     """``ResumeMismatch`` unless the sharded checkpoint ``ckpt`` was saved by ``world_size`` processes."""
     saved = state.get("world_size")
-    if state.get("layout") != "sharded" or saved != world_size:
+    if state.get("layout") != "sharded":
+        raise ResumeMismatch(f"{ckpt} is not a sharded checkpoint (it was not written with train.strategy 'fsdp')")
+    if saved != world_size:
         raise ResumeMismatch(
-            f"{ckpt} was saved by {saved} process(es) ({state.get('layout', 'unsharded')} layout) and this run has "
-            f"{world_size} sharded process(es): resume it with {saved} (the effective batch and each process's "
-            "random draws depend on the number of processes), or start over with --no-resume")
+            f"{ckpt} was saved by {saved} process(es) and this run has {world_size}: resume it with {saved} (the "
+            "effective batch and each process's random draws depend on the number of processes), or start over "
+            "with --no-resume")
 
 
 def _on_every_process(accelerator: Accelerator, fn) -> Optional[Exception]:
