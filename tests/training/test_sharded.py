@@ -245,6 +245,14 @@ def test_a_missing_or_damaged_shard_file_is_named_and_skipped(runs, tmp_path):
     assert any("step-00000004/ema-rank00000-of-00002.safetensors" in p for p in damaged)
 
 
+def test_fp16_is_refused_under_fsdp(tmp_path):
+    from surf_accel.training.config import ConfigError
+    from surf_accel.training.loop import train
+
+    with pytest.raises(ConfigError, match="fp16.*fsdp.*use bf16"):
+        train(config_from_dict(_config(tmp_path, "fp16", mixed_precision="fp16")), progress=False)
+
+
 def _write_rows(folder: Path, rank: int, world: int, rows: torch.Tensor, offset: int, shape: list) -> None:
     meta = {"format": sharding.FORMAT, "rank": str(rank), "world_size": str(world),
             "index": json.dumps({"w": [shape, offset]})}
