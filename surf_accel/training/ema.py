@@ -1,8 +1,10 @@
 """Exponential moving average of the trainable parameters, kept in float32 and saved as safetensors.
 
 ``decay_at(step) = min(decay, (1 + step) / (10 + step))``: a short warm-up so the average is not
-dominated by the random initialisation during the first few hundred steps. Every process holds the
-same copy (DDP keeps the parameters identical); only the main process writes it.
+dominated by the random initialisation during the first few hundred steps. It averages the tensors
+it is given: under DDP the whole parameters (every process holds the same copy, the main process
+writes it); under FSDP each process's rows of them (``sharding.local``), so every process keeps and
+writes the average of its own shard and nothing is gathered until the export.
 """
 
 from __future__ import annotations
@@ -44,8 +46,15 @@ class EMA:
         files.write_safetensors(path, self.shadow, {"decay": str(self.decay)})
 
     def load(self, path: str | os.PathLike) -> None:
-        state = load_file(str(path))
+        self.load_tensors(load_file(str(path)), str(path))
+
+    @torch.no_grad()
+    def load_tensors(self, state: dict[str, torch.Tensor], where: str) -> None:
+        """The averages from ``state`` (the same names and shapes as the shadow; ``where`` names the source)."""
         if set(state) != set(self.shadow):
-            raise ValueError(f"EMA checkpoint {path} holds other parameters than this model trains")
+            raise ValueError(f"EMA checkpoint {where} holds other parameters than this model trains")
         for n, v in state.items():
+            if v.shape != self.shadow[n].shape:
+                raise ValueError(f"EMA checkpoint {where}: {n} has shape {tuple(v.shape)}, "
+                                 f"{tuple(self.shadow[n].shape)} expected")
             self.shadow[n].copy_(v)

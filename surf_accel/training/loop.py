@@ -15,8 +15,9 @@ from its step-``j`` checkpoint repeats steps ``j+1..`` exactly as the uninterrup
 Checkpoints (``<output_dir>/checkpoints/step-XXXXXXXX``): ``accelerator.save_state`` with
 ``safe_serialization=True`` (model weights as safetensors; optimizer and RNG states as
 accelerate writes them: torch.save files, which accelerate loads back with ``weights_only=True``),
-the EMA as ``ema.safetensors`` and ``trainer_state.json`` (step, config fingerprint, the config),
-written last, all into ``step-XXXXXXXX.partial``, fsynced and then renamed: a checkpoint folder is
+the EMA as ``ema.safetensors`` (under ``train.strategy: fsdp`` instead every process's safetensors
+shard files of the three, see ``sharding``) and ``trainer_state.json`` (step, config fingerprint,
+the config), written last, all into ``step-XXXXXXXX.partial``, fsynced and then renamed: a checkpoint folder is
 complete or absent. A resume takes the newest checkpoint whose files read back (a damaged one is
 named in a warning and skipped); a failed save raises naming the folder and the reason (a full disk
 called one) and leaves the earlier checkpoints as they were.
@@ -40,14 +41,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import torch
-from accelerate import Accelerator, FullyShardedDataParallelPlugin
+from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from surf_accel import files, registry
-from surf_accel.training import objective
+from surf_accel.training import objective, sharding
 from surf_accel.training.base_pairs import make_base_pairs
 from surf_accel.training.config import ConfigError, Phase, RefinerTrainingConfig
 from surf_accel.training.data import data_card, encode_captions, load_sources, text_encoder_id, write_data_card
@@ -104,9 +105,13 @@ def _read_state(d: Path) -> dict:
 
 
 def _damage(d: Path) -> Optional[str]:
-    """Which file of checkpoint ``d`` does not read back (truncated or garbled), or ``None``: each
-    safetensors file's header covers the file, each torch.save file is a whole zip archive. A cheap check
-    of every file, before any model is built."""
+    """Which file of checkpoint ``d`` does not read back (truncated or garbled) or is missing, or ``None``:
+    each safetensors file's header covers the file, each torch.save file is a whole zip archive, a
+    sharded checkpoint has every process's shard files. A cheap check of every file, before any model
+    is built."""
+    problem = sharding.layout_problem(d)
+    if problem is not None:
+        return problem
     for f in sorted(d.iterdir()):
         try:
             if f.suffix == ".safetensors":
@@ -173,17 +178,14 @@ def _lr_lambda(cfg: RefinerTrainingConfig):
 
 
 def _make_accelerator(cfg: RefinerTrainingConfig):
-    kwargs = {}
-    if cfg.train.strategy == "fsdp":
-        if cfg.train.ema_decay is not None:
-            raise ConfigError("train.ema_decay with train.strategy 'fsdp' is not supported (the EMA would need the "
-                              "sharded parameters gathered every step); set ema_decay: null")
-        # one FSDP unit per Wan block (diffusers' WanTransformerBlock)
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
-            use_orig_params=True, auto_wrap_policy="transformer_based_wrap",
-            transformer_cls_names_to_wrap=["WanTransformerBlock"])
+    """The run's accelerate ``Accelerator`` (processes, device, autocast). Under ``fsdp`` it is the same
+    one: accelerate's own FSDP runs on accelerators only (on CPU it falls back to DDP), so
+    ``sharding`` shards the model with torch's ``fully_shard`` on CPU and GPU alike."""
+    if cfg.train.strategy == "fsdp" and cfg.train.mixed_precision == "fp16":
+        raise ConfigError("train.mixed_precision 'fp16' with train.strategy 'fsdp' is not supported (no sharded "
+                          "gradient scaler); use bf16")
     return Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
-                       project_dir=cfg.output_dir, **kwargs)
+                       project_dir=cfg.output_dir)
 
 
 def _seed(*parts: int) -> int:
@@ -333,11 +335,10 @@ def train(cfg: RefinerTrainingConfig, *, resume: bool = True, stop_after_steps: 
 
 
 def _warn_if_unsharded(cfg: RefinerTrainingConfig, accelerator: Accelerator) -> None:
-    """Warn (main process) when ``train.strategy`` asks for FSDP and accelerate runs without it."""
-    if cfg.train.strategy == "fsdp" and "FSDP" not in str(accelerator.distributed_type) and accelerator.is_main_process:
-        # accelerate enables FSDP on accelerators only; on CPU it runs the plugin-less MULTI_CPU (DDP) path
-        logger.warning("train.strategy is 'fsdp' but accelerate runs %s here: no parameter sharding",
-                       accelerator.distributed_type)
+    """Warn when ``train.strategy`` asks for FSDP in a single process: there is nothing to shard over."""
+    if cfg.train.strategy == "fsdp" and accelerator.num_processes == 1:
+        logger.warning("train.strategy is 'fsdp' in one process: nothing is sharded (launch several processes "
+                       "with torchrun or accelerate launch)")
 
 
 def _resume_points(cfg: RefinerTrainingConfig, accelerator: Accelerator,
@@ -396,26 +397,51 @@ def _pipeline_on(pipe, device: torch.device) -> Iterator[None]:
 
 def _prepare_model(cfg: RefinerTrainingConfig, accelerator: Accelerator,
                    model: torch.nn.Module) -> tuple[torch.nn.Module, torch.optim.Optimizer, Optional[EMA]]:
-    """Gradient checkpointing, AdamW over the trainable parameters, both wrapped by accelerate, and the EMA."""
+    """Gradient checkpointing (diffusers checkpoints each block's call), AdamW over the trainable parameters
+    and the EMA (of each process's rows under ``fsdp``). ``ddp``: model and optimiser wrapped by
+    accelerate; ``fsdp``: the model sharded (``sharding.shard_model``) before the optimiser is made over
+    its sharded parameters, both registered for ``save_checkpoint``."""
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    params = list(trainable_parameters(model).values())
-    opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
-    model, opt = accelerator.prepare(model, opt)
-    ema = EMA(trainable_parameters(unwrap(model)).items(), cfg.train.ema_decay) if cfg.train.ema_decay else None
+    if cfg.train.strategy == "fsdp":
+        sharding.ensure_process_group(accelerator.device)
+        model = sharding.shard_model(model, accelerator.device, cfg.train.mixed_precision)
+        opt = _adamw(cfg, model)
+        sharding.register(accelerator, sharding.Sharded(model, opt, accelerator.process_index,
+                                                        accelerator.num_processes))
+    else:
+        model, opt = accelerator.prepare(model, _adamw(cfg, model))
+    trained = sharding.local_tensors(trainable_parameters(unwrap(model)))
+    ema = EMA(trained.items(), cfg.train.ema_decay) if cfg.train.ema_decay else None
     return model, opt, ema
 
 
+def _adamw(cfg: RefinerTrainingConfig, model: torch.nn.Module) -> torch.optim.AdamW:
+    return torch.optim.AdamW(list(trainable_parameters(model).values()), lr=cfg.train.lr, betas=cfg.train.betas,
+                             weight_decay=cfg.train.weight_decay)
+
+
 def _resume(run: _Run, checkpoints: list[tuple[Path, dict]]) -> int:
-    """Load the newest of ``checkpoints`` that loads (accelerate state and EMA; a later one loaded over a
-    failed one replaces all of it); the step to go on from (0 without checkpoints)."""
+    """Load the newest of ``checkpoints`` that loads on every process (accelerate state and EMA, or each
+    process's shards under ``fsdp``; a later one loaded over a failed one replaces all of it); the step
+    to go on from (0 without checkpoints). ``ResumeMismatch`` for a sharded checkpoint of another
+    number of processes."""
+    sharded = sharding.registered(run.accelerator)
     failed = []
     for ckpt, state in checkpoints:
-        try:
+        if sharded is not None:
+            _check_world_size(ckpt, state, sharded.world_size)
+
+        def load(ckpt=ckpt):
+            if sharded is not None:
+                sharding.load(ckpt, sharded, run.ema)
+                return
             run.accelerator.load_state(str(ckpt))
             if run.ema is not None:
                 run.ema.load(ckpt / EMA_NAME)
-        except Exception as e:  # noqa: BLE001  (torch, safetensors and accelerate each raise their own)
+
+        e = _on_every_process(run.accelerator, load)
+        if e is not None:
             failed.append(f"{ckpt}: {type(e).__name__}: {e}")
             if run.main:
                 logger.warning("checkpoint %s does not load (%s); trying the one before", ckpt, e)
@@ -426,6 +452,32 @@ def _resume(run: _Run, checkpoints: list[tuple[Path, dict]]) -> int:
     if failed:
         raise ValueError("no checkpoint loads: " + "; ".join(failed) + ". Pass --no-resume to start over")
     return 0
+
+
+def _check_world_size(ckpt: Path, state: dict, world_size: int) -> None:
+    """``ResumeMismatch`` unless the sharded checkpoint ``ckpt`` was saved by ``world_size`` processes."""
+    saved = state.get("world_size")
+    if state.get("layout") != "sharded":
+        raise ResumeMismatch(f"{ckpt} is not a sharded checkpoint (it was not written with train.strategy 'fsdp')")
+    if saved != world_size:
+        raise ResumeMismatch(
+            f"{ckpt} was saved by {saved} process(es) and this run has {world_size}: resume it with {saved} (the "
+            "effective batch and each process's random draws depend on the number of processes), or start over "
+            "with --no-resume")
+
+
+def _on_every_process(accelerator: Accelerator, fn) -> Optional[Exception]:
+    """Run ``fn()`` on every process and agree on the outcome: ``None`` where it succeeded everywhere, else
+    this process's exception or one naming the processes that failed (so that all go on alike)."""
+    error = None
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001  (torch, safetensors, accelerate and the file system each raise their own)
+        error = e
+    flags = accelerator.gather(torch.tensor([float(error is not None)], device=accelerator.device)).cpu()
+    if error is None and flags.any():
+        error = RuntimeError(f"process(es) {flags.nonzero().flatten().tolist()} failed")
+    return error
 
 
 def _log_start(run: _Run, step: int) -> None:
@@ -488,7 +540,8 @@ def _optimizer_step(run: _Run, step: int, phase: Phase, lr: float) -> float:
     for micro in range(cfg.train.grad_accum):
         z_hr, z_lr, text, s = _micro_batch(run, step, micro, phase.batch_size, lt)
         dev = accelerator.device
-        sync = micro == cfg.train.grad_accum - 1
+        # FSDP reduce-scatters after every micro-batch, so that the accumulated gradients stay sharded
+        sync = micro == cfg.train.grad_accum - 1 or cfg.train.strategy == "fsdp"
         with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
             with accelerator.autocast():
                 loss = objective.flow_loss(model, z_hr.to(dev), z_lr.to(dev), text.to(dev), s.to(dev),
@@ -500,7 +553,7 @@ def _optimizer_step(run: _Run, step: int, phase: Phase, lr: float) -> float:
     run.opt.step()
     run.opt.zero_grad(set_to_none=True)
     if run.ema is not None:
-        run.ema.update(trainable_parameters(run.inner).items(), step)
+        run.ema.update(sharding.local_tensors(trainable_parameters(run.inner)).items(), step)
     return accelerator.reduce((loss_sum / cfg.train.grad_accum).to(accelerator.device), "mean").item()
 
 
@@ -605,29 +658,43 @@ def _append(path: Path, record: dict) -> None:
 
 
 def save_checkpoint(accelerator, cfg: RefinerTrainingConfig, step: int, ema: Optional[EMA]) -> Path:
-    """accelerate state + EMA + trainer state (written last) into ``step-N.partial``, fsynced, renamed to
-    ``step-N``; then keeps the newest ``checkpoint.keep``. ``files.WriteError`` naming the checkpoint and
-    the reason on failure (the partial folder removed, the earlier checkpoints untouched)."""
+    """The training state into ``step-N.partial`` (accelerate state + EMA, or under ``fsdp`` every
+    process's shard files), then ``trainer_state.json`` written last by the main process, all fsynced,
+    the folder renamed to ``step-N``; then keeps the newest ``checkpoint.keep``. Every process learns
+    whether all succeeded: on any failure each raises ``files.WriteError`` naming the checkpoint and the
+    reason (the partial folder removed, the earlier checkpoints untouched)."""
     d = Path(cfg.output_dir) / "checkpoints" / f"step-{step:08d}"
     partial = d.with_name(d.name + ".partial")  # the same name on every process: each writes its own files
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving
     accelerator.wait_for_everyone()
-    try:
+    sharded = sharding.registered(accelerator)
+
+    def write_states():
+        if sharded is not None:
+            partial.mkdir(parents=True, exist_ok=True)
+            sharding.save(partial, sharded, ema)
+            return
         accelerator.save_state(str(partial), safe_serialization=True)
+        if accelerator.is_main_process and ema is not None:
+            ema.save(partial / EMA_NAME)
+
+    def write_marker():
         if accelerator.is_main_process:
-            if ema is not None:
-                ema.save(partial / EMA_NAME)
             state = {"step": step, "fingerprint": cfg.fingerprint(), "fingerprint_dict": cfg.fingerprint_dict(),
                      "config": cfg.to_dict()}
+            if sharded is not None:
+                state.update(layout="sharded", world_size=sharded.world_size)
             files.write_json(partial / STATE_NAME, state, indent=1)
             files.sync_folder(partial)
-    except Exception as e:  # noqa: BLE001  (torch.save reports a full disk as a RuntimeError)
-        shutil.rmtree(partial, ignore_errors=True)
+
+    e = _on_every_process(accelerator, write_states) or _on_every_process(accelerator, write_marker)
+    if e is not None:
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
         raise files.WriteError(getattr(e, "errno", None) or errno.EIO,
                                f"could not write checkpoint {d}: {files.reason(e, partial.parent)}; the earlier "
                                "checkpoints are unchanged") from e
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(d, ignore_errors=True)  # the same step saved by an earlier run that got no further
         os.replace(partial, d)
@@ -640,16 +707,23 @@ def save_checkpoint(accelerator, cfg: RefinerTrainingConfig, step: int, ema: Opt
 
 def _full_model(accelerator, model, pipe, cfg: RefinerTrainingConfig, ema: Optional[EMA]):
     """On the main process a plain copy of the trained transformer (``None`` elsewhere) with the EMA
-    applied: the full state dict is gathered on every process (FSDP shards it), then loaded into a
-    fresh model of the config's architecture (LoRA adapters included; merged on export)."""
-    state = accelerator.get_state_dict(model)  # a collective under FSDP: every process calls it
-    if not accelerator.is_main_process:
+    applied, loaded into a fresh model of the config's architecture (LoRA adapters included; merged on
+    export). Under ``fsdp`` the weights and the EMA's shards are gathered first: a collective, every
+    process calls this."""
+    main = accelerator.is_main_process
+    if sharding.registered(accelerator) is not None:
+        state = sharding.gather(model.state_dict(), main)
+        averages = None if ema is None else sharding.gather(sharding.ema_tensors(model, ema), main)
+    else:
+        state = accelerator.get_state_dict(model)
+        averages = None if ema is None else ema.shadow
+    if not main:
         return None
     with torch.random.fork_rng():  # building the model seeds torch: keep the training's global RNG
         m = build_transformer(pipe, cfg.model)
     m.load_state_dict(state, strict=True)
-    if ema is not None:
-        ema.copy_to(m)
+    if averages is not None:
+        EMA(averages.items(), ema.decay).copy_to(m)
     return m.eval()
 
 
@@ -665,9 +739,10 @@ def _validate(accelerator, pipe, adapter, model, ema, cfg, val, T) -> Optional[d
 
 
 def export_checkpoint(cfg: RefinerTrainingConfig, checkpoint: Optional[str | os.PathLike] = None) -> Path:
-    """Export a checkpoint (default: the newest in ``output_dir``) without training: the model's
-    weights from the accelerate state (safetensors), with the EMA applied when the run keeps one and
-    ``export.use_ema`` is set. For a run stopped before ``max_steps``."""
+    """Export a checkpoint (default: the newest in ``output_dir``) without training, in this one process:
+    the model's weights from the accelerate state (safetensors) or assembled from every process's shard
+    files, with the EMA applied when the run keeps one and ``export.use_ema`` is set. For a run stopped
+    before ``max_steps``."""
     cfg.check_paths()
     if checkpoint is not None:
         d = Path(checkpoint)
@@ -686,14 +761,19 @@ def export_checkpoint(cfg: RefinerTrainingConfig, checkpoint: Optional[str | os.
     check_resume(cfg, state)
     pipe = load_base_pipeline(cfg.base)
     model = build_transformer(pipe, cfg.model)
-    weights = load_file(str(d / "model.safetensors"))
+    sharded = state.get("layout") == "sharded"
+    weights = sharding.assemble(d, "model") if sharded else load_file(str(d / "model.safetensors"))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or [k for k in missing if k in trainable_parameters(model)]:
         raise ValueError(f"checkpoint {d} does not match this config's model ({len(missing)} missing, "
                          f"{len(unexpected)} unexpected weights)")
-    if cfg.train.ema_decay and cfg.export.use_ema and (d / EMA_NAME).is_file():
+    has_ema = "ema" in sharding.shard_files(d) if sharded else (d / EMA_NAME).is_file()
+    if cfg.train.ema_decay and cfg.export.use_ema and has_ema:
         ema = EMA(trainable_parameters(model).items(), cfg.train.ema_decay)
-        ema.load(d / EMA_NAME)
+        if sharded:
+            ema.load_tensors(sharding.assemble(d, "ema"), str(d))
+        else:
+            ema.load(d / EMA_NAME)
         ema.copy_to(model)
     return export_refiner_now(model.eval(), cfg, int(state["step"]))
 

@@ -14,7 +14,7 @@ from surf_accel import registry
 from surf_accel.cost_model import TransformerSpec, forward_flops
 from surf_accel.toyworld import load_pipeline
 from surf_accel.training.config import ModelConfig, config_from_dict, load_config
-from surf_accel.training.model import build_transformer, count_parameters
+from surf_accel.training.model import build_transformer
 from surf_accel.training.plan import GIB, GPUS, activation_bytes, plan
 
 REPO = Path(__file__).resolve().parents[2]
