@@ -70,3 +70,27 @@ def test_a_refiner_overfit_on_one_pair_refines_its_z_lr_to_its_z_hr():
         opt.step()
     refined = objective.euler_refine(model.eval(), z_lr, text, 4, 1000)
     assert (refined - z_hr).norm() < 0.1 * (z_lr - z_hr).norm()
+
+
+def test_training_calls_the_refiner_with_inferences_timesteps():
+    """``objective.predict`` (what training and validation call) passes the refiner the timestep the
+    runner passes at the same path position: a refine of 4 steps visits s = 1, 3/4, 1/2, 1/4, and
+    training at those s must show the model the same timesteps (a training timestep left in [0, 1], or
+    scaled by another constant, would train a refiner for calls it never gets)."""
+    pipe = tiny_wan_t2v()
+    seen = []
+
+    def record(hidden_states, timestep, encoder_hidden_states, **kw):
+        seen.append(timestep.float().clone())
+        return (torch.zeros_like(hidden_states),)
+
+    model = tiny_transformer()
+    model.forward = record
+    with surf_accel.patched(pipe, CFG, refiner=Refiner(model, num_steps=4)):
+        pipe(generator=gen(0), **KW)
+    runner = [float(t[0]) for t in seen[-4:]]
+    seen.clear()
+    x = torch.zeros(1, 16, 3, 8, 8)
+    for s in (1.0, 0.75, 0.5, 0.25):
+        objective.predict(model, x, torch.tensor([s]), torch.zeros(1, 4, 32), 1000)
+    assert [float(t[0]) for t in seen] == pytest.approx(runner, abs=1e-3)
