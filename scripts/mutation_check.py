@@ -33,6 +33,7 @@ TESTS = ["tests/test_surf_replay.py", "tests/test_runner.py", "tests/test_planne
          "tests/integrations/test_wan22.py"]
 
 STACKING_TESTS = ["tests/integrations/accelerators", "tests/bench"]
+SHARDED_TESTS = ["tests/training/test_sharded.py"]
 TRAINING_TESTS = ["tests/training/test_objective_meets_inference.py", "tests/training/test_pair_store.py",
                   "tests/training/test_pairs.py", "tests/training/test_base_pairs.py", "tests/training"]
 
@@ -69,7 +70,7 @@ MUTANTS = [
     ("low stage on the preview's shift", "surf_accel/planner.py",
      "low_sigmas = scheduler.shifted(t_grid[k:], shift_low)", "low_sigmas = scheduler.shifted(t_grid[k:], shift_opt)"),
     ("refine start not unshifted", "surf_accel/planner.py",
-     "t_star = unshift_sigma(config.refine_start, shift_ref)", "t_star = config.refine_start"),
+     "t_star = unshift_sigma(start, shift_ref)", "t_star = start"),
     ("trained refiner with CFG", "surf_accel/runner.py",
      '        if stage.model == "trained_refiner":\n            guidance = 1.0\n', ""),
     ("trained refiner Euler step reversed", "surf_accel/runner.py",
@@ -198,9 +199,19 @@ MUTANTS = [
     ("EMA moves towards the weights by the decay", "surf_accel/training/ema.py",
      "self.shadow[n].lerp_(p.detach().float(), 1.0 - d)", "self.shadow[n].lerp_(p.detach().float(), d)",
      TRAINING_TESTS),
+    ("sharded rows saved at offset 0", "surf_accel/training/sharding.py",
+     "    return start\n", "    return 0\n", SHARDED_TESTS),
+    ("sharded EMA not restored on resume", "surf_accel/training/sharding.py",
+     "ema.load_tensors(read_shards(path, r, w)[0], str(path))", "pass", SHARDED_TESTS),
+    ("sharded gradients reduced in bf16", "surf_accel/training/sharding.py",
+     "reduce_dtype=torch.float32", "reduce_dtype=torch.bfloat16", SHARDED_TESTS),
+    ("sharded resume with another process count accepted", "surf_accel/training/loop.py",
+     "    if saved != world_size:", "    if False:", SHARDED_TESTS),
+    ("blocks not sharded as their own units", "surf_accel/training/sharding.py",
+     "        fully_shard(block, mesh=mesh, mp_policy=policy)", "        pass", SHARDED_TESTS),
     ("refiner transformer costed as a trained refiner", "surf_accel/catalogue.py",
-     "trained_refiner=refiner is not None, refiner_transformer=refiner_transformer is not None)",
-     "trained_refiner=ref_spec is not None, refiner_transformer=False)"),
+     "trained_refiner=refiner is not None, refiner_transformer=refiner_transformer is not None,",
+     "trained_refiner=ref_spec is not None, refiner_transformer=False,"),
 ]
 
 
