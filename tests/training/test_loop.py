@@ -171,3 +171,29 @@ def test_two_processes_make_the_shards_and_resume_mid_epoch_to_the_same_weights(
             if "loss" in r:
                 losses.setdefault(name, {})[r["step"]] = r["loss"]
     assert all(losses["cut"][s] == losses["full"][s] for s in range(6, 11))
+
+
+def test_micro_batches_get_fresh_latent_noise_of_the_configured_std():
+    """``_micro_batch`` adds Gaussian noise of std in ``pairs.latent_noise`` to the loader's ``z_lr`` (drawn
+    per step, the same for the same step), leaves ``z_hr`` and the text as read, and checks the loader's
+    shape against the phase."""
+    from types import SimpleNamespace
+
+    from surf_accel.training.loop import _micro_batch
+
+    cfg = config_from_dict(tiny_config("/tmp/unused", pairs={"latent_noise": [0.5, 0.5]}))
+    z = torch.zeros(4, 8, 2, 16, 16)
+    text = torch.ones(4, 16, 64)
+
+    def run_with(batches):
+        return SimpleNamespace(cfg=cfg, batches=iter(batches), accelerator=SimpleNamespace(process_index=0))
+
+    run = run_with([(z + 1, z, text)] * 3)
+    a = _micro_batch(run, 5, 0, 4, 2)
+    b = _micro_batch(run, 6, 0, 4, 2)
+    again = _micro_batch(run_with([(z + 1, z, text)]), 5, 0, 4, 2)
+    assert torch.equal(a[0], z + 1) and torch.equal(a[2], text)
+    assert abs(a[1].std().item() - 0.5) < 0.02 and abs(a[1].mean().item()) < 0.02
+    assert not torch.equal(a[1], b[1]) and torch.equal(a[1], again[1]) and torch.equal(a[3], again[3])
+    with pytest.raises(RuntimeError, match="not 4 pairs of 3 frames"):
+        _micro_batch(run_with([(z, z, text)]), 0, 0, 4, 3)
