@@ -361,8 +361,10 @@ def _resume_points(cfg: RefinerTrainingConfig, accelerator: Accelerator,
                          + ". Remove the damaged ones (or pass --no-resume to start over)")
     if damaged and accelerator.is_main_process:
         logger.warning("skipping damaged checkpoint(s): %s", "; ".join(damaged))
-    if sound:
-        check_resume(cfg, sound[0][1])  # before any expensive work
+    if sound:  # before any expensive work
+        check_resume(cfg, sound[0][1])
+        if cfg.train.strategy == "fsdp":
+            _check_world_size(*sound[0], accelerator.num_processes)
     return sound
 
 
