@@ -285,11 +285,12 @@ class WanAdapter(FamilyAdapter):
         if x.shape[1] != in_ch:
             raise ValueError(f"{type(model).__name__} expects {in_ch} input channels, got {x.shape[1]} "
                              f"({'latents + I2V condition' if ctx is not None else 'latents'})")
-        kwargs = dict(hidden_states=x.to(dtype), timestep=t,
-                      encoder_hidden_states=call.negative_prompt_embeds if negative else call.prompt_embeds,
+        # the text (and image) states in the model's dtype: a refiner may run in another dtype than the pipeline
+        text = call.negative_prompt_embeds if negative else call.prompt_embeds
+        kwargs = dict(hidden_states=x.to(dtype), timestep=t, encoder_hidden_states=text.to(dtype),
                       attention_kwargs=call.attention_kwargs, return_dict=False)
         if self.is_i2v(pipe) and getattr(model.config, "image_dim", None) is not None:
-            kwargs["encoder_hidden_states_image"] = call.extra["image_embeds"]
+            kwargs["encoder_hidden_states_image"] = call.extra["image_embeds"].to(dtype)
         with self.branch(model, negative):
             return model(**kwargs)[0]
 

@@ -5,7 +5,8 @@ default):
 
 - ``base``: the base pipeline the refiner serves: ``"toy"`` (the shipped toy ``WanPipeline``) or a
   local diffusers Wan2.1 folder. Its VAE makes the latents, its text encoder the embeddings, its
-  transformer is the optional initialisation.
+  transformer is the optional initialisation and makes the base pairs; ``base_dtype`` is the
+  transformer's and text encoder's dtype (``bfloat16`` halves a large base's memory in every process).
 - ``data``: where HR clips come from (``toy`` world generator or a ``videos`` folder), their size
   and frame count, captions.
 - ``pairs``: how ``z_lr`` is made from an HR clip (preview size, pixel degradations, handoff mode,
@@ -40,6 +41,7 @@ PRECISIONS = ("no", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
 STRATEGIES = ("ddp", "fsdp")
 EXPORT_DTYPES = ("float32", "float16", "bfloat16")
+BASE_DTYPES = ("float32", "bfloat16")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the installed surf_accel
 
 
@@ -355,6 +357,7 @@ class RefinerTrainingConfig:
 
     output_dir: str
     base: str = "toy"
+    base_dtype: str = "float32"  # the base transformer's and text encoder's (its VAE stays float32)
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
@@ -366,6 +369,10 @@ class RefinerTrainingConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     log_every: int = 10
+
+    def __post_init__(self):
+        if self.base_dtype not in BASE_DTYPES:
+            raise ConfigError(f"base_dtype must be one of {BASE_DTYPES}, got {self.base_dtype!r}")
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=list))

@@ -207,7 +207,7 @@ def prepare_data(cfg: RefinerTrainingConfig, pipe, adapter, *, rank: int = 0, pr
     length = cfg.data.max_sequence_length
     recipe = {"data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("cache_dir",)},
               "pairs": {k: v for k, v in dataclasses.asdict(cfg.pairs).items() if k not in ("latent_noise", "shard_size")}}
-    text = {"encoder": text_encoder_id(pipe), "max_sequence_length": length}
+    text = {"encoder": text_encoder_id(pipe), "dtype": str(pipe.text_encoder.dtype), "max_sequence_length": length}
     plans = [_clip_store(cfg, pipe, adapter, train_src, "pairs", cfg.seed, recipe, text, keep_hr=False)]
     if cfg.base_pairs.num:
         plans.append(_base_pair_store(cfg, pipe, adapter, train_src.captions, text))
@@ -259,7 +259,8 @@ def _base_pair_store(cfg: RefinerTrainingConfig, pipe, adapter, train_captions, 
     d = cfg.data
     recipe = {"base_pairs": dataclasses.asdict(bp), "surf": dataclasses.asdict(surf), "prompts": prompts,
               "size": [d.height, d.width, d.num_frames], "handoff": [cfg.pairs.handoff, cfg.pairs.latent_resize]}
-    key = {"vae": vae_id(pipe), "transformer": module_id(pipe.transformer), "text": text, "recipe": recipe}
+    key = {"vae": vae_id(pipe), "transformer": [module_id(pipe.transformer), str(pipe.transformer.dtype)],
+           "text": text, "recipe": recipe}
 
     def make(start: int, stop: int):
         out = make_base_pairs(pipe, adapter, surf, prompts[start:stop], [bp.seed + i for i in range(start, stop)],
@@ -370,7 +371,7 @@ def _resume_points(cfg: RefinerTrainingConfig, accelerator: Accelerator,
 
 def _set_up(cfg: RefinerTrainingConfig, accelerator: Accelerator, progress: bool) -> _Run:
     """The base pipeline, the refiner transformer, the pair store, the optimiser and the EMA."""
-    pipe = load_base_pipeline(cfg.base)
+    pipe = load_base_pipeline(cfg.base, getattr(torch, cfg.base_dtype))
     adapter = registry.family_named("wan").adapter
     T = int(pipe.scheduler.config.num_train_timesteps)
     model = build_transformer(pipe, cfg.model)
@@ -761,7 +762,7 @@ def export_checkpoint(cfg: RefinerTrainingConfig, checkpoint: Optional[str | os.
             logger.warning("skipping damaged checkpoint(s): %s", "; ".join(damaged))
         d, state = sound[0]
     check_resume(cfg, state)
-    pipe = load_base_pipeline(cfg.base)
+    pipe = load_base_pipeline(cfg.base, getattr(torch, cfg.base_dtype))
     model = build_transformer(pipe, cfg.model)
     sharded = state.get("layout") == "sharded"
     weights = sharding.assemble(d, "model") if sharded else load_file(str(d / "model.safetensors"))

@@ -24,22 +24,22 @@ from diffusers.configuration_utils import FrozenDict
 
 from surf_accel import registry
 from surf_accel.refiner import Refiner
-from surf_accel.toyworld import PIPELINE_DIR, load_pipeline
+from surf_accel.toyworld import PIPELINE_DIR
 from surf_accel.training.config import ModelConfig
 
 TOY_BASE = "toy"
 
 
 def load_base_pipeline(base: str, dtype: torch.dtype = torch.float32):
-    """The base ``WanPipeline``: ``"toy"`` (the shipped toy pipeline) or a local diffusers folder."""
-    if base == TOY_BASE:
-        pipe = load_pipeline(dtype)
-    else:
-        if not os.path.isdir(base) or not os.path.isfile(os.path.join(base, "model_index.json")):
-            raise FileNotFoundError(f"base {base!r} is not a local diffusers pipeline folder (no model_index.json); "
-                                    "use 'toy' or the path of a Wan2.1 Diffusers folder")
-
-        pipe = DiffusionPipeline.from_pretrained(base, dtype=dtype, local_files_only=True)
+    """The base ``WanPipeline``: ``"toy"`` (the shipped toy pipeline) or a local diffusers folder, its
+    transformer and text encoder in ``dtype``, its VAE in float32 (the latents pairs are made of, at any
+    ``dtype``)."""
+    folder = str(PIPELINE_DIR) if base == TOY_BASE else base
+    if base != TOY_BASE and not (os.path.isdir(base) and os.path.isfile(os.path.join(base, "model_index.json"))):
+        raise FileNotFoundError(f"base {base!r} is not a local diffusers pipeline folder (no model_index.json); "
+                                "use 'toy' or the path of a Wan2.1 Diffusers folder")
+    pipe = DiffusionPipeline.from_pretrained(folder, dtype={"default": dtype, "vae": torch.float32},
+                                             local_files_only=True)
     wan = registry.family_named("wan").adapter
     wan.check_pipeline(pipe)  # a Wan pipeline with a supported scheduler, or TypeError
     if wan.is_wan22(pipe):

@@ -322,7 +322,7 @@ def plan(cfg: RefinerTrainingConfig, *, gpu: str = "H100", processes: int = 1,
                                 acts[not t.gradient_checkpointing], step / flops_per_s))
     state = _model_state(P, Pt, _units(model), processes, t.strategy, mixed, t.ema_decay is not None)
     te = pipe.text_encoder.config
-    text_dtype = str(te.get("dtype") or te.get("torch_dtype") or "float32")
+    text_dtype = cfg.base_dtype  # the store keeps the embeddings as the encoder, loaded in base_dtype, makes them
     text_width = int(te.get("d_model") or te.get("hidden_size"))
     z = int(pipe.vae.config["z_dim"])
     lsize = ((data.num_frames - 1) // vt + 1, data.height // vs, data.width // vs)

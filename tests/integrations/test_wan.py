@@ -155,3 +155,25 @@ def test_i2v_condition_encoded_once_per_stage_size(i2v):
                                                 switch_step=2, refine_steps=2, handoff="latent"),
                      height=64, width=64, num_frames=5, num_steps=4, guidance=4.0, cond=cond, generator=gen(0))
     assert (out - want).abs().max().item() < 2e-4
+
+
+def test_a_refiner_in_another_dtype_reads_the_text_in_its_own():
+    """A float32 trained refiner under a bf16 pipeline (a refiner trained against a bf16 base): the
+    prompt's embeddings reach it in float32 (a bf16 ``encoder_hidden_states`` into its float32 text
+    embedder is a dtype error), the same values the pipeline encoded."""
+    from surf_accel.refiner import Refiner
+    from tests.tiny_pipelines import tiny_transformer
+
+    pipe = tiny_wan_t2v().to(torch.bfloat16)
+    ref = Refiner(tiny_transformer(), num_steps=2)
+    seen = []
+    ref.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["encoder_hidden_states"]),
+                                              with_kwargs=True)
+    cfg = SurfConfig(optimal_size=(32, 32), preview_steps=4, switch_step=2, handoff="latent")
+    with surf_accel.patched(pipe, cfg, refiner=ref):
+        out = pipe(**{**T2V_KW, "height": 64, "width": 64, "num_frames": 9, "output_type": "latent"},
+                   generator=gen(0)).frames
+    with torch.no_grad():
+        emb, _ = pipe.encode_prompt(T2V_KW["prompt"], do_classifier_free_guidance=False, max_sequence_length=16)
+    assert len(seen) == 2 and all(e.dtype == torch.float32 for e in seen)
+    assert torch.equal(seen[0], emb.float()) and torch.isfinite(out.float()).all()

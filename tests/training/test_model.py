@@ -68,3 +68,34 @@ def test_wrong_pairing_is_refused(pipe):
         build_transformer(pipe, ModelConfig(init="scratch", config={"patch_size": [1, 4, 4]}))
     with pytest.raises(ValueError, match="does not take: nlayers"):
         build_transformer(pipe, ModelConfig(init="scratch", config={"nlayers": 1}))
+
+
+def test_a_bf16_base_keeps_its_vae_in_float32_and_stores_bf16_text(tmp_path):
+    """``base_dtype: bfloat16`` loads the base transformer and text encoder in bf16 and the VAE in float32;
+    the pair store keeps the captions' embeddings as the bf16 encoder gives them (read back as float32,
+    exactly), in another store than a float32 base's; other dtypes are refused."""
+    from safetensors import safe_open
+
+    from surf_accel.integrations.wan import WanAdapter
+    from surf_accel.training import ConfigError, config_from_dict
+    from surf_accel.training.data import load_sources
+    from surf_accel.training.loop import prepare_data
+    from surf_accel.training.model import load_base_pipeline
+    from tests.training.common import tiny_config
+
+    pipe = load_base_pipeline("toy", torch.bfloat16)
+    assert pipe.transformer.dtype == pipe.text_encoder.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
+    cfg = config_from_dict(tiny_config(tmp_path, base_dtype="bfloat16", data={"num_clips": 2, "val_clips": 0}))
+    data = prepare_data(cfg, pipe, WanAdapter())
+    store = data["stores"][0]
+    with safe_open(str(store.shard_path(0)), "pt") as f:
+        assert f.get_tensor("text.0").dtype == torch.bfloat16 and f.get_tensor("z_hr").dtype == torch.float32
+    with torch.no_grad():
+        emb, _ = pipe.encode_prompt([load_sources(cfg.data, cfg.seed)[0].captions[0]],
+                                    do_classifier_free_guidance=False, max_sequence_length=16)
+    assert emb.dtype == torch.bfloat16 and torch.equal(data["train"][(0, 1)][2], emb[0].float())
+    fp32 = prepare_data(config_from_dict(tiny_config(tmp_path, data={"num_clips": 2, "val_clips": 0})),
+                        load_base_pipeline("toy"), WanAdapter())
+    assert fp32["stores"][0].folder != store.folder
+    with pytest.raises(ConfigError, match="base_dtype"):
+        config_from_dict(tiny_config(tmp_path, base_dtype="float16"))

@@ -134,8 +134,9 @@ def test_flops_time_state_and_disk_by_hand(tmp_path):
                              "AdamW moments (2 x fp32)": 8 * P // 4, "bf16 weight copies (autocast)": 2 * P,
                              "largest gathered unit (fp32 weights + grads)": max(8 * block, 8 * (P - 2 * block)),
                              "EMA (fp32)": 4 * P // 4}
-    # z_hr + z_lr: 2 x 8 x 5 x 16 x 24 float32; 7 tokens x 64 (the toy UMT5's d_model) in float16; 16 B
-    assert p.pair_bytes == 2 * 4 * 8 * 5 * 16 * 24 + 7 * 64 * 2 + 16
+    # z_hr + z_lr: 2 x 8 x 5 x 16 x 24 float32; 7 tokens x 64 (the toy UMT5's d_model) in base_dtype
+    # (float32); 16 B
+    assert p.pair_bytes == 2 * 4 * 8 * 5 * 16 * 24 + 7 * 64 * 4 + 16
     assert p.disk_bytes == 35 * p.pair_bytes
     assert p.peak_bytes == sum(p.model_state.values()) + max(ph.activations.peak for ph in p.phases)
     assert p.warnings == ()
@@ -206,6 +207,8 @@ def test_the_shipped_real_scale_recipe_plans(tmp_path, monkeypatch):
     assert [(ph.frames, ph.latent_size, ph.tokens, ph.steps) for ph in p.phases] == [
         (21, (6, 90, 160), 6 * 45 * 80, 1000), (81, (21, 90, 160), 21 * 45 * 80, 4000)]
     assert p.peak_bytes < GPUS["H100"].memory_gib * GIB and p.warnings == ()
+    # a pair: two 16 x 21 x 90 x 160 float32 latents, a 100-token caption of 4096 in bf16 (base_dtype), 16 B
+    assert p.pair_bytes == 2 * 4 * 16 * 21 * 90 * 160 + 100 * 4096 * 2 + 16
     # a hand count of the matmuls of one forward (2 FLOPs a multiply-add): every video token through the
     # block weights (self q k v o, cross q o, FFN), the 512 text tokens through cross k v, self-attention
     # over the 4 x 45 x 80 tokens of a window, cross-attention over the text; the embeddings are the rest
