@@ -78,7 +78,7 @@ def main(argv=None) -> int:
             print(f"{label}: {n} clips -> peak RSS {mib:.0f} MiB ({sec:.0f} s)", flush=True)
     load = os.getloadavg()
     lines = provenance(argv) + [f"- load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}",
-                                f"- trees: " + ", ".join(f"{l} = `{t}`" for l, t, _ in trees), "",
+                                "- trees: " + ", ".join(f"{l} = `{t}`" for l, t, _ in trees), "",
                                 "Peak resident set size (`ru_maxrss`) of one `python -m surf_accel.training` process "
                                 f"that makes its pair store (128 x 128 x 17-frame toy clips) and trains {args.steps} "
                                 "steps, reading the pairs itself (no loader workers).", "",
