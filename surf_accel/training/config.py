@@ -311,7 +311,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    every: int = 100  # optimiser steps between accelerate state checkpoints
+    every: int = 100  # optimiser steps between checkpoints
     keep: int = 2  # most recent checkpoints kept
 
     def __post_init__(self):

@@ -1,4 +1,5 @@
-"""Exponential moving average of the trainable parameters, kept in float32 and saved as safetensors.
+"""Exponential moving average of the trainable parameters, kept in float32 (saved with the checkpoint's
+shard files, ``sharding``).
 
 ``decay_at(step) = min(decay, (1 + step) / (10 + step))``: a short warm-up so the average is not
 dominated by the random initialisation during the first few hundred steps. It averages the tensors
@@ -9,13 +10,9 @@ writes the average of its own shard and nothing is gathered until the export.
 
 from __future__ import annotations
 
-import os
 from typing import Iterable
 
 import torch
-from safetensors.torch import load_file
-
-from surf_accel import files
 
 
 class EMA:
@@ -41,12 +38,6 @@ class EMA:
             raise KeyError(f"EMA parameters not in the model: {missing[:3]}")
         for n, v in self.shadow.items():
             params[n].copy_(v.to(params[n].dtype))
-
-    def save(self, path: str | os.PathLike) -> None:
-        files.write_safetensors(path, self.shadow, {"decay": str(self.decay)})
-
-    def load(self, path: str | os.PathLike) -> None:
-        self.load_tensors(load_file(str(path)), str(path))
 
     @torch.no_grad()
     def load_tensors(self, state: dict[str, torch.Tensor], where: str) -> None:

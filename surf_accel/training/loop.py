@@ -1,8 +1,8 @@
 """The training loop on Hugging Face accelerate: ``train(config)``.
 
 One call runs (or resumes) a whole run: load the base pipeline, make the missing shards of the pair
-store (every process its share, ``pair_store``), build the refiner transformer, then optimiser steps until ``train.max_steps``,
-with accelerate state checkpoints every ``checkpoint.every`` steps, validation every
+store (every process its share, ``pair_store``), build the refiner transformer, then optimiser steps
+until ``train.max_steps``, with checkpoints every ``checkpoint.every`` steps, validation every
 ``validation.every`` steps and the export at the end. Launch several processes with
 ``accelerate launch`` or ``torchrun`` (DDP; FSDP with ``train.strategy: fsdp``); on CPU the
 processes talk over gloo.
@@ -12,12 +12,11 @@ epochs), and ``s`` and the latent noise of step ``k`` come from a generator seed
 micro-batch, process)``, never from a global RNG, so a run resumed
 from its step-``j`` checkpoint repeats steps ``j+1..`` exactly as the uninterrupted run took them.
 
-Checkpoints (``<output_dir>/checkpoints/step-XXXXXXXX``): ``accelerator.save_state`` with
-``safe_serialization=True`` (model weights as safetensors; optimizer and RNG states as
-accelerate writes them: torch.save files, which accelerate loads back with ``weights_only=True``),
-the EMA as ``ema.safetensors`` (under ``train.strategy: fsdp`` instead every process's safetensors
-shard files of the three, see ``sharding``) and ``trainer_state.json`` (step, config fingerprint,
-the config), written last, all into ``step-XXXXXXXX.partial``, fsynced and then renamed: a checkpoint folder is
+Checkpoints (``<output_dir>/checkpoints/step-XXXXXXXX``): the model's weights, AdamW's states and the
+EMA as safetensors shard files (``sharding``: every process's rows under ``train.strategy: fsdp``, the
+main process's whole state under ``ddp``; nothing pickled: no random state is needed, every draw is
+seeded by the step) and ``trainer_state.json`` (step, config fingerprint, the config), written last,
+all into ``step-XXXXXXXX.partial``, fsynced and then renamed: a checkpoint folder is
 complete or absent. A resume takes the newest checkpoint whose files read back (a damaged one is
 named in a warning and skipped); a failed save raises naming the folder and the reason (a full disk
 called one) and leaves the earlier checkpoints as they were.
@@ -35,7 +34,6 @@ import os
 import re
 import shutil
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -44,7 +42,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from safetensors import safe_open
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from surf_accel import files, registry
@@ -63,7 +60,6 @@ from surf_accel.training.validate import run_validation, surf_config_for
 logger = logging.getLogger("surf_accel.training")
 
 STATE_NAME = "trainer_state.json"
-EMA_NAME = "ema.safetensors"
 _CHECKPOINT = re.compile(r"step-(\d+)")
 
 
@@ -106,22 +102,19 @@ def _read_state(d: Path) -> dict:
 
 def _damage(d: Path) -> Optional[str]:
     """Which file of checkpoint ``d`` does not read back (truncated or garbled) or is missing, or ``None``:
-    each safetensors file's header covers the file, each torch.save file is a whole zip archive, a
-    sharded checkpoint has every process's shard files. A cheap check of every file, before any model
-    is built."""
+    each safetensors file's header covers the file, and every process's shard files are there. A cheap
+    check of every file, before any model is built."""
     problem = sharding.layout_problem(d)
     if problem is not None:
         return problem
-    for f in sorted(d.iterdir()):
+    for f in sorted(d.glob("*.safetensors")):
         try:
-            if f.suffix == ".safetensors":
-                with safe_open(str(f), "pt"):
-                    pass
-            elif f.suffix in (".bin", ".pkl", ".pt"):
-                with zipfile.ZipFile(f):
-                    pass
-        except Exception as e:  # noqa: BLE001  (safetensors and zipfile raise their own error types)
+            with safe_open(str(f), "pt"):
+                pass
+        except Exception as e:  # noqa: BLE001  (safetensors raises its own error types)
             return f"{f} does not read back ({e})"
+    if not sharding.shard_files(d):
+        return f"{d} holds no model shard files"
     return None
 
 
@@ -403,7 +396,7 @@ def _prepare_model(cfg: RefinerTrainingConfig, accelerator: Accelerator,
     """Gradient checkpointing (diffusers checkpoints each block's call), AdamW over the trainable parameters
     and the EMA (of each process's rows under ``fsdp``). ``ddp``: model and optimiser wrapped by
     accelerate; ``fsdp``: the model sharded (``sharding.shard_model``) before the optimiser is made over
-    its sharded parameters, both registered for ``save_checkpoint``."""
+    its sharded parameters; either registered for ``save_checkpoint``."""
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     if cfg.train.strategy == "fsdp":
@@ -414,6 +407,8 @@ def _prepare_model(cfg: RefinerTrainingConfig, accelerator: Accelerator,
                                                         accelerator.num_processes))
     else:
         model, opt = accelerator.prepare(model, _adamw(cfg, model))
+        # every process holds the same whole state: the main process writes it, every process reads it
+        sharding.register(accelerator, sharding.Sharded(unwrap(model), opt, 0, 1, accelerator.is_main_process))
     trained = sharding.local_tensors(trainable_parameters(unwrap(model)))
     ema = EMA(trained.items(), cfg.train.ema_decay) if cfg.train.ema_decay else None
     return model, opt, ema
@@ -425,25 +420,16 @@ def _adamw(cfg: RefinerTrainingConfig, model: torch.nn.Module) -> torch.optim.Ad
 
 
 def _resume(run: _Run, checkpoints: list[tuple[Path, dict]]) -> int:
-    """Load the newest of ``checkpoints`` that loads on every process (accelerate state and EMA, or each
-    process's shards under ``fsdp``; a later one loaded over a failed one replaces all of it); the step
+    """Load the newest of ``checkpoints`` that loads on every process (model, optimiser and EMA from the
+    shard files, ``sharding.load``; a later one loaded over a failed one replaces all of it); the step
     to go on from (0 without checkpoints). ``ResumeMismatch`` for a sharded checkpoint of another
     number of processes."""
     sharded = sharding.registered(run.accelerator)
     failed = []
     for ckpt, state in checkpoints:
-        if sharded is not None:
+        if run.cfg.train.strategy == "fsdp":
             _check_world_size(ckpt, state, sharded.world_size)
-
-        def load(ckpt=ckpt):
-            if sharded is not None:
-                sharding.load(ckpt, sharded, run.ema)
-                return
-            run.accelerator.load_state(str(ckpt))
-            if run.ema is not None:
-                run.ema.load(ckpt / EMA_NAME)
-
-        e = _on_every_process(run.accelerator, load)
+        e = _on_every_process(run.accelerator, lambda ckpt=ckpt: sharding.load(ckpt, sharded, run.ema))
         if e is not None:
             failed.append(f"{ckpt}: {type(e).__name__}: {e}")
             if run.main:
@@ -661,8 +647,8 @@ def _append(path: Path, record: dict) -> None:
 
 
 def save_checkpoint(accelerator, cfg: RefinerTrainingConfig, step: int, ema: Optional[EMA]) -> Path:
-    """The training state into ``step-N.partial`` (accelerate state + EMA, or under ``fsdp`` every
-    process's shard files), then ``trainer_state.json`` written last by the main process, all fsynced,
+    """The training state into ``step-N.partial`` (the shard files of model, optimiser and EMA: every
+    process's under ``fsdp``, the main process's whole state under ``ddp``), then ``trainer_state.json`` written last by the main process, all fsynced,
     the folder renamed to ``step-N``; then keeps the newest ``checkpoint.keep``. Every process learns
     whether all succeeded: on any failure each raises ``files.WriteError`` naming the checkpoint and the
     reason (the partial folder removed, the earlier checkpoints untouched)."""
@@ -674,20 +660,13 @@ def save_checkpoint(accelerator, cfg: RefinerTrainingConfig, step: int, ema: Opt
     sharded = sharding.registered(accelerator)
 
     def write_states():
-        if sharded is not None:
-            partial.mkdir(parents=True, exist_ok=True)
-            sharding.save(partial, sharded, ema)
-            return
-        accelerator.save_state(str(partial), safe_serialization=True)
-        if accelerator.is_main_process and ema is not None:
-            ema.save(partial / EMA_NAME)
+        sharding.save(partial, sharded, ema)
 
     def write_marker():
         if accelerator.is_main_process:
             state = {"step": step, "fingerprint": cfg.fingerprint(), "fingerprint_dict": cfg.fingerprint_dict(),
-                     "config": cfg.to_dict()}
-            if sharded is not None:
-                state.update(layout="sharded", world_size=sharded.world_size)
+                     "config": cfg.to_dict(), "world_size": sharded.world_size,
+                     "layout": "sharded" if cfg.train.strategy == "fsdp" else "whole"}
             files.write_json(partial / STATE_NAME, state, indent=1)
             files.sync_folder(partial)
 
@@ -714,7 +693,7 @@ def _full_model(accelerator, model, pipe, cfg: RefinerTrainingConfig, ema: Optio
     export). Under ``fsdp`` the weights and the EMA's shards are gathered first: a collective, every
     process calls this."""
     main = accelerator.is_main_process
-    if sharding.registered(accelerator) is not None:
+    if cfg.train.strategy == "fsdp":
         state = sharding.gather(model.state_dict(), main)
         averages = None if ema is None else sharding.gather(sharding.ema_tensors(model, ema), main)
     else:
@@ -743,8 +722,7 @@ def _validate(accelerator, pipe, adapter, model, ema, cfg, val, T) -> Optional[d
 
 def export_checkpoint(cfg: RefinerTrainingConfig, checkpoint: Optional[str | os.PathLike] = None) -> Path:
     """Export a checkpoint (default: the newest in ``output_dir``) without training, in this one process:
-    the model's weights from the accelerate state (safetensors) or assembled from every process's shard
-    files, with the EMA applied when the run keeps one and ``export.use_ema`` is set. For a run stopped
+    the model's weights assembled from the shard files, with the EMA applied when the run keeps one and ``export.use_ema`` is set. For a run stopped
     before ``max_steps``."""
     cfg.check_paths()
     if checkpoint is not None:
@@ -764,19 +742,13 @@ def export_checkpoint(cfg: RefinerTrainingConfig, checkpoint: Optional[str | os.
     check_resume(cfg, state)
     pipe = load_base_pipeline(cfg.base, getattr(torch, cfg.base_dtype))
     model = build_transformer(pipe, cfg.model)
-    sharded = state.get("layout") == "sharded"
-    weights = sharding.assemble(d, "model") if sharded else load_file(str(d / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing, unexpected = model.load_state_dict(sharding.assemble(d, "model"), strict=False)
     if unexpected or [k for k in missing if k in trainable_parameters(model)]:
         raise ValueError(f"checkpoint {d} does not match this config's model ({len(missing)} missing, "
                          f"{len(unexpected)} unexpected weights)")
-    has_ema = "ema" in sharding.shard_files(d) if sharded else (d / EMA_NAME).is_file()
-    if cfg.train.ema_decay and cfg.export.use_ema and has_ema:
+    if cfg.train.ema_decay and cfg.export.use_ema and "ema" in sharding.shard_files(d):
         ema = EMA(trainable_parameters(model).items(), cfg.train.ema_decay)
-        if sharded:
-            ema.load_tensors(sharding.assemble(d, "ema"), str(d))
-        else:
-            ema.load(d / EMA_NAME)
+        ema.load_tensors(sharding.assemble(d, "ema"), str(d))
         ema.copy_to(model)
     return export_refiner_now(model.eval(), cfg, int(state["step"]))
 

@@ -17,7 +17,8 @@ gradients of the bf16 backward are cast to float32 before the reduce-scatter
 (``reduce_dtype=float32``), so the sum over processes, the accumulation over micro-batches, AdamW's
 states and the EMA are all float32. fp16 is refused (a sharded gradient scaler is not wired in).
 
-Checkpoints: every process writes its own rows into ``{model,optimizer,ema}-rankR-of-W.safetensors``
+Checkpoints (also of ``ddp`` runs, as one whole "shard" of one process, written by the main process):
+every process writes its own rows into ``{model,optimizer,ema}-rankR-of-W.safetensors``
 (``optimizer``: ``exp_avg/<name>``, ``exp_avg_sq/<name>`` and ``step/<name>``). Each file's
 safetensors metadata holds ``format``, ``rank``, ``world_size`` and ``index``: a JSON object
 ``{name: [global shape, row offset]}`` (offset ``null``: the whole tensor, the same on every
@@ -56,12 +57,15 @@ def shard_file(kind: str, rank: int, world_size: int) -> str:
 
 @dataclass
 class Sharded:
-    """The sharded transformer and its optimiser, as one process holds them."""
+    """The transformer and its optimiser as one process holds them: sharded over ``world_size``
+    processes (``fsdp``), or whole (``ddp``: ``rank`` 0 of ``world_size`` 1, the files written by the
+    main process alone, ``writes``, and read by every process)."""
 
     model: torch.nn.Module
     opt: torch.optim.Optimizer
     rank: int
     world_size: int
+    writes: bool = True
 
 
 # the sharded state an accelerator trains: save_checkpoint is handed the accelerator only
@@ -305,8 +309,12 @@ def _trainable(model: torch.nn.Module) -> list[str]:
 
 
 def save(folder: str | Path, sharded: Sharded, ema: Optional[EMA]) -> None:
-    """This process's shard files of the model, the optimiser and (where the run keeps one) the EMA."""
+    """This process's shard files of the model, the optimiser and (where the run keeps one) the EMA
+    (none where it does not ``write``)."""
     folder, r, w = Path(folder), sharded.rank, sharded.world_size
+    if not sharded.writes:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
     save_shards(folder / shard_file("model", r, w), sharded.model.state_dict(), r, w)
     save_shards(folder / shard_file("optimizer", r, w), optimizer_tensors(sharded, _trainable(sharded.model)), r, w)
     if ema is not None:

@@ -161,8 +161,8 @@ def test_two_processes_make_the_shards_and_resume_mid_epoch_to_the_same_weights(
     _torchrun(tmp_path, cut, "cut")
     a, b = _weights(tmp_path / "full" / "refiner"), _weights(tmp_path / "cut" / "refiner")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ea = load_file(str(checkpoint_dirs(tmp_path / "full")[-1] / "ema.safetensors"))
-    eb = load_file(str(checkpoint_dirs(tmp_path / "cut")[-1] / "ema.safetensors"))
+    ea = load_file(str(checkpoint_dirs(tmp_path / "full")[-1] / "ema-rank00000-of-00001.safetensors"))
+    eb = load_file(str(checkpoint_dirs(tmp_path / "cut")[-1] / "ema-rank00000-of-00001.safetensors"))
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
     losses = {}
     for name in ("full", "cut"):

@@ -170,7 +170,7 @@ def test_sharded_run_matches_ddp(runs):
     start = _export(root / "bf16" / "refiner")  # any other run: the weights must have moved far more than 1e-6
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
     assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-3
-    ema_ddp = load_file(str(root / "ddp" / STEP6 / "ema.safetensors"))
+    ema_ddp = load_file(str(root / "ddp" / STEP6 / "ema-rank00000-of-00001.safetensors"))
     ema_fsdp = sharding.assemble(root / "full" / STEP6, "ema")
     assert ema_ddp.keys() == ema_fsdp.keys()
     assert all(torch.allclose(ema_ddp[k], ema_fsdp[k], rtol=0, atol=1e-6) for k in ema_ddp)
