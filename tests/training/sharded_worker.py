@@ -5,7 +5,7 @@ turn in this process. ``fail_write: {"rank", "step", "kind"}`` makes that rank's
 kind fail to write (as a full disk would) at that step's checkpoint.
 
 Each process writes ``<out>/rank<R>.json``: per run its losses, step, export folder or error, the
-bytes of parameters and optimiser states it held at the end, and what every ``WanTransformerBlock``
+bytes of parameters and optimiser states it held at the end, its FSDP units, and what every ``WanTransformerBlock``
 forward saw (inside a backward pass or not; the dtype of its weights and of its input).
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 from accelerate.state import AcceleratorState, PartialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -91,6 +92,9 @@ def main(job_path: str) -> None:
             AcceleratorState._reset_state()  # as train() does at its end: the next run may use other settings
         out["calls"] = list(calls)
         out["held"] = held_bytes() if "model" in captured else None
+        # the FSDP units: the sharded modules, by class name (fully_shard makes FSDP<name> classes)
+        out["units"] = sorted(type(m).__name__ for m in captured["model"].modules()
+                              if isinstance(m, FSDPModule)) if "model" in captured else None
         captured.clear()
         results[run["name"]] = out
     files.write_json(Path(job["out"]) / f"rank{rank()}.json", results)

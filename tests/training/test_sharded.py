@@ -177,11 +177,15 @@ def test_sharded_run_matches_ddp(runs):
 
 
 def test_sharding_halves_what_a_process_holds(runs):
+    """Half the bytes of a ddp process each, in one FSDP unit per Wan block plus the root (one unit for
+    everything would hold the same bytes but gather the whole model at once)."""
     _, results = runs
     for r in results:
         ddp, fsdp = r["ddp"]["held"], r["full"]["held"]
         for k in ("parameters", "optimizer"):
             assert 0.45 < fsdp[k] / ddp[k] < 0.55, (k, fsdp, ddp)
+        assert r["full"]["units"] == ["FSDPWanTransformer3DModel"] + ["FSDPWanTransformerBlock"] * BLOCKS
+        assert r["ddp"]["units"] == []
 
 
 def test_gradient_checkpointing_recomputes_every_block_in_backward(runs):
