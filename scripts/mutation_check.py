@@ -268,12 +268,13 @@ def main(argv=None) -> int:
             rows.append((m[0], m[1], verdict, secs, test))
             print(f"{verdict:9s} {secs:6.1f} s  {m[0]} ({m[1]})  {test}", flush=True)
     killed = sum(r[2] == "killed" for r in rows)
-    lines = [f"# Mutation check of the SURF core and the stacking layer ({killed}/{len(rows)} killed)", "",
+    lines = [f"# Mutation check ({killed}/{len(rows)} killed)", "",
              f"- commit checked: {commit}; date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
              f"{os.cpu_count()} cores, {platform.platform()}",
              f"- command: `python scripts/{Path(__file__).name} {shlex.join(argv or sys.argv[1:])}`".rstrip(),
              f"- tests run per mutant (stopping at the first failure): {' '.join(a.tests)}; the stacking layer's "
-             f"mutants: {' '.join(STACKING_TESTS)}", "",
+             f"mutants: {' '.join(STACKING_TESTS)}; training's: {' '.join(TRAINING_TESTS)}; sharded training's: "
+             f"{' '.join(SHARDED_TESTS)}", "",
              "| mutant | file | verdict | seconds | first failing test |", "|---|---|---|---|---|",
              *(f"| {n} | `{f}` | {v} | {s:.0f} | {t and f'`{t}`'} |" for n, f, v, s, t in rows)]
     a.out.parent.mkdir(parents=True, exist_ok=True)
