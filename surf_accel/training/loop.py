@@ -474,7 +474,8 @@ def _log_start(run: _Run, step: int) -> None:
     if run.main:
         a = run.accelerator
         _append(run.log_path, {"event": "start", "step": step, "processes": a.num_processes,
-                               "distributed_type": str(a.distributed_type), "mixed_precision": a.mixed_precision,
+                               "distributed_type": str(a.distributed_type), "strategy": run.cfg.train.strategy,
+                               "mixed_precision": a.mixed_precision,
                                "pairs": len(run.data["train"]), "parameters": count_parameters(run.inner),
                                "trainable": count_parameters(run.inner, True)})
 

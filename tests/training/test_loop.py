@@ -89,6 +89,7 @@ def test_two_process_gloo_run_loss_goes_down(tmp_path):
     records = [json.loads(l) for l in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     start = records[0]
     assert start["event"] == "start" and start["processes"] == 2 and "MULTI_CPU" in start["distributed_type"]
+    assert start["strategy"] == "ddp" and start["pairs"] == 32
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 24
     first, last = np.mean(losses[:4]), np.mean(losses[-4:])

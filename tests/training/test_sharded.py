@@ -186,6 +186,9 @@ def test_sharding_halves_what_a_process_holds(runs):
             assert 0.45 < fsdp[k] / ddp[k] < 0.55, (k, fsdp, ddp)
         assert r["full"]["units"] == ["FSDPWanTransformer3DModel"] + ["FSDPWanTransformerBlock"] * BLOCKS
         assert r["ddp"]["units"] == []
+    root = runs[0]
+    starts = [json.loads(line) for line in (root / "full" / "log.jsonl").read_text().splitlines()]
+    assert [r["strategy"] for r in starts if r.get("event") == "start"][0] == "fsdp"
 
 
 def test_gradient_checkpointing_recomputes_every_block_in_backward(runs):
