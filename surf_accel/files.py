@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 # containers diffusers' export_to_video (imageio's ffmpeg, libx264) writes
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
@@ -92,9 +92,19 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def _write_error(exc: Exception, path: Path, what: str) -> WriteError:
-    state = f"the previous {what} is unchanged" if path.exists() else "nothing was written"
-    return WriteError(getattr(exc, "errno", None) or errno.EIO, f"could not write {path}: {reason(exc, path)}; {state}")
+@contextlib.contextmanager
+def _writing(path: Path, tmp: Path, what: str) -> Iterator[None]:
+    """Around the writing of ``path`` (a ``what``: file or folder) through ``tmp``: on a failure ``tmp``
+    is removed and ``WriteError`` names ``path`` and the reason (an interruption stays one)."""
+    try:
+        yield
+    except BaseException as e:
+        _remove(tmp)
+        if not isinstance(e, Exception):
+            raise
+        state = f"the previous {what} is unchanged" if path.exists() else "nothing was written"
+        raise WriteError(getattr(e, "errno", None) or errno.EIO,
+                         f"could not write {path}: {reason(e, path)}; {state}") from e
 
 
 def write_file(path: str | os.PathLike, write: Callable[[Path], Any], *,
@@ -106,7 +116,7 @@ def write_file(path: str | os.PathLike, write: Callable[[Path], Any], *,
     if path.is_dir():
         raise WriteError(errno.EISDIR, f"cannot write {path}: it is a directory")
     tmp = _temp_name(path, "tmp")
-    try:
+    with _writing(path, tmp, "file"):
         _make_folder(path.absolute().parent)
         write(tmp)
         if not tmp.is_file():
@@ -118,11 +128,6 @@ def write_file(path: str | os.PathLike, write: Callable[[Path], Any], *,
             check(tmp)
         os.replace(tmp, path)
         _fsync(path.parent)
-    except BaseException as e:
-        _remove(tmp)
-        if not isinstance(e, Exception):  # an interruption stays one
-            raise
-        raise _write_error(e, path, "file") from e
     return path
 
 
@@ -200,7 +205,7 @@ def write_folder(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         raise WriteError(errno.ENOTDIR, f"cannot write the folder {path}: a file of that name exists")
     tmp = _temp_name(path, "tmp")
     old = _temp_name(path, "old")
-    try:
+    with _writing(path, tmp, "folder"):
         _make_folder(path.absolute().parent)
         tmp.mkdir()
         write(tmp)
@@ -218,11 +223,6 @@ def write_folder(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
                 os.replace(old, path)
             raise
         _fsync(path.parent)
-    except BaseException as e:
-        _remove(tmp)
-        if not isinstance(e, Exception):  # an interruption stays one
-            raise
-        raise _write_error(e, path, "folder") from e
     _remove(old)
     return path
 
