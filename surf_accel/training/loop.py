@@ -284,6 +284,7 @@ class _Run:
     opt: torch.optim.Optimizer
     ema: Optional[EMA]
     data: dict  # prepare_data's output
+    state: sharding.Sharded  # what a checkpoint holds of model and optimiser on this process
     batches: Optional[Iterator] = None  # this process's micro-batches (z_hr, z_lr, text), from the resumed step
 
     @property
@@ -372,8 +373,8 @@ def _set_up(cfg: RefinerTrainingConfig, accelerator: Accelerator, progress: bool
     with _pipeline_on(pipe, accelerator.device):
         data = prepare_data(cfg, pipe, adapter, rank=accelerator.process_index, processes=accelerator.num_processes,
                             barrier=accelerator.wait_for_everyone, progress=progress and accelerator.is_main_process)
-    model, opt, ema = _prepare_model(cfg, accelerator, model)
-    return _Run(cfg, accelerator, pipe, adapter, T, model, unwrap(model), opt, ema, data)
+    model, opt, ema, state = _prepare_model(cfg, accelerator, model)
+    return _Run(cfg, accelerator, pipe, adapter, T, model, unwrap(model), opt, ema, data, state)
 
 
 @contextlib.contextmanager
@@ -392,26 +393,26 @@ def _pipeline_on(pipe, device: torch.device) -> Iterator[None]:
 
 
 def _prepare_model(cfg: RefinerTrainingConfig, accelerator: Accelerator,
-                   model: torch.nn.Module) -> tuple[torch.nn.Module, torch.optim.Optimizer, Optional[EMA]]:
+                   model: torch.nn.Module) -> tuple[torch.nn.Module, torch.optim.Optimizer, Optional[EMA],
+                                                    sharding.Sharded]:
     """Gradient checkpointing (diffusers checkpoints each block's call), AdamW over the trainable parameters
     and the EMA (of each process's rows under ``fsdp``). ``ddp``: model and optimiser wrapped by
     accelerate; ``fsdp``: the model sharded (``sharding.shard_model``) before the optimiser is made over
-    its sharded parameters; either registered for ``save_checkpoint``."""
+    its sharded parameters. Returned with them: the ``sharding.Sharded`` view checkpoints save and load."""
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     if cfg.train.strategy == "fsdp":
         sharding.ensure_process_group(accelerator.device)
         model = sharding.shard_model(model, accelerator.device, cfg.train.mixed_precision)
         opt = _adamw(cfg, model)
-        sharding.register(accelerator, sharding.Sharded(model, opt, accelerator.process_index,
-                                                        accelerator.num_processes))
+        state = sharding.Sharded(model, opt, accelerator.process_index, accelerator.num_processes)
     else:
         model, opt = accelerator.prepare(model, _adamw(cfg, model))
         # every process holds the same whole state: the main process writes it, every process reads it
-        sharding.register(accelerator, sharding.Sharded(unwrap(model), opt, 0, 1, accelerator.is_main_process))
+        state = sharding.Sharded(unwrap(model), opt, 0, 1, accelerator.is_main_process)
     trained = sharding.local_tensors(trainable_parameters(unwrap(model)))
     ema = EMA(trained.items(), cfg.train.ema_decay) if cfg.train.ema_decay else None
-    return model, opt, ema
+    return model, opt, ema, state
 
 
 def _adamw(cfg: RefinerTrainingConfig, model: torch.nn.Module) -> torch.optim.AdamW:
@@ -424,12 +425,11 @@ def _resume(run: _Run, checkpoints: list[tuple[Path, dict]]) -> int:
     shard files, ``sharding.load``; a later one loaded over a failed one replaces all of it); the step
     to go on from (0 without checkpoints). ``ResumeMismatch`` for a sharded checkpoint of another
     number of processes."""
-    sharded = sharding.registered(run.accelerator)
     failed = []
     for ckpt, state in checkpoints:
         if run.cfg.train.strategy == "fsdp":
-            _check_world_size(ckpt, state, sharded.world_size)
-        e = _on_every_process(run.accelerator, lambda ckpt=ckpt: sharding.load(ckpt, sharded, run.ema))
+            _check_world_size(ckpt, state, run.state.world_size)
+        e = _on_every_process(run.accelerator, lambda ckpt=ckpt: sharding.load(ckpt, run.state, run.ema))
         if e is not None:
             failed.append(f"{ckpt}: {type(e).__name__}: {e}")
             if run.main:
@@ -592,7 +592,7 @@ def _checkpoint_and_validate(run: _Run, step: int, result: TrainResult, bar: Opt
     ``validation.every`` steps (both at ``train.max_steps``), its metrics into ``result`` and ``log.jsonl``."""
     cfg = run.cfg
     if step % cfg.checkpoint.every == 0 or step == cfg.train.max_steps:
-        save_checkpoint(run.accelerator, cfg, step, run.ema)
+        save_checkpoint(run.accelerator, cfg, step, run.state, run.ema)
     v = cfg.validation
     if (v.every and step % v.every == 0) or step == cfg.train.max_steps:
         metrics = _validate(run.accelerator, run.pipe, run.adapter, run.model, run.ema, cfg, run.data.get("val"),
@@ -647,10 +647,12 @@ def _append(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def save_checkpoint(accelerator, cfg: RefinerTrainingConfig, step: int, ema: Optional[EMA]) -> Path:
-    """The training state into ``step-N.partial`` (the shard files of model, optimiser and EMA: every
-    process's under ``fsdp``, the main process's whole state under ``ddp``), then ``trainer_state.json`` written last by the main process, all fsynced,
-    the folder renamed to ``step-N``; then keeps the newest ``checkpoint.keep``. Every process learns
+def save_checkpoint(accelerator, cfg: RefinerTrainingConfig, step: int, sharded: sharding.Sharded,
+                    ema: Optional[EMA]) -> Path:
+    """The training state ``sharded`` and ``ema`` into ``step-N.partial`` (their shard files: every
+    process's under ``fsdp``, the main process's whole state under ``ddp``), then ``trainer_state.json``
+    written last by the main process, all fsynced, the folder renamed to ``step-N``; then keeps the
+    newest ``checkpoint.keep``. Every process learns
     whether all succeeded: on any failure each raises ``files.WriteError`` naming the checkpoint and the
     reason (the partial folder removed, the earlier checkpoints untouched)."""
     d = Path(cfg.output_dir) / "checkpoints" / f"step-{step:08d}"
@@ -658,7 +660,6 @@ def save_checkpoint(accelerator, cfg: RefinerTrainingConfig, step: int, ema: Opt
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving
     accelerator.wait_for_everyone()
-    sharded = sharding.registered(accelerator)
 
     def write_states():
         sharding.save(partial, sharded, ema)

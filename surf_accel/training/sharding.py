@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
@@ -66,18 +65,6 @@ class Sharded:
     rank: int
     world_size: int
     writes: bool = True
-
-
-# the sharded state an accelerator trains: save_checkpoint is handed the accelerator only
-_REGISTERED: "weakref.WeakKeyDictionary[object, Sharded]" = weakref.WeakKeyDictionary()
-
-
-def register(accelerator, sharded: Sharded) -> None:
-    _REGISTERED[accelerator] = sharded
-
-
-def registered(accelerator) -> Optional[Sharded]:
-    return _REGISTERED.get(accelerator)
 
 
 def ensure_process_group(device: torch.device) -> None:

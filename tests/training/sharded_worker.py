@@ -47,8 +47,8 @@ prepare_model = loop._prepare_model
 
 
 def capturing_prepare(cfg, accelerator, model):
-    captured["model"], captured["opt"], ema = prepare_model(cfg, accelerator, model)
-    return captured["model"], captured["opt"], ema
+    captured["model"], captured["opt"], ema, state = prepare_model(cfg, accelerator, model)
+    return captured["model"], captured["opt"], ema, state
 
 
 loop._prepare_model = capturing_prepare
