@@ -23,7 +23,6 @@ tokens WanPipeline hands its transformer); the pair store keeps them beside the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -473,12 +472,3 @@ def encode_captions(pipe, captions: Sequence[str], max_sequence_length: int) -> 
                                     max_sequence_length=max_sequence_length, device=device)
         out.append(emb.cpu())
     return torch.cat(out)
-
-
-def text_encoder_id(pipe) -> str:
-    """Identifies the text encoder's weights (stored embeddings are invalid for another one)."""
-    h = hashlib.sha256()
-    for k, v in sorted(pipe.text_encoder.state_dict().items())[:8]:
-        h.update(k.encode())
-        h.update(v.detach().float().cpu().flatten()[:256].numpy().tobytes())
-    return h.hexdigest()[:16]

@@ -48,7 +48,7 @@ from surf_accel import files, registry
 from surf_accel.training import objective, sharding
 from surf_accel.training.base_pairs import make_base_pairs
 from surf_accel.training.config import ConfigError, Phase, RefinerTrainingConfig
-from surf_accel.training.data import data_card, encode_captions, load_sources, text_encoder_id, write_data_card
+from surf_accel.training.data import data_card, encode_captions, load_sources, write_data_card
 from surf_accel.training.ema import EMA
 from surf_accel.training.export import export_refiner
 from surf_accel.training.model import (build_transformer, count_parameters, load_base_pipeline, trainable_parameters,
@@ -200,7 +200,7 @@ def prepare_data(cfg: RefinerTrainingConfig, pipe, adapter, *, rank: int = 0, pr
     length = cfg.data.max_sequence_length
     recipe = {"data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("cache_dir",)},
               "pairs": {k: v for k, v in dataclasses.asdict(cfg.pairs).items() if k not in ("latent_noise", "shard_size")}}
-    text = {"encoder": text_encoder_id(pipe), "dtype": str(pipe.text_encoder.dtype), "max_sequence_length": length}
+    text = {"encoder": module_id(pipe.text_encoder), "dtype": str(pipe.text_encoder.dtype), "max_sequence_length": length}
     plans = [_clip_store(cfg, pipe, adapter, train_src, "pairs", cfg.seed, recipe, text, keep_hr=False)]
     if cfg.base_pairs.num:
         plans.append(_base_pair_store(cfg, pipe, adapter, train_src.captions, text))

@@ -199,9 +199,10 @@ def make_pairs(pipe, adapter, clips, cfg: PairsConfig, seed: int, *, start: int 
 
 
 def module_id(module) -> str:
-    """Identifies a diffusers model (config and a sample of its weights): caches made with it are
-    only valid for it."""
-    h = hashlib.sha256(json.dumps({k: v for k, v in dict(module.config).items() if not k.startswith("_")},
+    """Identifies a diffusers or transformers model (its config and a sample of its weights): pairs
+    and embeddings made with it are only valid for it."""
+    config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
+    h = hashlib.sha256(json.dumps({k: v for k, v in config.items() if not k.startswith("_")},
                                   sort_keys=True, default=list).encode())
     for k, v in sorted(module.state_dict().items())[:8]:
         h.update(k.encode())
