@@ -24,6 +24,7 @@ from typing import Any, Optional
 from surf_accel import files, folder_setting
 from surf_accel.bench import demo
 from surf_accel.refiner import REFINER_FORMAT
+from surf_accel.training.plan import DEFAULT_CAPTION_TOKENS, DEFAULT_MFU, GPUS, plan
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -413,7 +414,7 @@ def cmd_train_refiner(args) -> int:
         cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(args.output_dir))
     if args.plan:
         return _plan_training(cfg, args)
-    from surf_accel.training.loop import export_checkpoint, train
+    from surf_accel.training.loop import export_checkpoint, train  # heavy (accelerate, diffusers): not for --plan
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -444,8 +445,6 @@ def cmd_train_refiner(args) -> int:
 
 def _plan_training(cfg, args) -> int:
     """``train-refiner --plan``: the run's sizes, memory, FLOPs, time and disk from config files alone."""
-    from surf_accel.training.plan import plan
-
     try:
         p = plan(cfg, gpu=args.gpu, processes=args.processes, caption_tokens=args.caption_tokens, mfu=args.mfu)
     except FileNotFoundError as e:
@@ -468,8 +467,6 @@ def _add_train_refiner(sub) -> None:
     t.add_argument("--max-minutes", type=float, default=None, help="stop after this long (resumable; no export)")
     t.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
-    from surf_accel.training.plan import DEFAULT_CAPTION_TOKENS, DEFAULT_MFU, GPUS
-
     t.add_argument("--plan", action="store_true", help="print what the run needs (parameters, memory per GPU, "
                    "activations per phase, FLOPs and time per step and run, pair-store disk) from the config files "
                    "alone, and exit: no weights loaded, no GPU needed")

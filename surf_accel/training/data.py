@@ -233,7 +233,7 @@ def _decode_into(out: torch.Tensor, path: str, video: VideoInfo, crop: Crop, see
     """Decode the frames ``crop.indices`` of ``path`` into ``out`` ``(3, count, H, W)``; returns how
     many were found, or ``None`` where, after a seek, the timestamps do not number the frames one by
     one (a variable frame rate): the caller then counts from the start."""
-    import av
+    import av  # optional (the train extra), as in probe_video
 
     height, width = out.shape[-2:]
     wanted = crop.indices
@@ -266,7 +266,7 @@ def read_clip(path: str | os.PathLike, video: VideoInfo, crop: Crop, height: int
     """The clip ``crop`` cuts from ``path``: ``(3, crop.count, height, width)`` float32 in [-1, 1].
     Only frames up to the window's last are decoded (after a seek to the keyframe before its first
     where the file has timestamps); one decoded frame at a time is held at full size."""
-    import av
+    import av  # optional (the train extra), as in probe_video
 
     out = torch.empty(3, crop.count, height, width)
     seek = crop.start > 0 and video.first_pts is not None and video.rate is not None

@@ -279,6 +279,7 @@ def plan(cfg: RefinerTrainingConfig, *, gpu: str = "H100", processes: int = 1,
          caption_tokens: int = DEFAULT_CAPTION_TOKENS, mfu: float = DEFAULT_MFU) -> TrainingPlan:
     """The plan of ``cfg`` on ``processes`` GPUs of kind ``gpu`` (a key of ``GPUS``). Reads only config
     files; ``ValueError``/``TypeError``/``FileNotFoundError`` where the run would be refused at its start."""
+    # heavy (diffusers): the CLI imports this module to build its parser, and only --plan needs these
     from diffusers import WanTransformer3DModel
 
     from surf_accel.refiner import Refiner
