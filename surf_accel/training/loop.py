@@ -192,20 +192,23 @@ def _seed(*parts: int) -> int:
 def prepare_data(cfg: RefinerTrainingConfig, pipe, adapter, *, rank: int = 0, processes: int = 1,
                  barrier: Callable[[], None] = lambda: None, progress: bool = False) -> dict:
     """The pair stores (``pair_store``), each process making its share of the missing shards, the data
-    card beside the clip pairs (``data.write_data_card``), and the held-out pairs: ``{"train": PairDataset (clip pairs, then base pairs), "val": {"z_lr", "hr", "text"} or
-    None, "stores": [PairStore]}``. ``barrier`` waits for every process (once every shard is on disk,
+    card beside the clip pairs (``data.write_data_card``), and the held-out pairs: ``{"train":
+    PairDataset (clip pairs, then base pairs), "val": {"z_lr", "hr", "text"} or None, "stores":
+    [PairStore]}``. ``barrier`` waits for every process (once every shard is on disk,
     and after the main process's ``store.json``)."""
     check_sizes(pipe, cfg.data.height, cfg.data.width, cfg.data.num_frames, cfg.pairs, pipe.transformer.config.patch_size)
     train_src, val_src = load_sources(cfg.data, cfg.seed)
     length = cfg.data.max_sequence_length
     recipe = {"data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("cache_dir",)},
               "pairs": {k: v for k, v in dataclasses.asdict(cfg.pairs).items() if k not in ("latent_noise", "shard_size")}}
+    # what every store's pairs and embeddings are made with
     text = {"encoder": module_id(pipe.text_encoder), "dtype": str(pipe.text_encoder.dtype), "max_sequence_length": length}
-    plans = [_clip_store(cfg, pipe, adapter, train_src, "pairs", cfg.seed, recipe, text, keep_hr=False)]
+    models = {"vae": vae_id(pipe), "text": text}
+    plans = [_clip_store(cfg, pipe, adapter, train_src, "pairs", cfg.seed, recipe, models, keep_hr=False)]
     if cfg.base_pairs.num:
-        plans.append(_base_pair_store(cfg, pipe, adapter, train_src.captions, text))
+        plans.append(_base_pair_store(cfg, pipe, adapter, train_src.captions, models))
     if len(val_src):
-        plans.append(_clip_store(cfg, pipe, adapter, val_src, "val", cfg.seed + 1, recipe, text, keep_hr=True))
+        plans.append(_clip_store(cfg, pipe, adapter, val_src, "val", cfg.seed + 1, recipe, models, keep_hr=True))
     for store, make, store_recipe in plans:
         store.make(make, lambda captions: encode_captions(pipe, captions, length), store_recipe, rank=rank,
                    processes=processes, progress=progress)
@@ -227,11 +230,12 @@ def prepare_data(cfg: RefinerTrainingConfig, pipe, adapter, *, rank: int = 0, pr
     return {"train": PairDataset(stores, length), "val": val, "stores": stores}
 
 
-def _clip_store(cfg: RefinerTrainingConfig, pipe, adapter, clips, name: str, seed: int, recipe: dict, text: dict, *,
-                keep_hr: bool):
-    """``(store, make_shard, recipe)`` of the pairs of ``clips`` (``pairs.make_pairs``), keyed by the VAE,
-    the text encoder, the recipe and the seed; ``keep_hr`` also stores the HR clips (validation)."""
-    key = {"vae": vae_id(pipe), "text": text, "recipe": recipe, "seed": seed, "n": len(clips), "hr": keep_hr}
+def _clip_store(cfg: RefinerTrainingConfig, pipe, adapter, clips, name: str, seed: int, recipe: dict, models: dict,
+                *, keep_hr: bool):
+    """``(store, make_shard, recipe)`` of the pairs of ``clips`` (``pairs.make_pairs``), keyed by the
+    ``models`` that make them (VAE, text encoder), the recipe and the seed; ``keep_hr`` also stores the HR
+    clips (validation)."""
+    key = {**models, "recipe": recipe, "seed": seed, "n": len(clips), "hr": keep_hr}
 
     def make(start: int, stop: int):
         out = make_pairs(pipe, adapter, clips, cfg.pairs, seed, start=start, stop=stop)
@@ -242,7 +246,7 @@ def _clip_store(cfg: RefinerTrainingConfig, pipe, adapter, clips, name: str, see
     return PairStore.under(cfg.cache_dir, name, key, len(clips), cfg.pairs.shard_size), make, recipe
 
 
-def _base_pair_store(cfg: RefinerTrainingConfig, pipe, adapter, train_captions, text: dict):
+def _base_pair_store(cfg: RefinerTrainingConfig, pipe, adapter, train_captions, models: dict):
     """``(store, make_shard, recipe)`` of the ``base_pairs.num`` pairs made by the base model
     (``base_pairs.make_base_pairs``): pair ``i`` from training caption ``i mod len`` and seed
     ``base_pairs.seed + i``; keyed by the base transformer too (it makes them)."""
@@ -252,8 +256,7 @@ def _base_pair_store(cfg: RefinerTrainingConfig, pipe, adapter, train_captions, 
     d = cfg.data
     recipe = {"base_pairs": dataclasses.asdict(bp), "surf": dataclasses.asdict(surf), "prompts": prompts,
               "size": [d.height, d.width, d.num_frames], "handoff": [cfg.pairs.handoff, cfg.pairs.latent_resize]}
-    key = {"vae": vae_id(pipe), "transformer": [module_id(pipe.transformer), str(pipe.transformer.dtype)],
-           "text": text, "recipe": recipe}
+    key = {**models, "transformer": [module_id(pipe.transformer), str(pipe.transformer.dtype)], "recipe": recipe}
 
     def make(start: int, stop: int):
         out = make_base_pairs(pipe, adapter, surf, prompts[start:stop], [bp.seed + i for i in range(start, stop)],
